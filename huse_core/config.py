@@ -1,0 +1,92 @@
+"""The configuration dataclasses, one per concern; runs store them as JSON and rebuild from them."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DataConfig:
+    """Where a shop's catalogue is and how to read it."""
+
+    catalog: str = ""  # path of the catalogue CSV or Parquet file
+    images_root: str = ""  # folder image paths are relative to; "" = the catalogue's folder
+    image_col: str = ""  # "" = auto-detect (image, image_path, or images/<id>.jpg)
+    text_col: str = ""  # "" = auto-detect (title, productDisplayName, name)
+    id_col: str = ""  # "" = auto-detect (id), else the row number
+    levels: list[str] = field(default_factory=list)  # hierarchy columns, coarse -> fine; [] = auto
+    attributes: list[str] = field(default_factory=list)  # extra single-label heads; [] = auto
+    multi_label: list[str] = field(default_factory=list)  # columns whose cells hold "a|b|c" labels
+    hierarchy_col: str = ""  # one column holding a category path, split into levels
+    hierarchy_sep: str = " >> "  # separator inside hierarchy_col
+    max_levels: int = 3  # keep at most this many levels of hierarchy_col
+    split_col: str = ""  # a user's own split column (train/val/test); "" = grouped random split
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/val/test fractions by title group
+    seed: int = 0  # makes the split reproducible
+    min_class_count: int = 5  # rarer classes (in train) merge into "other": too few to learn
+    image_size: int = 64  # pixels a side after aspect-preserving resize + pad
+
+
+@dataclass
+class ModelConfig:
+    """The HUSE towers and the shared classifier."""
+
+    backbone: str = "cnn"  # cnn (from scratch, offline) | resnet18 | resnet50 | vgg16 (ImageNet, frozen)
+    image_weights: str = ""  # ImageNet weights file for pretrained backbones; "" = torch's cache
+    freeze_backbone: bool = True  # pretrained backbones: features computed once and cached
+    cnn_width: int = 32  # channels of the first cnn stage; stages double it (32-64-128-256)
+    image_layers: int = 5  # HUSE image tower: 5 x (Linear 512, ReLU, Dropout)
+    text_layers: int = 2  # HUSE text tower: 2 x (Linear 512, ReLU, Dropout)
+    hidden: int = 512  # width of the tower MLPs
+    dim: int = 512  # D, the shared space's dimension
+    dropout: float = 0.15  # tower MLP dropout (paper)
+    vocab_size: int = 5000  # most frequent training words kept (seed: 5000)
+    max_len: int = 20  # tokens per title (seed: 15; real titles run to 14 words)
+    word_dim: int = 100  # word embedding size (seed)
+    text_dropout: float = 0.2  # after the word embedding (seed)
+    conv_channels: int = 256  # Conv1D filters (seed)
+    conv_kernel: int = 5  # Conv1D kernel width (seed)
+    fusion_weight: float = 0.5  # fused = w * p_image + (1 - w) * p_text
+
+
+@dataclass
+class LossConfig:
+    """The three HUSE losses and their weights: L = alpha*L_cls + beta*L_graph + gamma*L_gap."""
+
+    losses: list[str] = field(default_factory=lambda: ["cls", "graph", "gap"])  # terms trained (ablations)
+    alpha: float = 1.0  # class-level cross-entropy weight
+    beta: float = 1.0  # semantic-graph loss weight
+    gamma: float = 0.5  # cross-modal gap loss weight
+    zeta: float = 0.7  # graph-loss margin: only pairs closer than this in A and in d count
+    label_smoothing: float = 0.1  # softens the cross-entropy targets; helps the image tower generalise
+
+
+@dataclass
+class TrainConfig:
+    """How a run trains."""
+
+    epochs: int = 12  # upper bound; early stopping usually ends sooner
+    batch_size: int = 128  # products per step (each gives an image and a title)
+    optimizer: str = "adamw"  # adamw (default, trains best here) | rmsprop (paper: lr 1.6192e-5, momentum 0.9)
+    lr: float = 2e-3  # peak learning rate (OneCycle schedule for adamw)
+    weight_decay: float = 5e-4  # AdamW decoupled weight decay
+    patience: int = 4  # epochs without a better validation accuracy before stopping
+    augment: bool = True  # random flips and small shifts of training photos
+    seed: int = 0  # weights init and batch order
+    threads: int = 0  # torch CPU threads; 0 = all cores
+    device: str = "auto"  # auto = cuda when present, else cpu
+
+
+def to_dict(cfg) -> dict:
+    """A JSON-ready dict of a config dataclass."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls, data: dict):
+    """Rebuild a config dataclass from a dict, ignoring keys this version doesn't know."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in data.items() if k in names}
+    if "split" in kwargs:
+        kwargs["split"] = tuple(kwargs["split"])
+    return cls(**kwargs)
