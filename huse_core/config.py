@@ -47,6 +47,7 @@ class ModelConfig:
     text_dropout: float = 0.2  # after the word embedding (seed)
     conv_channels: int = 256  # Conv1D filters (seed)
     conv_kernel: int = 5  # Conv1D kernel width (seed)
+    logit_scale: float = 16.0  # classifier reads s * phi: unit vectors alone give near-zero logits at init
     fusion_weight: float = 0.5  # fused = w * p_image + (1 - w) * p_text
 
 

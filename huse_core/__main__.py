@@ -1,0 +1,7 @@
+"""Entry point for `python -m huse_core`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,77 @@
+"""Crash-safe artifact writing (temp name + rename) and file fingerprints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def _atomic(path: str | Path, write) -> Path:
+    """Call write(tmp_path), then rename over `path`: a reader sees the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())  # the rename must not land before the data does
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write JSON atomically (UTF-8, indented, non-ASCII kept readable)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, ensure_ascii=False)
+
+    return _atomic(path, write)
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def save_torch(path: str | Path, obj: Any) -> Path:
+    """torch.save atomically; load back with `load_torch` (weights_only)."""
+    return _atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_torch(path: str | Path) -> Any:
+    """torch.load restricted to tensors and plain containers: a crafted pickle can't run code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError for code-running pickles, RuntimeError for corrupt files
+        raise ValueError(f"{path} is not a valid checkpoint (it was refused unopened: {type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:200]})") from err
+
+
+def save_npy(path: str | Path, array) -> Path:
+    import numpy as np
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+    return _atomic(path, write)
+
+
+def file_sha(path: str | Path, n_chars: int = 16) -> str:
+    """The first `n_chars` hex digits of a file's SHA-256: a model fingerprint for indexes and caches."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:n_chars]

@@ -1,0 +1,147 @@
+"""A catalogue made ready for the model: decoded pixels, token ids, label arrays, cached backbone features."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .artifacts import save_npy
+from .catalog import Catalog, Head, load_catalog
+from .config import DataConfig, ModelConfig
+from .images import decode_many
+from .text import Tokenizer
+
+
+@dataclass
+class Prepared:
+    """Everything a training or evaluation pass reads, aligned row by row with `catalog.df`."""
+
+    catalog: Catalog
+    pixels: np.ndarray  # (N, S, S, 3) uint8
+    tokens: np.ndarray  # (N, L) int64
+    labels: dict[str, np.ndarray]  # head -> (N,) int64 (-1 = missing) or (N, C) multi-hot
+    heads: list[dict]  # name, kind, classes, level: JSON-able, stored in run.json
+    levels: list[str]
+    leaf: str  # the head the graph loss and early stopping use
+    leaf_paths: list[list[str]]  # leaf class i -> its taxonomy path, for the graph loss's A matrix
+    tokenizer: Tokenizer
+    cache_dir: Path
+    features: np.ndarray | None = None  # (N, F) float16 frozen-backbone features, when used
+
+    def split(self, name: str) -> np.ndarray:
+        return self.catalog.split_indices(name)
+
+    def compute_features(self, model, device: torch.device, progress: bool = True, batch_size: int = 128) -> None:
+        """Run the frozen backbone over every photo once; cached on disk by backbone + photos."""
+        key = hashlib.sha1(f"{model.cfg.backbone}|{model.cfg.image_weights}".encode())
+        key.update(np.ascontiguousarray(self.pixels[:: max(1, len(self.pixels) // 64)]).tobytes())
+        key.update(str(self.pixels.shape).encode())
+        path = self.cache_dir / f"features-{model.cfg.backbone}-{key.hexdigest()[:16]}.npy"
+        if path.is_file():
+            self.features = np.load(path)
+            return
+        model.eval()
+        out = []
+        with torch.inference_mode():
+            for i in tqdm(range(0, len(self.pixels), batch_size), desc=f"{model.cfg.backbone} features",
+                          disable=not progress, file=sys.stderr):
+                px = torch.from_numpy(np.ascontiguousarray(self.pixels[i : i + batch_size])).to(device)
+                out.append(model.image.features(px).float().cpu().numpy().astype(np.float16))
+        self.features = np.concatenate(out)
+        save_npy(path, self.features)
+
+
+def cache_dir_for(data_cfg: DataConfig, run_dir: str | Path) -> Path:
+    """Decoded photos are cached beside the catalogue (shared by its runs), else in the run directory."""
+    beside = Path(data_cfg.catalog).resolve().parent / ".huse_cache"
+    try:
+        beside.mkdir(exist_ok=True)
+        if os.access(beside, os.W_OK):
+            return beside
+    except OSError:
+        pass
+    fallback = Path(run_dir) / "cache"
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback
+
+
+def leaf_paths(catalog: Catalog, leaf: dict, levels: list[str]) -> list[list[str]]:
+    """Each leaf class's path in the taxonomy (coarse -> fine); [] for classes with no known path ("other")."""
+    if leaf["name"] not in levels:
+        return [[c] for c in leaf["classes"]]
+    paths = catalog.parent_paths()
+    return [list(paths.get(c, [])) if c != "other" else [] for c in leaf["classes"]]
+
+
+def drop_unreadable(catalog: Catalog, ok: np.ndarray, errors: list[str]) -> None:
+    """Drop rows whose photo failed to decode and count them in the catalogue's load report."""
+    catalog.df = catalog.df[ok].reset_index(drop=True)
+    report = catalog.report
+    report.bad_rows["unreadable image"] = report.bad_rows.get("unreadable image", 0) + int((~ok).sum())
+    report.examples.extend(errors[: max(0, 10 - len(report.examples))])
+    report.n_kept = len(catalog.df)
+
+
+def prepare(
+    data_cfg: DataConfig,
+    model_cfg: ModelConfig,
+    cache_dir: str | Path,
+    progress: bool = True,
+    tokenizer: dict | None = None,
+    heads: list[dict] | None = None,
+) -> Prepared:
+    """Load the catalogue, decode its photos (cached), drop rows whose photo fails, tokenise titles.
+
+    A saved run passes its `tokenizer` and `heads` so ids and class indices match the model's.
+    """
+    saved_heads = [Head(h["name"], h["kind"], h["classes"], h.get("level")) for h in heads] if heads else None
+    catalog = load_catalog(data_cfg, heads=saved_heads, progress=progress)
+    cache_dir = Path(cache_dir)
+    pixels, ok, errors = decode_many(list(catalog.df["image"]), data_cfg.image_size, cache_dir, progress=progress)
+    if not ok.all():
+        drop_unreadable(catalog, ok, errors)
+        pixels = pixels[ok]
+    if len(catalog.split_indices("train")) == 0:
+        raise ValueError(f"{data_cfg.catalog}: no usable training rows left ({catalog.report.summary()})")
+    tok = Tokenizer.from_dict(tokenizer) if tokenizer else Tokenizer.fit(
+        catalog.df["title"].iloc[catalog.split_indices("train")], model_cfg.vocab_size, model_cfg.max_len)
+    head_dicts = [{"name": h.name, "kind": h.kind, "classes": list(h.classes), "level": h.level}
+                  for h in catalog.heads]
+    leaf = next(h for h in head_dicts if h["name"] == catalog.leaf)
+    return Prepared(
+        catalog=catalog, pixels=pixels, tokens=tok.encode(catalog.df["title"]), labels=catalog.labels(),
+        heads=head_dicts, levels=list(catalog.levels), leaf=catalog.leaf,
+        leaf_paths=leaf_paths(catalog, leaf, list(catalog.levels)), tokenizer=tok, cache_dir=cache_dir,
+    )
+
+
+def augment(pixels: torch.Tensor, rng: np.random.Generator, shift: int = 4) -> torch.Tensor:
+    """Random horizontal flips per photo and one random shift of up to `shift` px per batch (white fill)."""
+    flip = torch.from_numpy(rng.random(len(pixels)) < 0.5).to(pixels.device).view(-1, 1, 1, 1)
+    pixels = torch.where(flip, pixels.flip(2), pixels)
+    dy, dx = (int(v) for v in rng.integers(-shift, shift + 1, size=2))
+    padded = torch.nn.functional.pad(pixels.permute(0, 3, 1, 2), (shift, shift, shift, shift), value=255)
+    h, w = pixels.shape[1:3]
+    return padded[:, :, shift + dy : shift + dy + h, shift + dx : shift + dx + w].permute(0, 2, 3, 1)
+
+
+@torch.inference_mode()
+def embed(model, prep: Prepared, rows: np.ndarray, device: torch.device, batch_size: int = 512):
+    """(image_emb, text_emb), each (len(rows), D) on `device`, in eval mode."""
+    model.eval()
+    image_out, text_out = [], []
+    for i in range(0, len(rows), batch_size):
+        r = rows[i : i + batch_size]
+        if model.image.frozen and prep.features is not None:
+            image_out.append(model.encode_image_features(torch.from_numpy(prep.features[r]).float().to(device)))
+        else:
+            image_out.append(model.encode_image(torch.from_numpy(prep.pixels[r]).to(device)))
+        text_out.append(model.encode_text(torch.from_numpy(prep.tokens[r]).to(device)))
+    return torch.cat(image_out), torch.cat(text_out)

@@ -1,0 +1,118 @@
+"""Evaluation of a run: per-head accuracy / macro-F1 for image, text and fused, R@K retrieval, modality gap."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+
+from .artifacts import write_json
+from .catalog import normalise_title
+from .data import cache_dir_for, embed, prepare
+from .run import load_run
+
+KS = (1, 5, 10)
+
+
+def top_k(queries: np.ndarray, gallery: np.ndarray, k: int, exclude_self: bool, chunk: int = 1024) -> np.ndarray:
+    """(Q, k) gallery row indices, best first, by cosine; `exclude_self` drops gallery row i for query i."""
+    k = min(k, len(gallery) - int(exclude_self))
+    out = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), chunk):
+        sims = queries[start : start + chunk] @ gallery.T
+        if exclude_self:
+            rows = np.arange(len(sims))
+            sims[rows, rows + start] = -np.inf
+        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]  # top k unordered: O(n) per query
+        order = np.take_along_axis(sims, part, 1).argsort(1)[:, ::-1]
+        out[start : start + chunk] = np.take_along_axis(part, order, 1)
+    return out
+
+
+def recall_at_k(hits: np.ndarray, ks=KS) -> dict[str, float]:
+    """hits: (Q, K) bool, True where the ranked item is relevant -> {"R@k": share of queries with a hit in top k}."""
+    return {f"R@{k}": round(float(hits[:, :k].any(1).mean()), 4) for k in ks}
+
+
+def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, labels: np.ndarray, titles: list[str]) -> dict:
+    """Class-level R@K in four directions (a same-leaf-class item, query's own product excluded) and instance
+    R@K across modalities (the paired item, or one with the identical normalised title)."""
+    emb = {"i": image_emb, "t": text_emb}
+    k = max(KS)
+    class_level = {}
+    for q in "it":
+        for g in "it":
+            ranked = top_k(emb[q], emb[g], k, exclude_self=True)
+            class_level[f"{q}2{g}"] = recall_at_k(labels[ranked] == labels[:, None])
+    norm = np.array([normalise_title(t) for t in titles], dtype=object)
+    instance = {}
+    for q, g in (("i", "t"), ("t", "i")):
+        ranked = top_k(emb[q], emb[g], k, exclude_self=False)
+        instance[f"{q}2{g}"] = recall_at_k(norm[ranked] == norm[:, None])
+    return {"class_level": class_level, "instance": instance}
+
+
+def classification_metrics(probs: dict, labels: dict, heads: list[dict]) -> dict:
+    """{head: {modality: {"accuracy", "macro_f1"}}}; rows with a missing label (-1) are left out."""
+    out = {}
+    for h in heads:
+        y, per = labels[h["name"]], {}
+        for modality, p in probs[h["name"]].items():
+            if h["kind"] == "multi":
+                pred, true = (p >= 0.5).astype(int), y.astype(int)
+            else:
+                known = y >= 0
+                pred, true = p.argmax(1)[known], y[known]
+            if len(true) == 0:
+                continue
+            per[modality] = {"accuracy": round(float(accuracy_score(true, pred)), 4),
+                             "macro_f1": round(float(f1_score(true, pred, average="macro", zero_division=0)), 4)}
+        out[h["name"]] = per
+    return out
+
+
+def evaluate(run_dir: str | Path, split: str = "test", progress: bool = True) -> dict:
+    """Evaluate a run on one split of its catalogue; the figures are also saved in run.json under "metrics"."""
+    run = load_run(run_dir)
+    prep = prepare(run.data_cfg, run.model_cfg, cache_dir_for(run.data_cfg, run.run_dir), progress=progress,
+                   tokenizer=run.meta["tokenizer"], heads=run.heads)
+    rows = prep.split(split)
+    if len(rows) < 2:
+        raise ValueError(f"the {split} split has {len(rows)} products; evaluation needs at least 2")
+    if progress:
+        print(f"evaluating {run.run_dir} on {len(rows)} {split} products", file=sys.stderr)
+    image_emb, text_emb = embed(run.model, prep, rows, torch.device("cpu"))
+    probs = run.classify(image_emb.numpy(), text_emb.numpy())
+    labels = {h: y[rows] for h, y in prep.labels.items()}
+    image_np, text_np = image_emb.numpy(), text_emb.numpy()
+    result = {
+        f"n_{split}": int(len(rows)),
+        "classification": classification_metrics(probs, labels, run.heads),
+        "retrieval": retrieval_metrics(image_np, text_np, labels[run.leaf], list(prep.catalog.df["title"].iloc[rows])),
+        "modality_gap": {"mean_pair_cosine": round(float((image_np * text_np).sum(1).mean()), 4)},
+        "leaf": run.leaf,
+        "split": split,
+    }
+    meta = dict(run.meta)
+    meta.setdefault("metrics", {})[split] = result
+    write_json(run.run_dir / "run.json", meta)
+    return result
+
+
+def format_tables(result: dict) -> str:
+    """Readable tables of an evaluation result, for the terminal."""
+    split = result.get("split", "test")
+    lines = [f"{result[f'n_{split}']} {split} products; leaf head: {result['leaf']}", "",
+             f"{'head':<20}{'image acc':>11}{'text acc':>11}{'fused acc':>11}{'fused F1':>11}"]
+    for head, per in result["classification"].items():
+        cell = lambda m, k="accuracy": f"{per[m][k] * 100:10.2f}%" if m in per else f"{'-':>11}"  # noqa: E731
+        lines.append(f"{head:<20}{cell('image')}{cell('text')}{cell('fused')}{cell('fused', 'macro_f1')}")
+    for kind in ("class_level", "instance"):
+        lines += ["", f"retrieval, {kind.replace('_', '-')}:", f"{'':<8}{'R@1':>8}{'R@5':>8}{'R@10':>8}"]
+        for direction, r in result["retrieval"][kind].items():
+            lines.append(f"{direction:<8}" + "".join(f"{r[f'R@{k}']:8.3f}" for k in KS))
+    lines += ["", f"modality gap: mean paired cosine {result['modality_gap']['mean_pair_cosine']:.3f}"]
+    return "\n".join(lines)

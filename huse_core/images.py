@@ -1,0 +1,252 @@
+"""Decoding product photos with Pillow into fixed-size, white-padded RGB arrays (with an on-disk cache)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import struct
+import uuid
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
+
+# Pixels we are willing to allocate for one decoded photo (Pillow's own default, ~89 Mpx).
+# JPEGs may declare more: draft() decodes them at 1/2..1/8 scale, and the limit applies after that.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+_CACHE_VERSION = 1  # bump when decoding changes so old caches stop matching
+_WHITE = (255, 255, 255)
+
+# Pillow warns (from PIL.Image) for images between its limit and twice it; we enforce our own limit
+# below with a clear ImageError, so the warning is only noise, and catch_warnings isn't thread-safe.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning, module=r"PIL\.Image")
+
+
+class ImageError(ValueError):
+    """A photo that can't be used; the message names the file and the problem."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+def _name(src) -> str:
+    if isinstance(src, (bytes, bytearray)):
+        return f"<{len(src)} bytes>"
+    if isinstance(src, Image.Image):
+        return "<PIL image>"
+    return str(src)
+
+
+def _open(src, name: str) -> Image.Image:
+    """Open lazily (header only); file-level problems become ImageError."""
+    if isinstance(src, (bytes, bytearray)):
+        if len(src) == 0:
+            raise ImageError(name, "empty file (0 bytes)")
+        fp = io.BytesIO(src)
+    else:
+        try:
+            if os.path.getsize(src) == 0:
+                raise ImageError(name, "empty file (0 bytes)")
+        except FileNotFoundError:
+            raise ImageError(name, "file not found") from None
+        fp = src
+    try:
+        return Image.open(fp)
+    except UnidentifiedImageError:
+        raise ImageError(name, "not an image (format not recognised)") from None
+    except Image.DecompressionBombError:
+        raise ImageError(name, f"too large: {_declared_size(fp)} (limit {MAX_PIXELS:,} px)") from None
+    except IsADirectoryError:
+        raise ImageError(name, "is a folder, not an image file") from None
+    except PermissionError:
+        raise ImageError(name, "permission denied") from None
+
+
+def _declared_size(fp) -> str:
+    """'WxH px' from the header of a file Pillow refused to open (it raises before giving us the size)."""
+    Image.init()
+    try:
+        f = fp if isinstance(fp, io.BytesIO) else open(fp, "rb")  # noqa: SIM115 - closed by `with f`
+        with f:
+            f.seek(0)
+            prefix = f.read(16)
+            for fmt in Image.ID:  # the same plugin order Image.open tries, minus its bomb check
+                factory, accept = Image.OPEN[fmt]
+                if accept is None or accept(prefix) is True:
+                    f.seek(0)
+                    try:
+                        w, h = factory(f, "").size
+                        return f"{w}x{h} px"
+                    except Exception:  # noqa: BLE001, S112 - not this format; try the next
+                        continue
+    except OSError:
+        pass
+    return "declared size over the limit"
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB; transparency is composited onto white (product shots sit on white)."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = float(arr.max()) if arr.size else 0.0
+        if mode.startswith("I;16") or (mode == "I" and 255 < top <= 65535):
+            arr = arr / 257.0  # 16-bit -> 8-bit (older Pillow opens 16-bit PNGs as "I")
+        elif mode == "F" and top <= 1.0:
+            arr = arr * 255.0  # float images usually hold 0..1
+        elif top > 255:
+            low = float(arr.min())
+            arr = (arr - low) * (255.0 / max(top - low, 1e-12))  # unknown range: stretch
+        grey = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if "transparency" in img.info and mode in ("P", "L", "RGB", "1"):
+        img, mode = img.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, _WHITE)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    if mode == "RGB":
+        return img
+    return img.convert("RGB")
+
+
+def _decode(src, size: int, name: str) -> np.ndarray:
+    own = not isinstance(src, Image.Image)
+    opened = img = _open(src, name) if own else src
+    try:
+        w, h = img.size
+        if w < 1 or h < 1:
+            raise ImageError(name, f"empty image ({w}x{h} px)")
+        if own and img.format == "JPEG":
+            img.draft("RGB", (size, size))  # libjpeg decodes at 1/2..1/8 scale: fast, small memory
+        if img.size[0] * img.size[1] > MAX_PIXELS:
+            raise ImageError(name, f"too large: {w}x{h} px (limit {MAX_PIXELS:,} px)")
+        try:
+            img.load()  # first frame of animations: open() leaves us on frame 0
+        except OSError as err:
+            raise ImageError(name, f"truncated or corrupt image data ({err})") from None
+        img = ImageOps.exif_transpose(img) or img  # phones store rotation in EXIF, not pixels
+        img = _to_rgb(img)
+        w, h = img.size
+        scale = size / max(w, h)
+        new = (max(1, min(size, round(w * scale))), max(1, min(size, round(h * scale))))
+        if new != img.size:
+            img = img.resize(new, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        canvas = Image.new("RGB", (size, size), _WHITE)
+        canvas.paste(img, ((size - new[0]) // 2, (size - new[1]) // 2))
+        return np.array(canvas, dtype=np.uint8)
+    finally:
+        if own:
+            opened.close()  # animations keep their file open until closed
+
+
+def decode_image(src: str | Path | bytes | Image.Image, size: int) -> np.ndarray:
+    """Decode one photo to uint8 (size, size, 3): upright, RGB on white, longer side = size, centred."""
+    if size < 1:
+        raise ValueError(f"image size must be a positive number of pixels, got {size}")
+    name = _name(src)
+    try:
+        return _decode(src, size, name)
+    except ImageError:
+        raise
+    except MemoryError:
+        raise ImageError(name, "too large to decode (out of memory)") from None
+    # Pillow's plugins signal malformed files with a zoo of exception types.
+    except OSError as err:
+        raise ImageError(name, f"truncated or corrupt image data ({err})") from None
+    except (SyntaxError, EOFError, ValueError, IndexError, TypeError, KeyError, struct.error) as err:
+        raise ImageError(name, f"unreadable image ({type(err).__name__}: {err})") from None
+
+
+def _cache_key(paths: list[str], size: int) -> str:
+    digest = hashlib.sha1(f"v{_CACHE_VERSION}\nsize={size}\n".encode())
+    for p in paths:
+        try:
+            st = os.stat(p)
+            stamp = f"{st.st_mtime_ns}\t{st.st_size}"
+        except OSError:
+            stamp = "missing"
+        digest.update(f"{os.path.abspath(p)}\t{stamp}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def _load_cache(npy: Path, meta: Path, n: int, size: int):
+    try:
+        info = json.loads(meta.read_text())
+        pixels = np.load(npy)
+    except (OSError, ValueError):
+        return None  # no cache, or a damaged one: decode again
+    if pixels.shape != (n, size, size, 3) or pixels.dtype != np.uint8 or info.get("n") != n:
+        return None
+    ok = np.ones(n, dtype=bool)
+    ok[np.asarray(info.get("failed", []), dtype=np.int64)] = False
+    return pixels, ok, list(info.get("errors", []))
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)  # readers see the old file or the whole new one, never half
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def decode_many(
+    paths: list[str], size: int, cache_dir: str | Path | None = None, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Decode all paths -> (pixels uint8 (N,size,size,3), ok bool (N,), errors: list of 'path: reason' for failures). Failed rows are zeros with ok False."""
+    paths = [str(p) for p in paths]
+    n = len(paths)
+    npy = meta = None
+    if cache_dir is not None:
+        cache = Path(cache_dir)
+        cache.mkdir(parents=True, exist_ok=True)
+        key = _cache_key(paths, size)
+        npy, meta = cache / f"pixels-{size}-{key}.npy", cache / f"pixels-{size}-{key}.json"
+        hit = _load_cache(npy, meta, n, size)
+        if hit is not None:
+            return hit
+
+    pixels = np.zeros((n, size, size, 3), dtype=np.uint8)
+    ok = np.zeros(n, dtype=bool)
+    reasons: dict[int, str] = {}
+
+    def work(rows: range) -> int:
+        for i in rows:
+            try:
+                pixels[i] = decode_image(paths[i], size)  # looked up at call time (tests patch it)
+                ok[i] = True
+            except ImageError as err:
+                reasons[i] = f"{paths[i]}: {err.reason}"
+            except Exception as err:  # noqa: BLE001 - one odd file must not sink a 44k-photo decode
+                reasons[i] = f"{paths[i]}: {type(err).__name__}: {err}"
+        return len(rows)
+
+    # Pillow releases the GIL while decoding and resizing, so threads use every core; chunks of
+    # photos per task keep the per-future overhead small next to a ~1 ms thumbnail decode.
+    chunks = [range(s, min(s + 64, n)) for s in range(0, n, 64)]
+    with (
+        ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool,
+        tqdm(total=n, desc="decoding images", unit="img", disable=not progress) as bar,
+    ):
+        for done in pool.map(work, chunks):
+            bar.update(done)
+    failed = sorted(reasons)
+    errors = [reasons[i] for i in failed]
+
+    if npy is not None and meta is not None:
+        _atomic_write(npy, lambda f: np.save(f, pixels))
+        info = {"n": n, "size": size, "failed": failed, "errors": errors}
+        _atomic_write(meta, lambda f: f.write(json.dumps(info).encode()))
+    return pixels, ok, errors

@@ -1,0 +1,129 @@
+"""The three HUSE losses, each its own module on plain tensors, and the combiner that returns named terms.
+
+Notation: d(u, v) = 1 - cos(u, v); embeddings are unit vectors, so d = 1 - u.v.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import LossConfig
+
+
+def taxonomy_distance(paths: list[list[str]]) -> np.ndarray:
+    """A_ij = distance between classes i and j in the label tree, in [0, 1].
+
+    `paths[i]` is class i's path of names, coarse -> fine (e.g. ["Apparel", "Topwear", "Tshirts"]).
+    A_ij = (depth - length of the common prefix) / depth: 0 for the same class, 1/3 for sibling leaves of a
+    3-level tree, 2/3 for cousins, 1 for different roots. Classes without a path (e.g. "other") are at
+    distance 1 from everything but themselves.
+    """
+    n = len(paths)
+    depth = max((len(p) for p in paths), default=1) or 1
+    a = np.ones((n, n), dtype=np.float32)
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                a[i, j] = 0.0
+            elif paths[i] and paths[j]:
+                common = 0
+                for x, y in zip(paths[i], paths[j]):
+                    if x != y:
+                        break
+                    common += 1
+                a[i, j] = (depth - common) / depth
+    return a
+
+
+class ClassLoss(nn.Module):
+    """L_cls = mean over heads and modalities of CE(z, y) (BCE with logits for multi-label heads).
+
+    `logits`: {modality: {head: (B, C)}}; `labels`: {head: (B,) int64 with -1 = missing, or (B, C) multi-hot}.
+    """
+
+    def __init__(self, kinds: dict[str, str], label_smoothing: float = 0.0):
+        super().__init__()
+        self.kinds, self.label_smoothing = kinds, label_smoothing
+
+    def forward(self, logits: dict[str, dict[str, torch.Tensor]], labels: dict[str, torch.Tensor]) -> torch.Tensor:
+        terms = []
+        for per_head in logits.values():
+            for head, z in per_head.items():
+                y = labels[head]
+                if self.kinds[head] == "multi":
+                    terms.append(F.binary_cross_entropy_with_logits(z, y.float()))
+                elif (y >= 0).any():  # a batch where every label is missing adds nothing
+                    terms.append(F.cross_entropy(z, y, ignore_index=-1, label_smoothing=self.label_smoothing))
+        return torch.stack(terms).mean() if terms else next(iter(labels.values())).new_zeros((), dtype=torch.float)
+
+
+class GraphLoss(nn.Module):
+    """L_graph = mean over pairs m != n of sigma_mn * (d(phi_m, phi_n) - A[y_m, y_n])^2  (HUSE Eqs. 9-11).
+
+    The pairs are all image-image, text-text and image-text pairs of the batch (the 2B x 2B matrix without
+    its diagonal). sigma_mn = 1 if A[y_m, y_n] < zeta and d(phi_m, phi_n) < zeta, else 0: only pairs that are
+    semantically close *and* already close in the space are pulled to the class distance.
+    """
+
+    def __init__(self, distance: np.ndarray | torch.Tensor, zeta: float):
+        super().__init__()
+        self.register_buffer("A", torch.as_tensor(np.asarray(distance), dtype=torch.float32))
+        self.zeta = zeta
+
+    def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        emb = torch.cat([image_emb, text_emb])  # (2B, D)
+        y = torch.cat([labels, labels])
+        keep = y >= 0  # products with no label for this head have no place in the graph
+        emb, y = emb[keep], y[keep]
+        n = len(y)
+        if n < 2:
+            return emb.sum() * 0.0
+        d = 1.0 - emb @ emb.T  # (2B, 2B)
+        a = self.A[y][:, y]
+        sigma = ((a < self.zeta) & (d < self.zeta)).float()
+        off_diag = 1.0 - torch.eye(n, device=emb.device)
+        return (sigma * off_diag * (d - a) ** 2).sum() / (n * (n - 1))
+
+
+class GapLoss(nn.Module):
+    """L_gap = mean over products n of d(phi_I(image_n), phi_T(title_n))  (HUSE Eq. 12)."""
+
+    def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        return (1.0 - (image_emb * text_emb).sum(-1)).mean()
+
+
+class HuseLoss(nn.Module):
+    """L = alpha * L_cls + beta * L_graph + gamma * L_gap over the selected terms; returns every named term.
+
+    The returned dict has "cls", "graph", "gap" (each computed, for logging, even when not trained) and
+    "total" (only the selected terms, weighted).
+    """
+
+    def __init__(self, cfg: LossConfig, kinds: dict[str, str], leaf: str, distance: np.ndarray):
+        super().__init__()
+        unknown = set(cfg.losses) - {"cls", "graph", "gap"}
+        if unknown or not cfg.losses:
+            raise ValueError(f"unknown loss terms {sorted(unknown)}; choose from cls, graph, gap")
+        self.cfg, self.leaf = cfg, leaf
+        self.cls = ClassLoss(kinds, cfg.label_smoothing)
+        self.graph = GraphLoss(distance, cfg.zeta)
+        self.gap = GapLoss()
+
+    def forward(
+        self,
+        image_emb: torch.Tensor,
+        text_emb: torch.Tensor,
+        logits: dict[str, dict[str, torch.Tensor]],
+        labels: dict[str, torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        terms = {
+            "cls": self.cls(logits, labels),
+            "graph": self.graph(image_emb, text_emb, labels[self.leaf]),
+            "gap": self.gap(image_emb, text_emb),
+        }
+        weights = {"cls": self.cfg.alpha, "graph": self.cfg.beta, "gap": self.cfg.gamma}
+        terms["total"] = sum(weights[k] * terms[k] for k in self.cfg.losses)
+        return terms

@@ -1,0 +1,179 @@
+"""Training a HUSE run: data prep, the epoch loop with all three losses, checkpoints, resume, early stopping."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .artifacts import load_torch, read_json, save_torch, write_json
+from .config import DataConfig, LossConfig, ModelConfig, TrainConfig, from_dict, to_dict
+from .data import Prepared, augment, cache_dir_for, embed, prepare
+from .losses import HuseLoss, taxonomy_distance
+from .model import build_model
+from .run import RUN_FORMAT
+
+Callback = Callable[[dict], None]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@torch.inference_mode()
+def accuracy_by_modality(model, prep: Prepared, rows: np.ndarray, device: torch.device) -> dict[str, float]:
+    """Leaf-head accuracy of image, text and fused predictions on `rows` (validation during training)."""
+    image_emb, text_emb = embed(model, prep, rows, device)
+    probs = model.classify(image_emb, text_emb)[prep.leaf]
+    y = torch.from_numpy(prep.labels[prep.leaf][rows]).to(device)
+    known = y >= 0
+    return {m: float((p.argmax(1) == y)[known].float().mean()) for m, p in probs.items()}
+
+
+def make_optimizer(model, cfg: TrainConfig, steps: int):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.2)
+    elif cfg.optimizer == "rmsprop":
+        opt = torch.optim.RMSprop(params, lr=cfg.lr, momentum=0.9)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)  # the paper's constant rate
+    else:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose adamw or rmsprop")
+    return opt, sched
+
+
+def train(
+    data_cfg: DataConfig,
+    model_cfg: ModelConfig,
+    loss_cfg: LossConfig,
+    train_cfg: TrainConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    callback: Callback | None = None,
+) -> dict:
+    """Train a run into `run_dir` and return its run.json dict.
+
+    Every epoch rewrites last.pt (for --resume) and run.json atomically; model.pt is the best epoch on
+    validation (fused leaf accuracy). `callback` gets a dict per event, for live progress in the app.
+    """
+    run_dir = Path(run_dir)
+    emit = callback or (lambda event: None)
+    last_path, meta_path = run_dir / "last.pt", run_dir / "run.json"
+    if resume:
+        if not last_path.is_file():
+            raise FileNotFoundError(f"nothing to resume in {run_dir}: no last.pt. Start a new run without --resume.")
+        saved = read_json(meta_path)
+        data_cfg, model_cfg = from_dict(DataConfig, saved["data"]), from_dict(ModelConfig, saved["model"])
+        loss_cfg, train_cfg = from_dict(LossConfig, saved["loss"]), from_dict(TrainConfig, saved["train"])
+    elif meta_path.exists() and read_json(meta_path).get("status") == "training" and last_path.exists():
+        raise FileExistsError(f"{run_dir} holds an unfinished run; pass --resume to continue it, or choose "
+                              f"another --out.")
+    torch.set_num_threads(train_cfg.threads or os.cpu_count() or 1)
+    torch.manual_seed(train_cfg.seed)
+    device = pick_device(train_cfg.device)
+
+    emit({"stage": "data", "message": "reading the catalogue"})
+    prep = prepare(data_cfg, model_cfg, cache_dir_for(data_cfg, run_dir), progress=progress,
+                   tokenizer=None if not resume else saved["tokenizer"])
+    if progress:
+        print(prep.catalog.report.summary(), file=sys.stderr)
+    model = build_model(model_cfg, prep.heads, prep.tokenizer.n_tokens).to(device)
+    distance = taxonomy_distance(prep.leaf_paths)
+    criterion = HuseLoss(loss_cfg, {h["name"]: h["kind"] for h in prep.heads}, prep.leaf, distance).to(device)
+    if model.image.frozen:
+        emit({"stage": "features", "message": f"computing {model_cfg.backbone} features once"})
+        prep.compute_features(model, device, progress)
+
+    train_rows, val_rows = prep.split("train"), prep.split("val")
+    steps_per_epoch = max(1, len(train_rows) // train_cfg.batch_size)
+    opt, sched = make_optimizer(model, train_cfg, steps_per_epoch * train_cfg.epochs)
+    meta = {
+        "format": RUN_FORMAT, "status": "training", "huse_core": __version__, "torch": torch.__version__,
+        "python": platform.python_version(), "data": to_dict(data_cfg), "model": to_dict(model_cfg),
+        "loss": to_dict(loss_cfg), "train": to_dict(train_cfg), "heads": prep.heads, "levels": prep.levels,
+        "leaf": prep.leaf, "leaf_paths": prep.leaf_paths, "tokenizer": prep.tokenizer.to_dict(),
+        "catalog_size": len(prep.catalog.df), "splits": {s: int(len(prep.split(s))) for s in ("train", "val", "test")},
+        "load_report": prep.catalog.report.summary(), "history": [], "best_epoch": None,
+    }
+    start_epoch, best, stale = 0, -1.0, 0
+    if resume:
+        state = load_torch(last_path)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch, best, stale = int(state["epoch"]) + 1, float(state["best"]), int(state["stale"])
+        meta["history"], meta["best_epoch"] = saved["history"][:start_epoch], saved.get("best_epoch")
+    write_json(meta_path, meta)
+
+    for epoch in range(start_epoch, train_cfg.epochs):
+        model.train()
+        rng = np.random.default_rng(train_cfg.seed * 1000 + epoch)  # per-epoch order: resumes reproduce it
+        order = rng.permutation(train_rows)
+        sums: dict[str, float] = {}
+        seen, t0 = 0, time.time()
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{train_cfg.epochs}", disable=not progress,
+                   leave=False, file=sys.stderr)
+        for step in bar:
+            rows = np.sort(order[step * train_cfg.batch_size : (step + 1) * train_cfg.batch_size])
+            tokens = torch.from_numpy(prep.tokens[rows]).to(device)
+            if model.image.frozen:
+                image_emb = model.encode_image_features(torch.from_numpy(prep.features[rows]).to(device))
+            else:
+                pixels = torch.from_numpy(prep.pixels[rows]).to(device)
+                image_emb = model.encode_image(augment(pixels, rng) if train_cfg.augment else pixels)
+            text_emb = model.encode_text(tokens)
+            labels = {h: torch.from_numpy(y[rows]).to(device) for h, y in prep.labels.items()}
+            logits = {"image": model.logits(image_emb), "text": model.logits(text_emb)}
+            terms = criterion(image_emb, text_emb, logits, labels)
+            opt.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            opt.step()
+            sched.step()
+            seen += len(rows)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(rows)
+            rate = seen / max(time.time() - t0, 1e-9)
+            bar.set_postfix({k: f"{v / seen:.3f}" for k, v in sums.items()} | {"prod/s": f"{rate:.0f}"})
+            emit({"stage": "train", "epoch": epoch + 1, "epochs": train_cfg.epochs, "step": step + 1,
+                  "steps": steps_per_epoch, "loss": {k: v / seen for k, v in sums.items()}})
+        model.eval()
+        val = accuracy_by_modality(model, prep, val_rows, device)
+        record = {"epoch": epoch + 1, "seconds": round(time.time() - t0, 2), "products_per_s": round(rate, 1),
+                  "loss": {k: round(v / seen, 5) for k, v in sums.items()},
+                  "val_accuracy": {k: round(v, 5) for k, v in val.items()}}
+        meta["history"].append(record)
+        score = val["fused"] + 1e-3 * (val["image"] + val["text"])  # ties go to the better single modalities
+        if score > best:
+            best, stale, meta["best_epoch"] = score, 0, epoch + 1
+            save_torch(run_dir / "model.pt", model.state_dict())
+        else:
+            stale += 1
+        save_torch(last_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                               "scheduler": sched.state_dict(), "epoch": epoch, "best": best, "stale": stale})
+        write_json(meta_path, meta)
+        emit({"stage": "epoch", **record})
+        if progress:
+            terms_txt = " ".join(f"{k}={v:.4f}" for k, v in record["loss"].items())
+            accs = " ".join(f"{k}={v:.3f}" for k, v in val.items())
+            print(f"epoch {epoch + 1}: {terms_txt} | val {prep.leaf} acc {accs} | {record['seconds']:.0f}s",
+                  file=sys.stderr)
+        if stale >= train_cfg.patience:
+            if progress:
+                print(f"early stop: no better validation accuracy for {stale} epochs", file=sys.stderr)
+            break
+    meta["status"] = "done"
+    write_json(meta_path, meta)
+    emit({"stage": "done", "best_epoch": meta["best_epoch"]})
+    return meta

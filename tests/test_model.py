@@ -1,0 +1,75 @@
+"""Model shapes, unit norms, classify with either or both inputs, and pretrained weights from a local file."""
+
+import pytest
+import torch
+
+from huse_core.config import ModelConfig
+from huse_core.model import build_model, find_weights
+
+HEADS = [{"name": "leaf", "kind": "single", "classes": ["a", "b", "c"]},
+         {"name": "tags", "kind": "multi", "classes": ["x", "y"]}]
+TINY = ModelConfig(cnn_width=8, hidden=32, dim=16, conv_channels=16, word_dim=8)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(TINY, HEADS, n_tokens=30).eval()
+
+
+def test_towers_return_unit_vectors_of_dim_d(model):
+    image_emb = model.encode_image(torch.randint(0, 256, (5, 40, 40, 3), dtype=torch.uint8))
+    text_emb = model.encode_text(torch.randint(0, 30, (5, 9)))
+    for emb in (image_emb, text_emb):
+        assert emb.shape == (5, TINY.dim)
+        assert torch.allclose(emb.norm(dim=1), torch.ones(5), atol=1e-5)
+
+
+def test_padding_does_not_change_a_title_embedding(model):
+    short = torch.tensor([[5, 6, 7, 0, 0]])
+    longer = torch.tensor([[5, 6, 7, 0, 0, 0, 0, 0, 0]])
+    assert torch.allclose(model.encode_text(short), model.encode_text(longer), atol=1e-6)
+
+
+def test_classify_with_image_text_or_both(model):
+    image_emb = model.encode_image(torch.zeros(2, 32, 32, 3, dtype=torch.uint8))
+    text_emb = model.encode_text(torch.tensor([[3, 4], [5, 0]]))
+    both = model.classify(image_emb, text_emb)
+    assert set(both["leaf"]) == {"image", "text", "fused"}
+    assert torch.allclose(both["leaf"]["fused"], 0.5 * both["leaf"]["image"] + 0.5 * both["leaf"]["text"])
+    assert torch.allclose(both["leaf"]["image"].sum(1), torch.ones(2))
+    assert ((both["tags"]["text"] > 0) & (both["tags"]["text"] < 1)).all()  # sigmoids, not a softmax
+    assert set(model.classify(image_emb=image_emb)["leaf"]) == {"image"}
+    assert set(model.classify(text_emb=text_emb)["leaf"]) == {"text"}
+    weighted = model.classify(image_emb, text_emb, weight=1.0)["leaf"]
+    assert torch.allclose(weighted["fused"], weighted["image"])
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "vgg16"])
+def test_pretrained_backbone_loads_a_local_weights_file(tmp_path, backbone):
+    from huse_core.compat import import_torchvision
+
+    torch.manual_seed(1)
+    reference = getattr(import_torchvision().models, backbone)(weights=None)
+    path = tmp_path / f"{backbone}.pth"
+    torch.save(reference.state_dict(), path)
+    cfg = ModelConfig(backbone=backbone, image_weights=str(path), hidden=32, dim=16)
+    model = build_model(cfg, HEADS, n_tokens=10)
+    first = next(iter(reference.state_dict()))
+    assert torch.equal(model.image.backbone.state_dict()[first], reference.state_dict()[first])
+    assert model.image.frozen and not any(p.requires_grad for p in model.image.backbone.parameters())
+    emb = model.eval().encode_image(torch.zeros(1, 64, 64, 3, dtype=torch.uint8))
+    assert emb.shape == (1, 16)
+
+
+def test_missing_weights_file_is_a_clear_error_not_a_download(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(FileNotFoundError, match="--image-weights"):
+        find_weights("vgg16")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        find_weights("resnet18", str(tmp_path / "nope.pth"))
+
+
+def test_unknown_backbone_names_the_choices():
+    with pytest.raises(ValueError, match="cnn"):
+        build_model(ModelConfig(backbone="alexnet"), HEADS, 10)
