@@ -40,6 +40,11 @@ def accuracy_by_modality(model, prep: Prepared, rows: np.ndarray, device: torch.
     return {m: float((p.argmax(1) == y)[known].float().mean()) for m, p in probs.items()}
 
 
+def selection_score(val_accuracy: dict[str, float]) -> float:
+    """What early stopping maximises: fused leaf accuracy, ties going to the better single modalities."""
+    return val_accuracy["fused"] + 1e-3 * (val_accuracy["image"] + val_accuracy["text"])
+
+
 def make_optimizer(model, cfg: TrainConfig, steps: int):
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adamw":
@@ -114,6 +119,7 @@ def train(
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start_epoch, best, stale = int(state["epoch"]) + 1, float(state["best"]), int(state["stale"])
+        torch.set_rng_state(state["rng"])
         meta["history"], meta["best_epoch"] = saved["history"][:start_epoch], saved.get("best_epoch")
     write_json(meta_path, meta)
 
@@ -154,14 +160,15 @@ def train(
                   "loss": {k: round(v / seen, 5) for k, v in sums.items()},
                   "val_accuracy": {k: round(v, 5) for k, v in val.items()}}
         meta["history"].append(record)
-        score = val["fused"] + 1e-3 * (val["image"] + val["text"])  # ties go to the better single modalities
+        score = selection_score(val)
         if score > best:
             best, stale, meta["best_epoch"] = score, 0, epoch + 1
             save_torch(run_dir / "model.pt", model.state_dict())
         else:
             stale += 1
         save_torch(last_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                               "scheduler": sched.state_dict(), "epoch": epoch, "best": best, "stale": stale})
+                               "scheduler": sched.state_dict(), "epoch": epoch, "best": best, "stale": stale,
+                               "rng": torch.get_rng_state()})  # dropout draws: a resumed run repeats them
         write_json(meta_path, meta)
         emit({"stage": "epoch", **record})
         if progress:

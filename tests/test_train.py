@@ -1,0 +1,159 @@
+"""End to end on a tiny demo shop: train, evaluate, checkpoint round trip, resume, CLI, clear refusals."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from huse_core.cli import main
+from huse_core.config import DataConfig, LossConfig, ModelConfig, TrainConfig
+from huse_core.demo import generate_demo
+from huse_core.evaluate import evaluate
+from huse_core.run import RunError, load_run
+from huse_core.train import selection_score, train
+
+TINY_MODEL = ModelConfig(cnn_width=8, hidden=64, dim=32, conv_channels=32, word_dim=16)
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shop")
+    return generate_demo(root / "demo", n_products=240, seed=3, image_size=64, progress=False)
+
+
+@pytest.fixture(scope="module")
+def trained(shop, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    meta = train(DataConfig(catalog=str(shop)), TINY_MODEL, LossConfig(), TrainConfig(epochs=3, batch_size=32),
+                 run_dir, progress=False)
+    return run_dir, meta
+
+
+def test_training_logs_all_three_terms_and_keeps_the_best_epoch(trained):
+    run_dir, meta = trained
+    assert meta["status"] == "done" and len(meta["history"]) == 3
+    for record in meta["history"]:
+        assert set(record["loss"]) == {"cls", "graph", "gap", "total"}
+        assert set(record["val_accuracy"]) == {"image", "text", "fused"}
+    first, last = meta["history"][0]["loss"], meta["history"][-1]["loss"]
+    assert last["total"] < first["total"] and last["cls"] < first["cls"]
+    best = max(meta["history"], key=lambda r: selection_score(r["val_accuracy"]))
+    assert meta["best_epoch"] == best["epoch"]
+    assert (run_dir / "model.pt").is_file() and (run_dir / "last.pt").is_file()
+
+
+def test_checkpoint_round_trip_gives_the_same_embeddings(trained):
+    run_dir, _ = trained
+    a, b = load_run(run_dir), load_run(run_dir)
+    titles = ["Red Striped Shirt", "Nordvik Women Black Heels", ""]
+    assert np.allclose(a.encode_texts(titles), b.encode_texts(titles))
+    emb = a.encode_texts(titles)
+    assert emb.dtype == np.float32 and emb.shape == (3, TINY_MODEL.dim)
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    pixels = np.full((2, 64, 64, 3), 200, np.uint8)
+    probs = a.classify(image_emb=a.encode_images(pixels), text_emb=a.encode_texts(["red shirt", "blue jeans"]))
+    leaf = probs[a.leaf]
+    assert set(leaf) == {"image", "text", "fused"} and np.allclose(leaf["fused"].sum(1), 1, atol=1e-5)
+
+
+def test_evaluate_reports_the_documented_figures(trained):
+    run_dir, _ = trained
+    result = evaluate(run_dir, progress=False)
+    assert result["n_test"] > 0
+    leaf = result["classification"][result["leaf"]]
+    assert set(leaf) == {"image", "text", "fused"} and 0 <= leaf["fused"]["accuracy"] <= 1
+    assert set(result["retrieval"]["class_level"]) == {"i2i", "i2t", "t2i", "t2t"}
+    assert set(result["retrieval"]["instance"]) == {"i2t", "t2i"}
+    for r in result["retrieval"]["class_level"].values():
+        assert r["R@1"] <= r["R@5"] <= r["R@10"]
+    assert -1 <= result["modality_gap"]["mean_pair_cosine"] <= 1
+    assert json.loads((run_dir / "run.json").read_text())["metrics"]["test"] == result
+
+
+def test_resume_continues_an_interrupted_run(shop, tmp_path):
+    run_dir = tmp_path / "run"
+    cfgs = (DataConfig(catalog=str(shop)), TINY_MODEL, LossConfig(), TrainConfig(epochs=3, batch_size=32))
+    calls = []
+
+    def stop_after_first_epoch(event):
+        calls.append(event)
+        if event["stage"] == "epoch" and event["epoch"] == 1:
+            raise KeyboardInterrupt  # what Ctrl-C does mid-run
+
+    with pytest.raises(KeyboardInterrupt):
+        train(*cfgs, run_dir, progress=False, callback=stop_after_first_epoch)
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "training"
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(*cfgs, run_dir, progress=False)  # never silently overwrite an unfinished run
+    meta = train(*cfgs, run_dir, resume=True, progress=False)
+    assert meta["status"] == "done" and [r["epoch"] for r in meta["history"]] == [1, 2, 3]
+    assert load_run(run_dir).meta["status"] == "done"
+
+
+def test_resume_reproduces_an_uninterrupted_run(shop, tmp_path):
+    cfgs = (DataConfig(catalog=str(shop)), TINY_MODEL, LossConfig(), TrainConfig(epochs=2, batch_size=32,
+                                                                                 augment=False))
+    straight = train(*cfgs, tmp_path / "a", progress=False)
+
+    def stop(event):
+        if event["stage"] == "epoch" and event["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(*cfgs, tmp_path / "b", progress=False, callback=stop)
+    resumed = train(*cfgs, tmp_path / "b", resume=True, progress=False)
+    assert resumed["history"][1]["loss"]["total"] == pytest.approx(straight["history"][1]["loss"]["total"], rel=1e-3)
+
+
+def test_damaged_or_foreign_runs_are_refused_with_what_to_do(trained, tmp_path):
+    run_dir, _ = trained
+    with pytest.raises(RunError, match="train"):
+        load_run(tmp_path / "nothing")
+    bad = tmp_path / "bad"
+    shutil.copytree(run_dir, bad)
+    meta = json.loads((bad / "run.json").read_text())
+    meta["model"]["dim"] = 48  # an edited run.json no longer matches model.pt
+    (bad / "run.json").write_text(json.dumps(meta))
+    with pytest.raises(RunError, match="does not match"):
+        load_run(bad)
+    (bad / "run.json").write_text(json.dumps({**meta, "format": 99}))
+    with pytest.raises(RunError, match="format"):
+        load_run(bad)
+
+
+def test_a_pickle_that_would_run_code_is_refused_unopened(trained, tmp_path):
+    run_dir, _ = trained
+    evil = tmp_path / "evil"
+    shutil.copytree(run_dir, evil)
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"x": Exploit()}, evil / "model.pt")
+    with pytest.raises(RunError):
+        load_run(evil)
+    assert not marker.exists()
+
+
+def test_cli_demo_train_evaluate(tmp_path, capsys):
+    assert main(["demo-data", "--out", str(tmp_path / "demo"), "--products", "160", "--quiet"]) == 0
+    csv = tmp_path / "demo" / "metadata.csv"
+    assert csv.is_file()
+    args = ["train", "--catalog", str(csv), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "32",
+            "--cnn-width", "8", "--hidden", "32", "--dim", "16", "--conv-channels", "16", "--word-dim", "8",
+            "--losses", "cls,gap", "--quiet"]
+    assert main(args) == 0
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["loss"]["losses"] == ["cls", "gap"] and meta["model"]["dim"] == 16
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(tmp_path / "run"), "--json", "--quiet"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"n_test", "classification", "retrieval", "modality_gap"} <= set(result)
+    assert main(["evaluate", "--run", str(tmp_path / "missing")]) == 2
+    assert "no run.json" in capsys.readouterr().err
+    assert main(["train", "--catalog", str(csv), "--out", str(tmp_path / "r2"), "--text-col", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err
