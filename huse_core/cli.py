@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -18,24 +20,32 @@ def _parse_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def field_docs(cls) -> dict[str, str]:
+    """Each config field's why-comment, read from the source, so --help says what the config says."""
+    src = inspect.getsource(cls)
+    return {m[1]: m[2].replace("%", "%%") for m in re.finditer(r"^\s+(\w+): [^#\n]*#\s*(.+)$", src, re.M)}
+
+
 def add_config_flags(parser: argparse.ArgumentParser, cls, title: str) -> None:
-    """One --flag per dataclass field, typed from its default; the field's why-comment is in the docs."""
+    """One --flag per dataclass field, typed from its default; its help is the field's comment."""
     group = parser.add_argument_group(title)
+    docs = field_docs(cls)
     for f in dataclasses.fields(cls):
         flag = RENAMED.get((cls, f.name), f.name.replace("_", "-"))
         if flag is None:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        dest = f"{cls.__name__}.{f.name}"
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        kw = {"dest": f"{cls.__name__}.{f.name}", "default": None, "help": docs.get(f.name, "") + (f" (default: {shown})" if shown != "" else "")}
         if isinstance(default, bool):
-            group.add_argument(f"--{flag}", dest=dest, action=argparse.BooleanOptionalAction, default=None)
+            group.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, **kw)
         elif isinstance(default, list):
-            group.add_argument(f"--{flag}", dest=dest, type=_parse_list, default=None, metavar="A,B")
+            group.add_argument(f"--{flag}", type=_parse_list, metavar="A,B", **kw)
         elif isinstance(default, tuple):
-            group.add_argument(f"--{flag}", dest=dest, default=None, metavar="X,Y,Z",
-                               type=lambda s: tuple(float(x) for x in _parse_list(s)))
+            group.add_argument(f"--{flag}", metavar="X,Y,Z", type=lambda s: tuple(float(x) for x in _parse_list(s)),
+                               **kw)
         else:
-            group.add_argument(f"--{flag}", dest=dest, type=type(default), default=None, metavar=type(default).__name__.upper())
+            group.add_argument(f"--{flag}", type=type(default), metavar=type(default).__name__.upper(), **kw)
 
 
 def build_config(args: argparse.Namespace, cls, **fixed):
