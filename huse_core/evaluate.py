@@ -108,8 +108,9 @@ def format_tables(result: dict) -> str:
     lines = [f"{result[f'n_{split}']} {split} products; leaf head: {result['leaf']}", "",
              f"{'head':<20}{'image acc':>11}{'text acc':>11}{'fused acc':>11}{'fused F1':>11}"]
     for head, per in result["classification"].items():
-        cell = lambda m, k="accuracy": f"{per[m][k] * 100:10.2f}%" if m in per else f"{'-':>11}"  # noqa: E731
-        lines.append(f"{head:<20}{cell('image')}{cell('text')}{cell('fused')}{cell('fused', 'macro_f1')}")
+        columns = (("image", "accuracy"), ("text", "accuracy"), ("fused", "accuracy"), ("fused", "macro_f1"))
+        cells = [f"{per[m][k] * 100:10.2f}%" if m in per else f"{'-':>11}" for m, k in columns]
+        lines.append(f"{head:<20}" + "".join(cells))
     for kind in ("class_level", "instance"):
         lines += ["", f"retrieval, {kind.replace('_', '-')}:", f"{'':<8}{'R@1':>8}{'R@5':>8}{'R@10':>8}"]
         for direction, r in result["retrieval"][kind].items():

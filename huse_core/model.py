@@ -106,7 +106,8 @@ class MLP(nn.Module):
         self.blocks = nn.ModuleList()
         d = d_in
         for _ in range(layers - 1):
-            self.blocks.append(nn.Sequential(nn.Linear(d, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Dropout(dropout)))
+            block = nn.Sequential(nn.Linear(d, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Dropout(dropout))
+            self.blocks.append(block)
             d = hidden
         self.out = nn.Linear(d, d_out)
 

@@ -68,7 +68,9 @@ class Run:
     @torch.inference_mode()
     def classify(self, image_emb: np.ndarray | None = None, text_emb: np.ndarray | None = None) -> dict:
         """{head: {"image"|"text"|"fused": probs (N, C) float32}} for whichever embeddings are given."""
-        as_t = (lambda a: None if a is None else torch.from_numpy(np.atleast_2d(np.asarray(a, np.float32))))
+        def as_t(a):
+            return None if a is None else torch.from_numpy(np.atleast_2d(np.asarray(a, np.float32)))
+
         probs = self.model.classify(as_t(image_emb), as_t(text_emb), weight=self.meta.get("fusion_weight"))
         return {h: {m: p.numpy() for m, p in per.items()} for h, per in probs.items()}
 

@@ -72,8 +72,8 @@ def test_class_loss_averages_heads_and_modalities_and_uses_bce_for_multi_label()
     z_multi = torch.tensor([[1.0, -1.0]])
     y_multi = torch.tensor([[1.0, 0.0]])
     loss = ClassLoss({"s": "single", "m": "multi"})
-    got = loss({"image": {"s": z_single, "m": z_multi.repeat(2, 1)}, "text": {"s": z_single, "m": z_multi.repeat(2, 1)}},
-               {"s": y_single, "m": y_multi.repeat(2, 1)})
+    per_head = {"s": z_single, "m": z_multi.repeat(2, 1)}
+    got = loss({"image": per_head, "text": per_head}, {"s": y_single, "m": y_multi.repeat(2, 1)})
     ce = -math.log(math.exp(2) / (math.exp(2) + 1))
     bce = -math.log(1 / (1 + math.exp(-1)))  # both multi-label terms equal log(1 + e^-1)
     assert got.item() == pytest.approx((ce + ce + bce + bce) / 4, abs=1e-5)
