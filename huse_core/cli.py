@@ -8,7 +8,6 @@ import inspect
 import json
 import re
 import sys
-from pathlib import Path
 
 from .config import DataConfig, LossConfig, ModelConfig, TrainConfig
 
@@ -36,7 +35,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, title: str) -> None:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
-        kw = {"dest": f"{cls.__name__}.{f.name}", "default": None, "help": docs.get(f.name, "") + (f" (default: {shown})" if shown != "" else "")}
+        help_text = docs.get(f.name, "") + (f" (default: {shown})" if shown != "" else "")
+        kw = {"dest": f"{cls.__name__}.{f.name}", "default": None, "help": help_text}
         if isinstance(default, bool):
             group.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, **kw)
         elif isinstance(default, list):
