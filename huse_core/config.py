@@ -57,7 +57,7 @@ class LossConfig:
 
     losses: list[str] = field(default_factory=lambda: ["cls", "graph", "gap"])  # terms trained (ablations)
     alpha: float = 1.0  # class-level cross-entropy weight
-    beta: float = 1.0  # semantic-graph loss weight
+    beta: float = 4.0  # semantic-graph loss weight (demo: class-level t2i R@1 0.876 at 1, 0.916 at 4)
     gamma: float = 0.5  # cross-modal gap loss weight
     zeta: float = 0.7  # graph-loss margin: only pairs closer than this in A and in d count
     label_smoothing: float = 0.1  # softens the cross-entropy targets; helps the image tower generalise

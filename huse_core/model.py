@@ -202,20 +202,25 @@ class HuseModel(nn.Module):
         return {h["name"]: layer(emb) for h, layer in zip(self.heads, self.classifier)}
 
     def classify(
-        self, image_emb: torch.Tensor | None = None, text_emb: torch.Tensor | None = None, weight: float | None = None
+        self,
+        image_emb: torch.Tensor | None = None,
+        text_emb: torch.Tensor | None = None,
+        weight: float | dict[str, float] | None = None,
     ) -> dict[str, dict[str, torch.Tensor]]:
         """Per head, probabilities from "image", "text" and "fused" (whichever inputs are given).
 
-        Fused = w * p_image + (1 - w) * p_text (HUSE's weighted average of the two modalities' outputs).
+        Fused = w * p_image + (1 - w) * p_text (HUSE's weighted average of the two modalities' outputs);
+        `weight` is one w for every head, or a w per head (heads it doesn't name use the config's).
         """
-        w = self.cfg.fusion_weight if weight is None else weight
         out: dict[str, dict[str, torch.Tensor]] = {h["name"]: {} for h in self.heads}
         for modality, emb in (("image", image_emb), ("text", text_emb)):
             if emb is None:
                 continue
             for h, z in zip(self.heads, self.logits(emb).values()):
                 out[h["name"]][modality] = torch.sigmoid(z) if h["kind"] == "multi" else z.softmax(-1)
-        for probs in out.values():
+        for head, probs in out.items():
+            w = weight.get(head, self.cfg.fusion_weight) if isinstance(weight, dict) else weight
+            w = self.cfg.fusion_weight if w is None else w
             if "image" in probs and "text" in probs:
                 probs["fused"] = w * probs["image"] + (1 - w) * probs["text"]
         return out

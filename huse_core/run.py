@@ -71,7 +71,7 @@ class Run:
         def as_t(a):
             return None if a is None else torch.from_numpy(np.atleast_2d(np.asarray(a, np.float32)))
 
-        probs = self.model.classify(as_t(image_emb), as_t(text_emb), weight=self.meta.get("fusion_weight"))
+        probs = self.model.classify(as_t(image_emb), as_t(text_emb), weight=self.meta.get("fusion_weights"))
         return {h: {m: p.numpy() for m, p in per.items()} for h, per in probs.items()}
 
     def load_catalog(self, progress: bool = False):

@@ -43,6 +43,8 @@ def test_classify_with_image_text_or_both(model):
     assert set(model.classify(text_emb=text_emb)["leaf"]) == {"text"}
     weighted = model.classify(image_emb, text_emb, weight=1.0)["leaf"]
     assert torch.allclose(weighted["fused"], weighted["image"])
+    per_head = model.classify(image_emb, text_emb, weight={"leaf": 0.0})["leaf"]
+    assert torch.allclose(per_head["fused"], per_head["text"])
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "vgg16"])

@@ -42,6 +42,24 @@ def test_training_logs_all_three_terms_and_keeps_the_best_epoch(trained):
     best = max(meta["history"], key=lambda r: selection_score(r["val_accuracy"]))
     assert meta["best_epoch"] == best["epoch"]
     assert (run_dir / "model.pt").is_file() and (run_dir / "last.pt").is_file()
+    single = {h["name"] for h in meta["heads"] if h["kind"] == "single"}
+    assert set(meta["fusion_weights"]) == single and all(0 <= w <= 1 for w in meta["fusion_weights"].values())
+
+
+def test_tuned_fusion_is_never_below_either_modality_on_validation(trained):
+    run_dir, meta = trained
+    run = load_run(run_dir)
+    from huse_core.data import cache_dir_for, embed, prepare
+
+    prep = prepare(run.data_cfg, run.model_cfg, cache_dir_for(run.data_cfg, run_dir), progress=False,
+                   tokenizer=meta["tokenizer"], heads=meta["heads"])
+    rows = prep.split("val")
+    image_emb, text_emb = embed(run.model, prep, rows, torch.device("cpu"))
+    probs = run.classify(image_emb.numpy(), text_emb.numpy())
+    for head in meta["fusion_weights"]:
+        y = prep.labels[head][rows]
+        acc = {m: (p.argmax(1) == y)[y >= 0].mean() for m, p in probs[head].items()}
+        assert acc["fused"] >= max(acc["image"], acc["text"]) - 1e-9, head
 
 
 def test_checkpoint_round_trip_gives_the_same_embeddings(trained):
