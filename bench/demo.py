@@ -1,0 +1,61 @@
+"""Time demo-data + train + evaluate on the built-in demo shop and print the README's demo results table.
+
+    python bench/demo.py [--out /tmp/huse-demo-bench] [--products 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def step(args: list[str]) -> float:
+    t0 = time.time()
+    subprocess.run([sys.executable, "-m", "huse_core", *args], cwd=ROOT, check=True)
+    return time.time() - t0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="/tmp/huse-demo-bench")
+    parser.add_argument("--products", type=int, default=3000)
+    args = parser.parse_args()
+    out = Path(args.out)
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+    times = {
+        "demo-data": step(["demo-data", "--out", str(out / "demo"), "--products", str(args.products), "--quiet"]),
+        "train": step(["train", "--catalog", str(out / "demo" / "metadata.csv"), "--out", str(out / "run"), "--quiet"]),
+        "evaluate": step(["evaluate", "--run", str(out / "run"), "--quiet"]),
+    }
+    meta = json.loads((out / "run" / "run.json").read_text())
+    result = meta["metrics"]["test"]
+    leaf = result["classification"][result["leaf"]]
+    cl, inst = result["retrieval"]["class_level"], result["retrieval"]["instance"]
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads = cores")
+    spent = ", ".join(f"{k} {v:.0f} s" for k, v in times.items())
+    print(f"wall time: {spent}, total {sum(times.values()):.0f} s")
+    print(f"epochs run: {len(meta['history'])} (best {meta['best_epoch']}); test products: {result['n_test']}\n")
+    print("| measure | image | text | fused |\n|---|---|---|---|")
+    for head, per in result["classification"].items():
+        cells = " | ".join(f"{per[m]['accuracy'] * 100:.1f} %" for m in ("image", "text", "fused"))
+        print(f"| {head} accuracy | {cells} |")
+    print("\n| class-level retrieval | R@1 | R@5 | R@10 |\n|---|---|---|---|")
+    for d, r in {**cl, **{f"{k} (instance)": v for k, v in inst.items()}}.items():
+        print(f"| {d} | {r['R@1']:.3f} | {r['R@5']:.3f} | {r['R@10']:.3f} |")
+    print(f"\nmean paired image-title cosine: {result['modality_gap']['mean_pair_cosine']:.3f}")
+    first, last = meta["history"][0]["loss"], meta["history"][-1]["loss"]
+    print("loss terms, first -> last epoch: " + ", ".join(f"{k} {first[k]:.3f} -> {last[k]:.3f}" for k in first))
+    print(f"fused {result['leaf']} accuracy {leaf['fused']['accuracy'] * 100:.1f} %")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
