@@ -90,6 +90,70 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_index(args) -> int:
+    from .index import N_TREES, build_index
+
+    manifest = build_index(args.run, n_trees=args.n_trees or N_TREES, with_map=not args.no_map,
+                           progress=not args.quiet)
+    times = ", ".join(f"{stage} {sec:.1f}s" for stage, sec in manifest["seconds"].items())
+    recall = ", ".join(f"{name} {ix['recall_at_10']:.3f} (search_k {ix['search_k']})"
+                       for name, ix in manifest["indexes"].items())
+    print(f"indexed {manifest['n_products']:,} products ({manifest['n_added']:,} added) in {args.run}/index\n"
+          f"  times: {times}\n  recall@10 vs exact: {recall}")
+    return 0
+
+
+def _filter_pair(text: str) -> tuple[str, str]:
+    head, sep, value = text.partition("=")
+    if not sep or not head.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"--filter takes head=value (e.g. masterCategory=Footwear), got {text!r}")
+    return head.strip(), value.strip()
+
+
+def cmd_search(args) -> int:
+    from .search import Searcher
+
+    if args.product and (args.text or args.image):
+        raise ValueError("--product searches with a product's own embeddings; leave out --text and --image")
+    if not (args.product or args.text or args.image):
+        raise ValueError("nothing to search for: pass --text, --image (or both) or --product ID")
+    hits = Searcher.open(args.run).search(text=args.text, image=args.image, product=args.product,
+                                          target=args.target, k=args.k, filters=dict(args.filter or []),
+                                          image_weight=args.image_weight)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(h) for h in hits], indent=2, ensure_ascii=False))
+        return 0
+    if not hits:
+        print("no products match")
+    for rank, h in enumerate(hits, 1):
+        labels = " / ".join(v for v in h.labels.values() if v)
+        print(f"{rank:>3}. {h.score:6.3f}  {h.id:<12} {h.title[:48]:<48}  {labels[:60]}" + ("  [added]" * h.added))
+    return 0
+
+
+def cmd_classify(args) -> int:
+    from .search import Searcher
+
+    searcher = Searcher.open(args.run)
+    if args.labels:
+        ranked = searcher.zero_shot(_parse_list(args.labels), image=args.image, text=args.text)
+        if args.json:
+            print(json.dumps([{"label": label, "score": score} for label, score in ranked], indent=2))
+        else:
+            print("\n".join(f"{score:7.3f}  {label}" for label, score in ranked))
+        return 0
+    result = searcher.classify(image=args.image, text=args.text, top=args.top)
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        return 0
+    for head, per in result.items():
+        print(head)
+        for modality, preds in per.items():
+            shown = ", ".join(f"{p['path']} {p['prob'] * 100:.1f}%" for p in preds)
+            print(f"  {modality:<6} {shown}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m huse_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,6 +182,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("index", help="embed the catalogue, build the search index and the map")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--n-trees", type=int, default=None,
+                   help="Annoy trees per modality (default 16; more: slower build, slightly better recall)")
+    p.add_argument("--no-map", action="store_true", help="skip the 2-D map (UMAP, the slow part)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="search the catalogue by text, image (or both) or a product id")
+    p.add_argument("--run", required=True, help="run directory (with an index)")
+    p.add_argument("--text", help="query words")
+    p.add_argument("--image", help="query photo; with --text the query mixes both")
+    p.add_argument("--product", help="a product id: find products like it (the product itself is left out)")
+    p.add_argument("--target", choices=["image", "text"], default="image",
+                   help="search the products' photos (image) or titles (text)")
+    p.add_argument("-k", type=int, default=10, help="number of hits")
+    p.add_argument("--filter", type=_filter_pair, action="append", metavar="HEAD=VALUE",
+                   help="keep products with this label, e.g. masterCategory=Footwear (repeatable)")
+    p.add_argument("--image-weight", type=float, default=0.5,
+                   help="share of the image in a text+image or --product query (0..1)")
+    p.add_argument("--json", action="store_true", help="print a JSON list of hits, best first")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("classify", help="predict a product's labels from its photo and/or title")
+    p.add_argument("--run", required=True, help="run directory (with an index)")
+    p.add_argument("--image", help="product photo")
+    p.add_argument("--text", help="product title")
+    p.add_argument("--labels", help="rank these comma-separated labels instead (zero-shot), e.g. 'dress,jeans'")
+    p.add_argument("--top", type=int, default=3, help="labels shown per head")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_classify)
     return parser
 
 

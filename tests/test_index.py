@@ -1,0 +1,112 @@
+"""Exact search, the Annoy wrapper and its sidecar: orders, cosines, recall, and refusing mismatched indexes."""
+
+import json
+
+import numpy as np
+import pytest
+
+from huse_core.index import (TARGET_RECALL, AnnoyIndex, IndexMissingError, StaleIndexError, cosine_from_angular,
+                             exact_search)
+
+# Gallery rows at known angles from the query e1 (degrees), stored out of order.
+ANGLES = {"a": 50.0, "b": 5.0, "c": 120.0, "d": 20.0, "e": 90.0, "f": 35.0, "g": 170.0}
+EXPECTED = ["b", "d", "f", "a", "e", "c", "g"]
+
+
+def toy_gallery(dim: int = 8) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Unit rows in the plane of e1, e2 at ANGLES from the query e1."""
+    ids = list(ANGLES)
+    rad = np.radians([ANGLES[i] for i in ids])
+    emb = np.zeros((len(ids), dim), np.float32)
+    emb[:, 0], emb[:, 1] = np.cos(rad), np.sin(rad)
+    query = np.zeros(dim, np.float32)
+    query[0] = 1.0
+    return emb, ids, query
+
+
+def clustered(n: int, dim: int, seed: int) -> np.ndarray:
+    """Unit rows around 20 centres: structured like real embeddings, unlike uniform noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(20, dim))
+    emb = centres[rng.integers(0, 20, n)] + 0.5 * rng.normal(size=(n, dim))
+    return (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_cosine_from_angular_matches_numpy_cosine(tmp_path):
+    emb = clustered(50, 16, seed=1)
+    index = AnnoyIndex.build(emb, range(50), tmp_path / "toy.ann", "fp", n_trees=2, progress=False)
+    pairs = [(0, 1), (2, 30), (5, 5), (7, 49)]
+    annoy_cos = [cosine_from_angular(index._ann.get_distance(i, j)) for i, j in pairs]
+    assert np.allclose(annoy_cos, [emb[i] @ emb[j] for i, j in pairs], atol=1e-5)
+    assert cosine_from_angular(0.0) == 1.0 and cosine_from_angular(np.sqrt(2)) == pytest.approx(0.0)
+    assert cosine_from_angular(2.0) == pytest.approx(-1.0)  # opposite unit vectors: |a - b| = 2
+
+
+def test_exact_search_returns_the_expected_order_and_cosines():
+    emb, ids, query = toy_gallery()
+    rows, scores = exact_search(query, emb, k=7)
+    assert [ids[r] for r in rows] == EXPECTED
+    assert np.allclose(scores, np.cos(np.radians([ANGLES[i] for i in EXPECTED])), atol=1e-6)
+    top3, _ = exact_search(query, emb, k=3)
+    assert [ids[r] for r in top3] == EXPECTED[:3]
+    batch_rows, batch_scores = exact_search(np.stack([query, -query]), emb, k=2)
+    assert [ids[r] for r in batch_rows[1]] == ["g", "c"]  # the opposite query ranks the far rows first
+    assert batch_scores.shape == (2, 2)
+    assert len(exact_search(query, emb, k=100)[0]) == 7  # k past the gallery: every row once
+
+
+def test_annoy_returns_the_expected_order_on_toy_vectors(tmp_path):
+    emb, ids, query = toy_gallery()
+    index = AnnoyIndex.build(emb, ids, tmp_path / "toy.ann", "fp", n_trees=4, progress=False)
+    rows, scores = index.query(query, 7)
+    assert [index.ids[r] for r in rows] == EXPECTED
+    assert np.allclose(scores, np.cos(np.radians([ANGLES[i] for i in EXPECTED])), atol=1e-5)
+    reopened = AnnoyIndex.load(tmp_path / "toy.ann", dim=8, fingerprint="fp")
+    assert [reopened.ids[r] for r in reopened.query(query, 3)[0]] == EXPECTED[:3]
+
+
+def test_annoy_agrees_with_exact_search_at_the_recorded_recall(tmp_path):
+    emb, fresh = np.split(clustered(3300, 32, seed=2), [3000])  # fresh: queries the tuning never saw
+    index = AnnoyIndex.build(emb, [f"p{i}" for i in range(3000)], tmp_path / "c.ann", "fp", n_trees=8,
+                             progress=False)
+    meta = json.loads((tmp_path / "c.ann.json").read_text())
+    assert meta["recall_at_10"] >= TARGET_RECALL and meta["n_items"] == 3000 and meta["dim"] == 32
+    assert meta["search_k"] >= 4 * 8 * 10 and meta["build_seconds"] >= 0
+    assert index.recall(emb, fresh, 10) >= 0.96  # the promised 0.97, less the noise of 300 queries
+    rows, _ = index.query(fresh[0], 10)
+    exact_rows, _ = exact_search(fresh[0], emb, 10)
+    assert len(set(rows) & set(exact_rows)) >= 8
+
+
+def test_index_of_another_dimension_is_refused_before_loading(tmp_path):
+    emb, ids, _ = toy_gallery(dim=8)
+    AnnoyIndex.build(emb, ids, tmp_path / "toy.ann", "fp", n_trees=2, progress=False)
+    # Annoy would read a 8-dim file as 512-dim rows and crash the process; the sidecar check comes first.
+    with pytest.raises(StaleIndexError, match=r"dimension 8 != expected 512.*huse_core index --run /r"):
+        AnnoyIndex.load(tmp_path / "toy.ann", dim=512, fingerprint="fp", run_dir="/r")
+    with pytest.raises(StaleIndexError, match=r"model fingerprint 'fp' != expected 'other'"):
+        AnnoyIndex.load(tmp_path / "toy.ann", dim=8, fingerprint="other")
+
+
+def test_truncated_or_missing_index_files_are_refused(tmp_path):
+    emb, ids, _ = toy_gallery()
+    index = AnnoyIndex.build(emb, ids, tmp_path / "toy.ann", "fp", n_trees=2, progress=False)
+    data = tmp_path / index.meta["file"]
+    data.write_bytes(data.read_bytes()[:100])
+    with pytest.raises(StaleIndexError, match="file size"):
+        AnnoyIndex.load(tmp_path / "toy.ann", dim=8, fingerprint="fp")
+    (tmp_path / "toy.ann.json").write_text("{not json")
+    with pytest.raises(StaleIndexError, match="damaged"):
+        AnnoyIndex.load(tmp_path / "toy.ann", dim=8, fingerprint="fp")
+    with pytest.raises(IndexMissingError, match="python -m huse_core index"):
+        AnnoyIndex.load(tmp_path / "none.ann", dim=8, fingerprint="fp")
+
+
+def test_rebuilding_replaces_the_forest_file_and_drops_the_old_one(tmp_path):
+    emb, ids, query = toy_gallery()
+    first = AnnoyIndex.build(emb, ids, tmp_path / "toy.ann", "fp", n_trees=2, progress=False)
+    second = AnnoyIndex.build(emb[::-1].copy(), ids[::-1], tmp_path / "toy.ann", "fp", n_trees=2, progress=False)
+    assert first.meta["file"] != second.meta["file"]
+    assert sorted(p.name for p in tmp_path.glob("*.ann")) == [second.meta["file"]]
+    reopened = AnnoyIndex.load(tmp_path / "toy.ann", dim=8, fingerprint="fp")
+    assert [reopened.ids[r] for r in reopened.query(query, 7)[0]] == EXPECTED  # ids follow their rows

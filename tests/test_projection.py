@@ -1,0 +1,45 @@
+"""The 2-D map: both modalities of every product, seeded layouts, sampling past the fit limit, safe placement."""
+
+import os
+
+import numpy as np
+import pandas as pd
+
+from huse_core.projection import MAP, fit_xy, load_map, place_points
+
+
+def test_map_file_has_both_modalities_of_every_product(tiny_indexed_run):
+    index_dir = tiny_indexed_run / "index"
+    products = pd.read_parquet(index_dir / "products.parquet")
+    frame = load_map(index_dir)
+    assert (index_dir / MAP).is_file() and len(frame) == 2 * len(products)
+    for modality in ("image", "text"):
+        points = frame[frame["modality"] == modality]
+        assert list(points["id"]) == list(products["id"])  # one point per product and modality, in order
+        assert list(points["articleType"]) == list(products["articleType"])
+    assert {"id", "modality", "x", "y", "title", "image", "added"} <= set(frame.columns)
+    assert np.isfinite(frame[["x", "y"]].to_numpy()).all() and frame[["x", "y"]].std().min() > 0
+    assert os.environ["NUMBA_CACHE_DIR"]  # set before umap was imported: kernels compile once per machine
+
+
+def test_place_points_puts_a_point_at_the_mean_of_its_five_nearest_mapped_points():
+    angles = np.radians([0, 10, 20, 30, 40, 90, 100, 180, 200, 270])
+    ref_emb = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    ref_xy = np.arange(20, dtype=np.float32).reshape(10, 2)
+    new = np.array([[np.cos(np.radians(15)), np.sin(np.radians(15))]], np.float32)  # nearest: 10, 20, 0, 30, 40 deg
+    assert np.allclose(place_points(new, ref_emb, ref_xy), ref_xy[:5].mean(axis=0))
+    assert place_points(new, ref_emb[:0], ref_xy[:0]).shape == (1, 2)  # nothing mapped yet: no crash
+
+
+def test_fit_is_seeded_and_points_past_the_fit_limit_are_placed_near_their_neighbours():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 16)) * 3
+    points = centres.repeat(40, axis=0) + rng.normal(size=(120, 16))
+    points = (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+    xy = fit_xy(points, seed=1, fit_limit=60, progress=False)
+    assert xy.shape == (120, 2) and np.isfinite(xy).all()
+    assert np.array_equal(xy, fit_xy(points, seed=1, fit_limit=60, progress=False))
+    spread = np.ptp(xy, axis=0).max()
+    for c in range(3):  # every cluster, fitted and placed points alike, stays together on the map
+        cluster = xy[c * 40 : (c + 1) * 40]
+        assert np.ptp(cluster, axis=0).max() < 0.6 * spread
