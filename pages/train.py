@@ -1,0 +1,344 @@
+"""Train & evaluate: train a run on a catalogue with live progress, then its test evaluation and confusion matrix."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+import ui
+from huse_core.catalog import ATTRIBUTE_COLS, IMAGE_COLS, LEVEL_COLS, TEXT_COLS
+from huse_core.config import DataConfig, LossConfig, ModelConfig, TrainConfig
+from huse_core.model import BACKBONES, WEIGHT_FILES
+
+ui.page_setup("pages/train.py")
+
+st.title("Train & evaluate")
+train_tab, eval_tab = st.tabs(["Train a model", "Evaluation"])
+
+
+# ---------------------------------------------------------------- choosing a catalogue
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def peek(path: str, stamp: float) -> pd.DataFrame:
+    """The first rows of a catalogue file, to offer its columns."""
+    if path.lower().endswith((".parquet", ".pq")):
+        return pd.read_parquet(path).head(200)
+    sep = "\t" if path.lower().endswith((".tsv", ".tab")) else ","
+    return pd.read_csv(path, nrows=200, dtype=str, sep=sep, encoding_errors="replace")
+
+
+def uploaded_catalog() -> Path | None:
+    """A catalogue uploaded as a CSV plus a zip of its photos, unpacked once into the data folder."""
+    c1, c2 = st.columns(2)
+    csv = c1.file_uploader("Catalogue (CSV, TSV or Parquet)", type=["csv", "tsv", "parquet"], key="train_csv")
+    photos = c2.file_uploader("Photos (a zip; paths as the CSV's image column names them)", type=["zip"],
+                              key="train_zip")
+    if csv is None or photos is None:
+        st.info("Upload both files: the catalogue table and a zip of its photos.")
+        return None
+    key = (csv.file_id, photos.file_id)
+    if st.session_state.get("train_upload_key") != key:
+        folder = ui.upload_folder("uploads", Path(csv.name).stem)
+        with st.spinner("Unpacking the photos…"):
+            result = ui.safe_extract(photos.getvalue(), folder)
+        suffix = Path(csv.name).suffix.lower() or ".csv"
+        (folder / f"catalogue{suffix}").write_bytes(csv.getvalue())
+        st.session_state["train_upload_key"] = key
+        st.session_state["train_upload"] = (str(folder / f"catalogue{suffix}"), len(result.files), result.problems)
+    path, n_files, problems = st.session_state["train_upload"]
+    st.caption(f"Unpacked {n_files:,} files into {ui.code(Path(path).parent)}.")
+    if problems:
+        with st.expander(f"{len(problems)} zip entries were not used", icon=":material/warning:"):
+            st.text("\n".join(problems[:200]))
+    return Path(path)
+
+
+def choose_catalog() -> Path | None:
+    source = st.segmented_control("Catalogue", ["Demo shop", "A file on this computer", "Upload"], default="Demo shop",
+                                  key="train_source", required=True)
+    if source == "Demo shop":
+        csv = ui.demo_dirs()[0] / "metadata.csv"
+        if not csv.is_file():
+            st.warning("The demo catalogue isn't there yet; it is made on the app's first start.")
+            return None
+        return csv
+    if source == "A file on this computer":
+        typed = st.text_input("Catalogue file", key="train_path", placeholder="/data/myshop/metadata.csv",
+                              help="A CSV or Parquet file; image paths in it are relative to its folder.")
+        if not typed:
+            st.info("Type the path of your catalogue file (one row per product: id, title, image, label columns).")
+            return None
+        path = Path(typed).expanduser()
+        if not path.is_file():
+            st.error(f"No file at {ui.code(path)}.")
+            return None
+        return path
+    return uploaded_catalog()
+
+
+def pick(cols: list[str], candidates: tuple[str, ...]) -> list[str]:
+    lower = {c.lower(): c for c in cols}
+    return [lower[c.lower()] for c in candidates if c.lower() in lower]
+
+
+def weights_available(backbone: str) -> bool:
+    if backbone == "cnn":
+        return True
+    from huse_core.model import find_weights
+
+    try:
+        find_weights(backbone)
+        return True
+    except (FileNotFoundError, KeyError):
+        return False
+
+
+# ---------------------------------------------------------------- training
+
+
+def train_form() -> None:
+    csv = choose_catalog()
+    if csv is None:
+        return
+    try:
+        head = peek(str(csv), csv.stat().st_mtime)
+    except Exception as err:  # noqa: BLE001 - any unreadable table is a message
+        st.error(f"Could not read {ui.code(csv.name)}: {ui.describe(err)}")
+        return
+    cols = [str(c) for c in head.columns]
+    with st.expander(f"Preview of {csv.name} ({len(cols)} columns)", icon=":material/table:"):
+        st.dataframe(head.head(20), hide_index=True, key="train_preview")
+
+    st.subheader("Columns", anchor=False)
+    c1, c2, c3 = st.columns(3)
+    title_default = (pick(cols, TEXT_COLS) or cols)[0]
+    text_col = c1.selectbox("Title", cols, index=cols.index(title_default), key="train_text_col")
+    image_opts = ["(images/<id>.jpg)"] + cols
+    image_default = (pick(cols, IMAGE_COLS) or ["(images/<id>.jpg)"])[0]
+    image_col = c2.selectbox("Photo path", image_opts, index=image_opts.index(image_default), key="train_image_col")
+    id_opts = ["(row number)"] + cols
+    id_col = c3.selectbox("Product id", id_opts, index=id_opts.index((pick(cols, ("id",)) or ["(row number)"])[0]),
+                          key="train_id_col")
+    label_cols = [c for c in cols if c not in (text_col, image_col, id_col)]
+    levels = st.multiselect("Category hierarchy, coarse → fine", label_cols,
+                            default=[c for c in pick(cols, LEVEL_COLS) if c in label_cols], key="train_levels",
+                            help="Each becomes a head; the finest one drives the semantic-graph loss.")
+    attrs = st.multiselect("Other labels (one head each)", [c for c in label_cols if c not in levels],
+                           default=[c for c in pick(cols, ATTRIBUTE_COLS) if c in label_cols and c not in levels],
+                           key="train_attrs")
+    if not levels and not attrs:
+        st.warning("Choose at least one label column: the model learns its space from them.")
+        return
+
+    st.subheader("Model and training", anchor=False)
+    c1, c2, c3, c4 = st.columns(4)
+    backbone = c1.selectbox("Photo backbone", BACKBONES, key="train_backbone",
+                            help="cnn trains from scratch, offline. The others use ImageNet weights from torch's "
+                                 "cache (frozen; features computed once).")
+    epochs = c2.slider("Epochs (at most)", 1, 40, TrainConfig.epochs, key="train_epochs",
+                       help="Training stops early when validation accuracy stops improving.")
+    batch = c3.select_slider("Batch size", [32, 64, 128, 256], value=TrainConfig.batch_size, key="train_batch")
+    lr = c4.select_slider("Learning rate", [3e-4, 1e-3, 2e-3, 5e-3], value=TrainConfig.lr, key="train_lr")
+    if not weights_available(backbone):
+        st.warning(f"No ImageNet weights for {backbone} on this machine ({WEIGHT_FILES.get(backbone)} is not in "
+                   "torch's cache). Use cnn, or copy the weights file there.")
+        return
+    with st.expander("Loss weights (L = α·classification + β·semantic graph + γ·modality gap)",
+                     icon=":material/tune:"):
+        c1, c2, c3 = st.columns(3)
+        alpha = c1.number_input("α classification", 0.0, 10.0, LossConfig.alpha, 0.1, key="train_alpha")
+        beta = c2.number_input("β semantic graph", 0.0, 10.0, LossConfig.beta, 0.1, key="train_beta")
+        gamma = c3.number_input("γ modality gap", 0.0, 10.0, LossConfig.gamma, 0.1, key="train_gamma")
+    losses = [name for name, w in (("cls", alpha), ("graph", beta), ("gap", gamma)) if w > 0]
+    if not losses:
+        st.warning("At least one loss weight must be above zero.")
+        return
+
+    default_name = re.sub(r"[^A-Za-z0-9_-]+", "-", csv.parent.name if csv.stem in ("metadata", "catalogue")
+                          else csv.stem).strip("-") or "shop"
+    name = st.text_input("Run name", value=f"{default_name}-{time.strftime('%m%d-%H%M')}", key="train_name",
+                         help="The run is saved in the runs folder under this name.")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name or ""):
+        st.error("A run name uses letters, digits, '-', '_' or '.', and starts with a letter or digit.")
+        return
+    run_dir = ui.runs_root() / name
+    if (run_dir / "run.json").exists():
+        st.error(f"A run called {ui.esc(name)} exists already; choose another name.")
+        return
+    build_index = st.checkbox("Also build the search index and map (for Search, Neighbours and Map)", value=True,
+                              key="train_build_index")
+    st.caption("Training runs while this page stays open (about 2 minutes for 3,000 products on a laptop). If you "
+               "leave or close it, training stops; Resume (here) carries on from the last finished epoch.")
+    if not st.button("Train", type="primary", key="train_start", icon=":material/play_arrow:"):
+        return
+    data_cfg = DataConfig(catalog=str(csv), text_col=text_col, id_col="" if id_col.startswith("(") else id_col,
+                          image_col="" if image_col.startswith("(") else image_col, levels=levels, attributes=attrs,
+                          image_size=64 if backbone == "cnn" else 224)
+    model_cfg = ModelConfig(backbone=backbone)
+    loss_cfg = LossConfig(losses=losses, alpha=alpha, beta=beta, gamma=gamma)
+    train_cfg = TrainConfig(epochs=epochs, batch_size=batch, lr=lr)
+    run_training(run_dir, lambda callback: _train(data_cfg, model_cfg, loss_cfg, train_cfg, run_dir, callback),
+                 build_index)
+
+
+def _train(data_cfg, model_cfg, loss_cfg, train_cfg, run_dir: Path, callback, resume: bool = False):
+    from huse_core.train import train
+
+    return train(data_cfg, model_cfg, loss_cfg, train_cfg, run_dir, resume=resume, progress=False, callback=callback)
+
+
+def run_training(run_dir: Path, start, build_index: bool) -> None:
+    """Train (start(callback)), evaluate, optionally index; progress live, errors as messages."""
+    from huse_core.evaluate import evaluate
+
+    with st.status(f"Training {ui.esc(run_dir.name)}…", expanded=True) as box:
+        monitor = ui.TrainMonitor(box)
+        try:
+            meta = start(monitor)
+            box.write("Evaluating on the test split…")
+            evaluate(run_dir, progress=False)
+        except Exception as err:  # noqa: BLE001 - bad columns, unreadable photos, … are the user's to fix
+            box.update(label="Training stopped", state="error")
+            st.error(ui.describe(err))
+            return
+        box.update(label=f"Trained {ui.esc(run_dir.name)} (best epoch {meta.get('best_epoch')})", state="complete",
+                   expanded=False)
+    if build_index:
+        ui.build_index_with_progress(run_dir)
+    ui.select_run(run_dir)
+    st.session_state["train_done"] = run_dir.name
+    st.rerun()
+
+
+def resume_section() -> None:
+    for run_dir in ui.unfinished_runs():
+        c1, c2 = st.columns([3, 1])
+        c1.warning(f"Training of {ui.esc(run_dir.name)} stopped part-way.")
+        if c2.button("Resume", key=f"resume_{run_dir.name}", icon=":material/replay:"):
+            run_training(run_dir, lambda cb, d=run_dir: _train(None, None, None, None, d, cb, resume=True), True)
+
+
+with train_tab:
+    if done := st.session_state.pop("train_done", None):
+        st.success(f"The run {ui.esc(done)} is ready and selected in the sidebar; its results are on the "
+                   "Evaluation tab.")
+    resume_section()
+    train_form()
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@st.cache_data(show_spinner="Predicting the test split…", max_entries=4)
+def test_predictions(run_dir: str, stamp: float) -> dict:
+    from huse_core.pipeline import split_predictions
+
+    return split_predictions(ui.load_run(Path(run_dir)))
+
+
+def evaluation(run_dir: Path) -> None:
+    meta = ui.meta_of(run_dir)
+    test = (meta.get("metrics") or {}).get("test")
+    st.subheader(f"{run_dir.name}", anchor=False)
+    if not test:
+        st.info("This run has not been evaluated yet.")
+        if st.button("Evaluate on the test split", key="eval_now", type="primary"):
+            from huse_core.evaluate import evaluate
+
+            with st.spinner("Evaluating…"):
+                try:
+                    evaluate(run_dir, progress=False)
+                except Exception as err:  # noqa: BLE001
+                    st.error(ui.describe(err))
+                    return
+            st.rerun()
+        return
+    leaf = test["leaf"]
+    acc = test["classification"]
+    c = st.columns(4)
+    c[0].metric("test products", f"{test['n_test']:,}")
+    c[1].metric(f"{leaf} accuracy (fused)", f"{acc[leaf]['fused']['accuracy']:.1%}")
+    c[2].metric("title → photo R@10", f"{test['retrieval']['class_level']['t2i']['R@10']:.1%}",
+                help="Class level: one of the 10 nearest photos has the title's category.")
+    c[3].metric("photo–title cosine", f"{test['modality_gap']['mean_pair_cosine']:.2f}",
+                help="Mean cosine of a product's photo and title points: higher = smaller modality gap.")
+
+    st.markdown("**Accuracy per head** (test split)")
+    rows = [{"head": h, **{MOD: per.get(m, {}).get("accuracy") for m, MOD in ui.MODALITY_NAMES.items()},
+             "fused macro-F1": per.get("fused", {}).get("macro_f1")} for h, per in acc.items()]
+    pct = {m: st.column_config.ProgressColumn(m, format="percent", min_value=0, max_value=1)
+           for m in list(ui.MODALITY_NAMES.values()) + ["fused macro-F1"]}
+    st.dataframe(pd.DataFrame(rows), hide_index=True, column_config=pct, key="eval_heads")
+
+    c1, c2 = st.columns(2)
+    with c1:
+        st.markdown("**Retrieval, class level** — a hit has the query's category")
+        table = pd.DataFrame(test["retrieval"]["class_level"]).T.rename(index=ui.DIRECTIONS)
+        st.dataframe(table.style.format("{:.1%}"), key="eval_class_rk")
+    with c2:
+        st.markdown("**Retrieval, instance** — a hit is the product itself (or the same title)")
+        table = pd.DataFrame(test["retrieval"]["instance"]).T.rename(index=ui.DIRECTIONS)
+        st.dataframe(table.style.format("{:.1%}"), key="eval_inst_rk")
+
+    history = meta.get("history") or []
+    if history:
+        with st.expander("Training history", icon=":material/show_chart:"):
+            h1, h2 = st.columns(2)
+            h1.caption("Loss per epoch")
+            h1.line_chart(pd.DataFrame([{"epoch": r["epoch"], **r["loss"]} for r in history]).set_index("epoch"),
+                          height=220)
+            h2.caption("Validation accuracy per epoch")
+            h2.line_chart(pd.DataFrame([{"epoch": r["epoch"], **{ui.MODALITY_NAMES[k]: v for k, v in
+                                        r["val_accuracy"].items()}} for r in history]).set_index("epoch"), height=220)
+
+    st.markdown("**Confusion matrix**")
+    singles = [h for h in meta["heads"] if h["kind"] == "single"]
+    c1, c2 = st.columns([1, 2])
+    head_name = c1.selectbox("Head", [h["name"] for h in singles], index=[h["name"] for h in singles].index(leaf)
+                             if leaf in [h["name"] for h in singles] else 0, key="eval_head")
+    modality = c2.segmented_control("From", list(ui.MODALITY_NAMES), default="fused", format_func=ui.MODALITY_NAMES.get,
+                                    key="eval_modality", required=True)
+    try:
+        preds = test_predictions(str(run_dir), ui.mtime(run_dir / "model.pt"))
+    except Exception as err:  # noqa: BLE001 - e.g. the catalogue moved since training
+        st.error(f"Could not predict the test split: {ui.describe(err)}")
+        return
+    head = next(h for h in singles if h["name"] == head_name)
+    classes = head["classes"]
+    y = preds["labels"][head_name]
+    p = preds["probs"][head_name][modality].argmax(1)
+    known = y >= 0
+    n = len(classes)
+    cm = np.zeros((n, n), dtype=np.int64)
+    np.add.at(cm, (y[known], p[known]), 1)
+    support = cm.sum(1)
+    share = cm / np.maximum(support[:, None], 1)
+    fig = go.Figure(go.Heatmap(z=share, x=classes, y=classes, colorscale="Blues", zmin=0, zmax=1,
+                               customdata=cm, hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata} products"
+                               " (%{z:.0%} of the row)<extra></extra>", colorbar={"title": "share"}))
+    size = max(360, min(900, 26 * n + 160))
+    fig.update_layout(height=size, margin={"l": 10, "r": 10, "t": 10, "b": 10},
+                      xaxis={"title": "predicted", "tickangle": -45}, yaxis={"title": "true", "autorange": "reversed"})
+    c1, c2 = st.columns([3, 2])
+    c1.plotly_chart(fig, key="eval_confusion", config={"displaylogo": False})
+    per_class = pd.DataFrame({"class": classes, "accuracy": np.diag(cm) / np.maximum(support, 1), "test products":
+                              support}).sort_values("accuracy")
+    c2.caption(f"Per-class accuracy of {head_name}, from the {ui.MODALITY_NAMES[modality]}")
+    c2.dataframe(per_class, hide_index=True, height="auto" if n <= 12 else size - 40, key="eval_per_class",
+                 column_config={"accuracy": st.column_config.ProgressColumn("accuracy", format="percent", min_value=0,
+                                                                            max_value=1)})
+
+
+with eval_tab:
+    current = ui.current_run()
+    if current is None:
+        st.info("Pick a run in the sidebar to see its evaluation.")
+    else:
+        evaluation(current)

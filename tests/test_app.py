@@ -1,0 +1,322 @@
+"""Tests of the Streamlit app through AppTest: every page runs, and a user's main actions give results or messages.
+
+The app reads HUSE_RUNS_DIR / HUSE_DATA_DIR, so the tests point it at the tiny indexed run of conftest.py.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import stat
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+
+APP = Path(__file__).resolve().parents[1] / "app.py"
+PAGES = ["pages/classify.py", "pages/search.py", "pages/neighbours.py", "pages/map.py", "pages/catalogue.py",
+         "pages/train.py"]
+TIMEOUT = 60  # seconds per script run: the first one loads the model and index
+
+
+@pytest.fixture(scope="session")
+def app_root(tiny_demo_csv, tiny_indexed_run, tmp_path_factory) -> Path:
+    """A folder laid out like the app's: data/demo (the 240-product tiny shop) and runs/demo (a copy of the tiny
+    indexed run from conftest.py, evaluated), shared with test_browser.py."""
+    return app_folder(tiny_demo_csv, tiny_indexed_run, tmp_path_factory)
+
+
+def app_folder(tiny_demo_csv: Path, tiny_indexed_run: Path, tmp_path_factory) -> Path:
+    root = tmp_path_factory.getbasetemp() / "tiny_app"
+    if not (root / "runs" / "demo").is_dir():
+        from huse_core.evaluate import evaluate
+
+        shutil.copytree(tiny_demo_csv.parent, root / "data" / "demo")
+        staging = root / "runs" / ".demo-copy"
+        shutil.copytree(tiny_indexed_run, staging)
+        evaluate(staging, progress=False)  # test metrics for the model card and the Evaluation tab
+        staging.rename(root / "runs" / "demo")
+    return root
+
+
+@pytest.fixture
+def app(app_root, monkeypatch) -> AppTest:
+    monkeypatch.setenv("HUSE_RUNS_DIR", str(app_root / "runs"))
+    monkeypatch.setenv("HUSE_DATA_DIR", str(app_root / "data"))
+    monkeypatch.delenv("HUSE_RUN", raising=False)
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    return at.run()
+
+
+def photo_bytes(app_root: Path, n: int = 0) -> bytes:
+    return sorted((app_root / "data" / "demo" / "images").glob("*.png"))[n].read_bytes()
+
+
+def no_exception(at: AppTest) -> None:
+    assert not at.exception, "\n".join(str(e.value) + "\n" + "\n".join(e.stack_trace) for e in at.exception)
+
+
+def texts(at: AppTest) -> str:
+    """Everything readable on the page, for `in` checks."""
+    parts = [e.value for kind in ("markdown", "caption", "text", "info", "warning", "error", "success", "subheader",
+                                  "title") for e in getattr(at, kind)]
+    parts += [str(p.proto.text) for p in at.get("progress")]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_every_page_renders_without_exception(app):
+    no_exception(app)
+    assert app.sidebar.selectbox(key="run_choice").value.endswith("demo")
+    for page in PAGES:
+        app.switch_page(page).run()
+        no_exception(app)
+        assert app.title, f"{page} shows no title"
+
+
+def test_sidebar_model_card_shows_heads_and_test_metrics(app):
+    card = "\n".join(c.value for c in app.sidebar.caption)
+    assert "cnn" in card and "articleType" in card and "240" in card or "products" in card
+    assert any("accuracy" in m.label for m in app.sidebar.metric)
+
+
+def test_classify_a_photo_shows_labels_per_head_and_neighbours(app, app_root):
+    app.file_uploader(key="cls_files").upload("shirt.png", photo_bytes(app_root), "image/png")
+    app.text_input(key="cls_title").input("Urbano Men's Blue Striped Shirt")
+    app.text_input(key="cls_zero").input("office wear, beach")
+    app.run()
+    no_exception(app)
+    page = texts(app)
+    assert "›" in page, "the hierarchy is shown as a path"
+    assert "From the photo + title" in page and "From the photo" in page and "From the title" in page
+    assert "Closest catalogue products" in page
+    assert "office wear" in page and "beach" in page, "zero-shot labels are ranked"
+    assert len(app.get("progress")) >= 3 * 7
+
+
+def test_classify_a_file_that_is_not_an_image_gives_a_message(app):
+    app.file_uploader(key="cls_files").upload("notes.png", b"this is not a photo", "image/png")
+    app.run()
+    no_exception(app)
+    assert any("not an image" in e.value for e in app.error)
+
+
+def test_classify_with_nothing_given_asks_for_input(app):
+    app.text_input(key="cls_title").input("   ").run()
+    no_exception(app)
+    assert any("photo or type a title" in i.value for i in app.info)
+
+
+def test_search_by_title_shows_photo_hits_with_scores(app):
+    app.switch_page("pages/search.py").run()
+    app.text_input(key="search_text").input("blue jeans").run()
+    no_exception(app)
+    assert "Matching photos" in texts(app)
+    assert sum("score" in c.value for c in app.caption) >= 4
+    assert len(app.dataframe) >= 1, "the matching titles table"
+
+
+def test_search_with_an_empty_title_gives_a_message(app):
+    app.switch_page("pages/search.py").run()
+    app.text_input(key="search_text").input("  ").run()
+    no_exception(app)
+    assert any("Type a few words" in i.value for i in app.info)
+
+
+def test_search_by_photo_with_a_filter(app, app_root):
+    app.switch_page("pages/search.py").run()
+    app.file_uploader(key="search_photo").upload("p.png", photo_bytes(app_root, 3), "image/png")
+    app.selectbox(key="search_f_masterCategory").set_value("Footwear")
+    app.run()
+    no_exception(app)
+    assert "Matching photos" in texts(app)
+    assert "masterCategory = Footwear" in texts(app).replace("\\", "")
+
+
+def test_neighbours_random_product_shows_four_directions(app):
+    app.switch_page("pages/neighbours.py").run()
+    app.button(key="nb_random").click().run()
+    no_exception(app)
+    page = texts(app)
+    for direction in ("photo → photo", "photo → title", "title → photo", "title → title"):
+        assert direction in page
+    assert "material/check_circle" in page or "radio_button_unchecked" in page, "same-class marks"
+
+
+def test_search_hit_opens_its_neighbours(app):
+    app.switch_page("pages/search.py").run()
+    app.text_input(key="search_text").input("black watch").run()
+    pick = next(b for b in app.button if b.key and b.key.startswith("search_img_pick_"))
+    pick.click().run()
+    no_exception(app)
+    assert "photo → photo" in texts(app), "the Neighbours page opened"
+
+
+def test_map_page_draws_the_scatter(app):
+    app.switch_page("pages/map.py").run()
+    no_exception(app)
+    assert app.get("plotly_chart"), "the map is drawn"
+    app.selectbox(key="map_colour").set_value("modality").run()
+    no_exception(app)
+
+
+def test_catalogue_add_one_product_appears_in_the_catalogue(app, app_root):
+    app.switch_page("pages/catalogue.py").run()
+    before = app.metric[0].value
+    app.file_uploader(key="add_photo").upload("new.png", photo_bytes(app_root, 5), "image/png")
+    app.text_input(key="add_title").input("Zevo Women's Red Checked Handbag").run()
+    no_exception(app)
+    app.button(key="add_one").click().run()
+    no_exception(app)
+    assert any("Added 1 product" in s.value for s in app.success)
+    app.run()
+    assert app.metric[0].value != before
+
+
+def _zip_with_bad_entries(good: bytes) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a.png", good)
+        zf.writestr("../evil.png", good)
+        zf.writestr("/abs.png", good)
+        link = zipfile.ZipInfo("link.png")
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(link, "/etc/passwd")
+        inner = io.BytesIO()
+        with zipfile.ZipFile(inner, "w") as z2:
+            z2.writestr("x.png", good)
+        zf.writestr("inner.zip", inner.getvalue())
+        zf.writestr("bomb.png", b"\0" * (8 << 20))  # 8 MB of zeros: compresses ~1000x
+    return buf.getvalue()
+
+
+def test_safe_extract_refuses_slip_absolute_symlink_nested_and_bomb_entries(tmp_path, app_root):
+    import ui
+
+    result = ui.safe_extract(_zip_with_bad_entries(photo_bytes(app_root)), tmp_path / "out")
+    assert set(result.files) == {"a.png"}
+    joined = "\n".join(result.problems)
+    for name in ("../evil.png", "/abs.png", "link.png", "inner.zip", "bomb.png"):
+        assert name in joined, f"no message for {name}"
+    assert not (tmp_path / "evil.png").exists()
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*") if p.is_file()) == ["a.png"]
+
+
+def test_safe_extract_caps_the_total_size(tmp_path, app_root):
+    import ui
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(3):
+            zf.writestr(f"{i}.png", os.urandom(1000))
+    result = ui.safe_extract(buf.getvalue(), tmp_path, max_total=2500)
+    assert len(result.files) == 2 and "exceed" in result.problems[0]
+
+
+def test_catalogue_csv_and_zip_predicts_and_reports_bad_entries(app, app_root):
+    app.switch_page("pages/catalogue.py").run()
+    csv = "title,image\nNordvik Men's Black Leather Boots,a.png\n,a.png\nMissing photo shirt,none.png\n"
+    app.file_uploader(key="bulk_csv").upload("new.csv", csv.encode(), "text/csv")
+    app.file_uploader(key="bulk_zip").upload("photos.zip", _zip_with_bad_entries(photo_bytes(app_root, 7)),
+                                             "application/zip")
+    app.run()
+    no_exception(app)
+    table = next(d.value for d in app.dataframe if "problem" in d.value.columns)
+    assert list(table["problem"]) == ["", "empty title", "photo not in the zip (or refused)"]
+    assert "articleType" in table.columns
+    assert app.button(key="bulk_add").label.startswith("Add 1 ")
+    assert "zip entries were not used" in "\n".join(e.label for e in app.expander)
+
+
+def test_titles_are_shown_as_text_not_markdown(app):
+    import ui
+
+    raw = "**Sale** [click](http://x.test) <b>x</b> :red[y] $z$"
+    escaped = ui.esc(raw)
+    for ch in "*[]()<>:$":
+        assert f"\\{ch}" in escaped
+    assert "\n" not in ui.esc("a\n\n# b")
+    for bare in ("see http://x.test", "www.x.test", "mail a@b.test"):
+        assert ui.esc(bare).replace("\\", "") != bare and "\u200b" in ui.esc(bare), f"{bare} must not become a link"
+
+
+def test_train_page_shows_the_evaluation_with_a_confusion_matrix(app):
+    app.switch_page("pages/train.py").run()
+    no_exception(app)
+    page = texts(app)
+    assert "Accuracy per head" in page and "Confusion matrix" in page
+    assert app.get("plotly_chart")
+    assert any("accuracy" in d.value.columns for d in app.dataframe), "the per-class accuracy table"
+
+
+def test_train_page_trains_a_new_run_that_becomes_selectable(app, app_root):
+    app.switch_page("pages/train.py").run()
+    app.slider(key="train_epochs").set_value(1)
+    app.text_input(key="train_name").input("tiny-ui")
+    app.checkbox(key="train_build_index").uncheck()
+    app.run()
+    app.button(key="train_start").click().run(timeout=180)
+    no_exception(app)
+    assert (app_root / "runs" / "tiny-ui" / "model.pt").is_file()
+    assert any("tiny-ui" in s.value.replace("\\", "") for s in app.success)
+    assert str(app_root / "runs" / "tiny-ui") in [str(p) for p in ui_runs()], "selectable in the sidebar"
+    assert app.session_state["_select_run"].endswith("tiny-ui"), "and selected"
+
+
+def ui_runs():
+    import ui
+
+    return ui.list_runs()
+
+
+def test_first_start_without_a_run_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("HUSE_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("HUSE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("HUSE_AUTOBUILD", "0")
+    monkeypatch.delenv("HUSE_RUN", raising=False)
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    no_exception(at)
+    assert "no trained model here yet" in texts(at)
+    assert at.button(key="build_demo")
+
+
+def test_first_start_builds_the_demo_with_progress_then_opens_the_app(app_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("HUSE_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("HUSE_DATA_DIR", str(app_root / "data"))  # the demo catalogue is there: only the model builds
+    monkeypatch.setenv("HUSE_DEMO_SIZE", "tiny")
+    monkeypatch.delenv("HUSE_RUN", raising=False)
+    at = AppTest.from_file(str(APP), default_timeout=300).run()
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    from huse_core.pipeline import is_complete
+
+    assert is_complete(tmp_path / "runs" / "demo")
+    assert at.session_state["run_dir"] == str((tmp_path / "runs" / "demo").resolve())
+
+
+def test_a_bad_huse_run_gives_a_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("HUSE_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("HUSE_RUN", str(tmp_path / "nowhere"))
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    no_exception(at)
+    assert any("HUSE_RUN" in e.value for e in at.error)
+
+
+def test_a_run_without_index_says_how_to_build_it(app_root, tmp_path, monkeypatch):
+    import shutil
+
+    run = tmp_path / "runs" / "noindex"
+    shutil.copytree(app_root / "runs" / "demo", run, ignore=shutil.ignore_patterns("index*", "map*", "pipeline.json",
+                                                                                     "*.ann*", "*.npy", "delta*"))
+    monkeypatch.setenv("HUSE_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("HUSE_DATA_DIR", str(app_root / "data"))
+    monkeypatch.delenv("HUSE_RUN", raising=False)
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    no_exception(at)
+    assert any("no search index" in w.value for w in at.warning)
+    assert at.button(key="build_index_now")
+
