@@ -17,10 +17,10 @@ from .evaluate import top_k
 
 INDEX_FORMAT = 1  # bump when the sidecar or the index folder changes incompatibly
 METRIC = "angular"  # Annoy's angular distance on unit rows: d = sqrt(2 - 2 cos)
-# 16 trees: build time grows with every tree (1M x 512: ~3 min for 16 on 2 cores) while recall is bought more
-# cheaply with search_k, which each build tunes to reach TARGET_RECALL on sample queries (AnnoyIndex.tune). On
-# embeddings shaped like a trained run's that is recall@10 ~0.98 at < 1 ms a query for 44k and 1M products;
-# BENCHMARKS.md has the measurements, and the harder geometry where Annoy gains only ~3x at 1M.
+# 16 trees: build time grows with every tree (1M x 512: 2-4 min for 16 on 2 cores) while recall is bought more
+# cheaply with search_k, which each build tunes on sample queries (AnnoyIndex.tune). Measured (BENCHMARKS.md):
+# recall@10 0.97-0.98 at 0.2 ms a query on the real 44k catalogue, 0.7 ms at 1M (40x and 144x faster than exact);
+# on a harder geometry than our trained embeddings the tuning keeps the recall but Annoy gains only ~2x at 1M.
 N_TREES = 16
 # search_k is tuned to 0.98 on 200 sample queries so that recall on unseen queries, which varies by about +-0.01
 # between samples of that size, stays at or above the 0.97 we promise.
@@ -108,17 +108,20 @@ class AnnoyIndex:
 
     def recall(self, emb: np.ndarray, queries: np.ndarray, k: int = 10, search_k: int | None = None,
                truth: np.ndarray | None = None) -> float:
-        """Share of the exact top-k rows (`truth`, computed when not given) that Annoy's top k also finds."""
+        """Share of the exact top k that Annoy's top k finds, averaged over `queries`. Ties count: a hit whose
+        cosine reaches the exact k-th one is right (catalogues repeat titles, and among identical vectors which
+        ones make the top k is arbitrary). `truth`: the exact top-k cosines (Q, k), computed when not given."""
         if truth is None:
-            truth, _ = exact_search(queries, emb, k)
-        found = [len(set(self.query(q, k, search_k)[0]) & set(t)) for q, t in zip(queries, truth)]
+            _, truth = exact_search(queries, emb, k)
+        kth = truth[:, -1] - 1e-5  # Annoy's float32 distances differ from numpy's in the 7th digit
+        found = [min(k, int(np.sum(self.query(q, k, search_k)[1] >= t))) for q, t in zip(queries, kth)]
         return float(np.sum(found) / truth.size) if truth.size else 1.0
 
     def tune(self, emb: np.ndarray, queries: np.ndarray) -> float:
         """Set search_k to about the smallest value whose recall@10 on `queries` reaches TARGET_RECALL; return
         that recall. It grows 1.5x from 4 * n_trees * 10 until the target is met, then bisects between the last
         miss and the hit: recall climbs in steps (Annoy's leaves hold ~dim items), so 1.5x alone can overshoot."""
-        truth, _ = exact_search(queries, emb, 10)  # once: at 1M rows this is the slow part of tuning
+        _, truth = exact_search(queries, emb, 10)  # once: at 1M rows this is the slow part of tuning
         low, high, limit = 0, self.search_k, self.meta["n_trees"] * len(emb)
         recall = self.recall(emb, queries, 10, high, truth)
         while recall < TARGET_RECALL and high < limit:  # at the limit Annoy is scanning every item anyway
@@ -223,7 +226,7 @@ def top_matches(query: np.ndarray, emb: np.ndarray, forest: AnnoyIndex | None, k
     return match[rows], scores
 
 
-# Below this many products the Searcher scans exactly by default: at 512 dims that is ~0.1-0.5 ms a query on an
+# Below this many products the Searcher scans exactly by default: at 512 dims that is ~0.1-0.3 ms a query on an
 # idle 2-core CPU (BENCHMARKS.md) and never misses; the forests are built anyway, so growing past it needs no flag.
 EXACT_BELOW = 5_000
 MANIFEST = "index.json"  # written last by build_index: the index folder is complete when it exists

@@ -251,6 +251,7 @@ class Searcher:
             taken = set(self._index_products["id"]) | set(table["id"])
             results, good, pixels = [], [], []
             for item in items:
+                item = item if isinstance(item, dict) else {"title": "", "image": None}  # reported: empty title
                 result = {"id": str(item.get("id") or "").strip() or None, "ok": False, "error": None,
                           "title": str(item.get("title") or "").strip(), "labels": {}}
                 results.append(result)

@@ -110,3 +110,11 @@ def test_rebuilding_replaces_the_forest_file_and_drops_the_old_one(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("*.ann")) == [second.meta["file"]]
     reopened = AnnoyIndex.load(tmp_path / "toy.ann", dim=8, fingerprint="fp")
     assert [reopened.ids[r] for r in reopened.query(query, 7)[0]] == EXPECTED  # ids follow their rows
+
+
+def test_recall_counts_ties_among_identical_vectors_as_found(tmp_path):
+    emb = clustered(200, 16, seed=4)
+    emb[:30] = emb[0]  # 30 products with one title: which 10 of them make the top 10 is arbitrary
+    index = AnnoyIndex.build(emb, range(200), tmp_path / "t.ann", "fp", n_trees=4, progress=False)
+    assert index.recall(emb, emb[:1], 10) == 1.0
+    assert index.recall(emb, emb[:1], 10, truth=np.ones((1, 10), np.float32) * 2.0) == 0.0  # nothing beats 2
