@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 
-def _atomic(path: str | Path, write) -> Path:
+def atomic_write(path: str | Path, write) -> Path:
     """Call write(tmp_path), then rename over `path`: a reader sees the old file or the new one, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,7 +36,7 @@ def write_json(path: str | Path, data: Any) -> Path:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2, ensure_ascii=False)
 
-    return _atomic(path, write)
+    return atomic_write(path, write)
 
 
 def read_json(path: str | Path) -> Any:
@@ -46,7 +46,7 @@ def read_json(path: str | Path) -> Any:
 
 def save_torch(path: str | Path, obj: Any) -> Path:
     """torch.save atomically; load back with `load_torch` (weights_only)."""
-    return _atomic(path, lambda tmp: torch.save(obj, tmp))
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_torch(path: str | Path) -> Any:
@@ -65,7 +65,7 @@ def save_npy(path: str | Path, array) -> Path:
         with open(tmp, "wb") as f:
             np.save(f, array)
 
-    return _atomic(path, write)
+    return atomic_write(path, write)
 
 
 def file_sha(path: str | Path, n_chars: int = 16) -> str:

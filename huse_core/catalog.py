@@ -52,7 +52,8 @@ class LoadReport:
         if self.examples:
             lines.append("  first problems:")
             lines += [f"    {e}" for e in self.examples]
-        for what, table in ((f"rare classes merged into '{OTHER}'", self.merged), ("rare labels dropped", self.dropped)):
+        tables = ((f"rare classes merged into '{OTHER}'", self.merged), ("rare labels dropped", self.dropped))
+        for what, table in tables:
             for head, names in table.items():
                 shown = ", ".join(names[:8]) + (", …" if len(names) > 8 else "")
                 lines.append(f"  {head}: {len(names)} {what} ({shown})")

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .artifacts import _atomic
+from .artifacts import atomic_write
 from .catalog import Catalog
 from .data import Prepared, cache_dir_for, embed, prepare
 from .images import ImageError, decode_image, decode_many
@@ -122,11 +122,13 @@ def embed_catalog(run: Run, prep_or_catalog: Prepared | Catalog | None = None, o
                     np.save(f, np.asarray(mm[:n]))
                 Path(tmp + ".part").replace(tmp)
 
-    _atomic(out / IMAGE_EMB, lambda image_tmp: _atomic(out / TEXT_EMB, lambda text_tmp: fill(image_tmp, text_tmp)))
+    # Both files are filled in one pass; each appears under its real name only once complete.
+    atomic_write(out / IMAGE_EMB, lambda image_tmp: atomic_write(out / TEXT_EMB, lambda text_tmp: fill(image_tmp,
+                                                                                                      text_tmp)))
     products = products_frame(df[keep], run.heads, added=False)
     if n_extra:
         products = pd.concat([products, products_frame(extra, run.heads, added=True)], ignore_index=True)
-    _atomic(out / PRODUCTS, lambda tmp: products.to_parquet(tmp, index=False))
+    atomic_write(out / PRODUCTS, lambda tmp: products.to_parquet(tmp, index=False))
     return products
 
 
@@ -164,7 +166,7 @@ def write_added(out_dir: str | Path, df: pd.DataFrame, image_emb: np.ndarray, te
     table["image"] = [str(Path(p).relative_to(delta)) if Path(p).is_absolute() else p for p in table["image"]]
     table["image_emb"] = list(np.asarray(image_emb, np.float32))
     table["text_emb"] = list(np.asarray(text_emb, np.float32))
-    return _atomic(delta / "added.parquet", lambda tmp: table.to_parquet(tmp, index=False))
+    return atomic_write(delta / "added.parquet", lambda tmp: table.to_parquet(tmp, index=False))
 
 
 def predict_labels(run: Run, image_emb: np.ndarray, text_emb: np.ndarray) -> list[dict[str, str]]:
@@ -241,4 +243,4 @@ def check_item(item: dict, taken: set, image_size: int) -> tuple[str, str, np.nd
 def save_photo(out_dir: str | Path, pid: str, photo: np.ndarray) -> Path:
     """Store an added product's decoded photo as delta/images/<id>.png (atomically)."""
     path = Path(out_dir) / DELTA / "images" / f"{pid}.png"
-    return _atomic(path, lambda tmp: Image.fromarray(photo).save(tmp, format="PNG"))
+    return atomic_write(path, lambda tmp: Image.fromarray(photo).save(tmp, format="PNG"))

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import struct
-import uuid
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
+
+from .artifacts import atomic_write, save_npy
 
 # Pixels we are willing to allocate for one decoded photo (Pillow's own default, ~89 Mpx).
 # JPEGs may declare more: draft() decodes them at 1/2..1/8 scale, and the limit applies after that.
@@ -191,21 +192,13 @@ def _load_cache(npy: Path, meta: Path, n: int, size: int):
     return pixels, ok, list(info.get("errors", []))
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)  # readers see the old file or the whole new one, never half
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def decode_many(
     paths: list[str], size: int, cache_dir: str | Path | None = None, progress: bool = True
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Decode all paths -> (pixels uint8 (N,size,size,3), ok bool (N,), errors: list of 'path: reason' for failures). Failed rows are zeros with ok False."""
+    """Decode all paths -> (pixels uint8 (N, size, size, 3), ok bool (N,), errors 'path: reason').
+
+    Failed rows are zeros with ok False; the result is cached in `cache_dir` keyed by paths, mtimes and sizes.
+    """
     paths = [str(p) for p in paths]
     n = len(paths)
     npy = meta = None
@@ -246,7 +239,7 @@ def decode_many(
     errors = [reasons[i] for i in failed]
 
     if npy is not None and meta is not None:
-        _atomic_write(npy, lambda f: np.save(f, pixels))
+        save_npy(npy, pixels)
         info = {"n": n, "size": size, "failed": failed, "errors": errors}
-        _atomic_write(meta, lambda f: f.write(json.dumps(info).encode()))
+        atomic_write(meta, lambda tmp: Path(tmp).write_text(json.dumps(info)))
     return pixels, ok, errors

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .artifacts import _atomic, write_json
+from .artifacts import atomic_write, write_json
 from .evaluate import top_k
 
 INDEX_FORMAT = 1  # bump when the sidecar or the index folder changes incompatibly
@@ -152,7 +152,7 @@ class AnnoyIndex:
             ann.add_item(i, emb[i].tolist())
         ann.build(n_trees, -1)  # -1: all cores
         data = path.with_name(f"{path.stem}.{uuid.uuid4().hex[:8]}.ann")
-        _atomic(data, ann.save)  # save() also mmaps the file; the rename keeps the same inode open
+        atomic_write(data, ann.save)  # save() also mmaps the file; the rename keeps the same inode open
         meta = {"format": INDEX_FORMAT, "file": data.name, "file_bytes": data.stat().st_size, "dim": emb.shape[1],
                 "metric": METRIC, "n_trees": n_trees, "search_k": 4 * n_trees * 10, "n_items": len(emb),
                 "fingerprint": fingerprint, "build_seconds": None, "recall_at_10": None, "recall_queries": 0}

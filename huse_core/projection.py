@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .artifacts import _atomic
+from .artifacts import atomic_write
 from .index import exact_search
 
 MAP = "map.parquet"
@@ -98,7 +98,7 @@ def build_map(products: pd.DataFrame, image_emb: np.ndarray, text_emb: np.ndarra
     """Fit the map of all products (image and text points together) and save `map.parquet` atomically."""
     xy = fit_xy(np.concatenate([image_emb, text_emb]), seed=seed, progress=progress)
     frame = map_frame(products, xy, heads)
-    _atomic(Path(out_dir) / MAP, lambda tmp: frame.to_parquet(tmp, index=False))
+    atomic_write(Path(out_dir) / MAP, lambda tmp: frame.to_parquet(tmp, index=False))
     return frame
 
 

@@ -14,7 +14,11 @@ from PIL import Image
 from huse_core.catalog import Head, load_catalog, normalise_title
 from huse_core.config import DataConfig
 
-ARTICLES = {"Tshirts": ("Apparel", "Topwear"), "Jeans": ("Apparel", "Bottomwear"), "Watches": ("Accessories", "Watches")}
+ARTICLES = {
+    "Tshirts": ("Apparel", "Topwear"),
+    "Jeans": ("Apparel", "Bottomwear"),
+    "Watches": ("Accessories", "Watches"),
+}
 COLOURS = ["Red", "Blue", "Black"]
 
 
