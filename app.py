@@ -46,7 +46,7 @@ def stage_line(current: str) -> str:
 
 def first_start() -> None:
     """No run yet: say so, and build the demo shop with live progress."""
-    from huse_core.pipeline import build_demo, stage_state
+    from huse_core.pipeline import build_demo, remove_build, stage_state
 
     data_dir, run_dir = ui.demo_dirs()
     st.title("Welcome to the HUSE shop workbench")
@@ -92,8 +92,11 @@ def first_start() -> None:
             box.update(label="The demo shop is ready", state="complete", expanded=False)
     if failure is not None:
         st.error(f"The demo build stopped: {ui.describe(failure)}")
-        st.button("Try again", key="build_retry", type="primary", icon=":material/refresh:",
+        c1, c2 = st.columns([1, 4])
+        c1.button("Try again", key="build_retry", type="primary", icon=":material/refresh:",
                   help="Carries on from the last finished step.")
+        c2.button("Start over", key="build_restart", icon=":material/delete:", on_click=remove_build, args=(run_dir,),
+                  help="Deletes the half-built demo model (not the demo catalogue) and builds it from the start.")
         st.stop()
     st.session_state["run_dir"] = str(run_dir)
     st.rerun()
@@ -155,6 +158,15 @@ def _run_label(path: Path) -> str:
         return path.name
 
 
+def warn_if_exposed() -> None:
+    """.streamlit/config.toml binds to 127.0.0.1, but Streamlit reads it only from the folder it is started in."""
+    address = st.get_option("server.address")
+    if not st.get_option("global.appTest") and address not in ("127.0.0.1", "localhost", "::1"):
+        st.sidebar.warning("This app can be opened from other computers on your network. To keep it private, start "
+                           "it from the project folder or add `--server.address 127.0.0.1`.")
+
+
+warn_if_exposed()
 goto = st.session_state.pop("_goto", None)  # a page URL opened before app.py ran (see ui.page_setup)
 current = pick_run()
 st.session_state["_in_shell"] = True

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, f1_score
 
 from .artifacts import write_json
 from .catalog import normalise_title
@@ -57,6 +56,8 @@ def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, labels: np.nd
 
 def classification_metrics(probs: dict, labels: dict, heads: list[dict]) -> dict:
     """{head: {modality: {"accuracy", "macro_f1"}}}; rows with a missing label (-1) are left out."""
+    from sklearn.metrics import accuracy_score, f1_score  # here, not at import: search imports this module
+
     out = {}
     for h in heads:
         y, per = labels[h["name"]], {}

@@ -55,7 +55,8 @@ if text and ui.unknown_words(searcher.run, text):
 if image is not None:
     q1, q2 = st.columns([1, 5])
     q1.image(image, width="stretch")
-    q2.caption("Searching with this photo" + (" and your words" if text else ""))
+    q2.caption("Searching with this photo" + (f" and your words, mixed {weight:.0%} photo / {1 - weight:.0%} words "
+                                              "(change it under Options)" if text else ""))
 if filters:
     st.caption("Filters: " + " · ".join(f"{ui.esc(h)} = {ui.esc(v)}" for h, v in filters.items()))
 

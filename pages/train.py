@@ -50,9 +50,12 @@ def uploaded_catalog() -> Path | None:
             result = ui.safe_extract(photos.getvalue(), folder)
         suffix = Path(csv.name).suffix.lower() or ".csv"
         (folder / f"catalogue{suffix}").write_bytes(csv.getvalue())
+        root = images_root_for(folder, list(result.files), csv.getvalue(), suffix)
         st.session_state["train_upload_key"] = key
-        st.session_state["train_upload"] = (str(folder / f"catalogue{suffix}"), len(result.files), result.problems)
-    path, n_files, problems = st.session_state["train_upload"]
+        st.session_state["train_upload"] = (str(folder / f"catalogue{suffix}"), len(result.files), result.problems,
+                                            root)
+    path, n_files, problems, root = st.session_state["train_upload"]
+    st.session_state["train_images_root"] = root
     st.caption(f"Unpacked {n_files:,} files into {ui.code(Path(path).parent)}.")
     if problems:
         with st.expander(f"{len(problems)} zip entries were not used", icon=":material/warning:"):
@@ -60,7 +63,30 @@ def uploaded_catalog() -> Path | None:
     return Path(path)
 
 
+def images_root_for(folder: Path, names: list[str], table: bytes, suffix: str) -> str:
+    """Where the table's image paths start: "" (the upload folder) when they resolve there, else the zip's one
+    top-level folder ("shop/images/1.jpg" in the zip while the table says "images/1.jpg"), if it has one."""
+    if _paths_resolve(folder, table, suffix):
+        return ""
+    tops = {Path(n.replace("\\", "/")).parts[0] for n in names if len(Path(n.replace("\\", "/")).parts) > 1}
+    return str(folder / tops.pop()) if len(tops) == 1 else ""
+
+
+def _paths_resolve(folder: Path, table: bytes, suffix: str) -> bool:
+    """Whether the uploaded table's first image paths exist relative to the upload folder."""
+    import io
+
+    try:
+        df = pd.read_parquet(io.BytesIO(table)) if suffix == ".parquet" else pd.read_csv(
+            io.BytesIO(table), nrows=20, dtype=str, sep="\t" if suffix == ".tsv" else ",", encoding_errors="replace")
+    except Exception:  # noqa: BLE001 - an unreadable table is reported when it is read for real
+        return True
+    col = next((c for c in df.columns if str(c).lower() in IMAGE_COLS), None)
+    return col is None or any((folder / str(v)).is_file() for v in df[col].dropna().head(20))
+
+
 def choose_catalog() -> Path | None:
+    st.session_state["train_images_root"] = ""
     source = st.segmented_control("Catalogue", ["Demo shop", "A file on this computer", "Upload"], default="Demo shop",
                                   key="train_source", required=True)
     if source == "Demo shop":
@@ -178,7 +204,8 @@ def train_form() -> None:
                "leave or close it, training stops; Resume (here) carries on from the last finished epoch.")
     if not st.button("Train", type="primary", key="train_start", icon=":material/play_arrow:"):
         return
-    data_cfg = DataConfig(catalog=str(csv), text_col=text_col, id_col="" if id_col.startswith("(") else id_col,
+    data_cfg = DataConfig(catalog=str(csv), images_root=st.session_state.get("train_images_root", ""),
+                          text_col=text_col, id_col="" if id_col.startswith("(") else id_col,
                           image_col="" if image_col.startswith("(") else image_col, levels=levels, attributes=attrs,
                           image_size=64 if backbone == "cnn" else 224)
     model_cfg = ModelConfig(backbone=backbone)

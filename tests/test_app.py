@@ -320,3 +320,21 @@ def test_a_run_without_index_says_how_to_build_it(app_root, tmp_path, monkeypatc
     assert any("no search index" in w.value for w in at.warning)
     assert at.button(key="build_index_now")
 
+
+
+def test_train_page_takes_an_uploaded_csv_and_zip_of_photos(app, app_root):
+    demo = app_root / "data" / "demo"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:  # photos inside a top folder, as "Compress folder" makes them
+        for path in sorted((demo / "images").glob("*.png"))[:40]:
+            zf.write(path, f"myshop/images/{path.name}")
+    app.switch_page("pages/train.py").run()
+    app.segmented_control(key="train_source").set_value("Upload").run()
+    app.file_uploader(key="train_csv").upload("myshop.csv", (demo / "metadata.csv").read_bytes(), "text/csv")
+    app.file_uploader(key="train_zip").upload("photos.zip", buf.getvalue(), "application/zip")
+    app.run()
+    no_exception(app)
+    assert any("Unpacked 40 files" in c.value.replace("\\", "") for c in app.caption)
+    assert app.session_state["train_images_root"].endswith("myshop"), "paths are read inside the zip's folder"
+    assert app.multiselect(key="train_levels").value == ["masterCategory", "subCategory", "articleType"]
+    assert app.button(key="train_start")
