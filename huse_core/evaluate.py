@@ -75,24 +75,37 @@ def classification_metrics(probs: dict, labels: dict, heads: list[dict]) -> dict
     return out
 
 
-def evaluate(run_dir: str | Path, split: str = "test", progress: bool = True) -> dict:
-    """Evaluate a run on one split of its catalogue; the figures are also saved in run.json under "metrics"."""
-    run = load_run(run_dir)
+def split_predictions(run, split: str = "test", progress: bool = False) -> dict:
+    """A loaded run's embeddings and predictions on one split of its catalogue (read with the run's own
+    tokenizer and class lists), for evaluation, confusion matrices and per-class accuracy.
+
+    Returns {"ids", "titles": lists, "labels": {head: (N,) int64 or (N, C) multi-hot},
+    "image_emb", "text_emb": (N, D) float32, "probs": {head: {"image"|"text"|"fused": (N, C) float32}}}.
+    """
     prep = prepare(run.data_cfg, run.model_cfg, cache_dir_for(run.data_cfg, run.run_dir), progress=progress,
                    tokenizer=run.meta["tokenizer"], heads=run.heads)
     rows = prep.split(split)
-    if len(rows) < 2:
-        raise ValueError(f"the {split} split has {len(rows)} products; evaluation needs at least 2")
+    image_emb, text_emb = (e.numpy() for e in embed(run.model, prep, rows, torch.device("cpu")))
+    df = prep.catalog.df.iloc[rows]
+    return {"ids": df["id"].astype(str).tolist(), "titles": df["title"].tolist(),
+            "labels": {h: y[rows] for h, y in prep.labels.items()}, "image_emb": image_emb, "text_emb": text_emb,
+            "probs": run.classify(image_emb, text_emb)}
+
+
+def evaluate(run_dir: str | Path, split: str = "test", progress: bool = True) -> dict:
+    """Evaluate a run on one split of its catalogue; the figures are also saved in run.json under "metrics"."""
+    run = load_run(run_dir)
+    pred = split_predictions(run, split, progress)
+    n = len(pred["ids"])
+    if n < 2:
+        raise ValueError(f"the {split} split has {n} products; evaluation needs at least 2")
     if progress:
-        print(f"evaluating {run.run_dir} on {len(rows)} {split} products", file=sys.stderr)
-    image_emb, text_emb = embed(run.model, prep, rows, torch.device("cpu"))
-    probs = run.classify(image_emb.numpy(), text_emb.numpy())
-    labels = {h: y[rows] for h, y in prep.labels.items()}
-    image_np, text_np = image_emb.numpy(), text_emb.numpy()
+        print(f"evaluated {run.run_dir} on {n} {split} products", file=sys.stderr)
+    labels, image_np, text_np = pred["labels"], pred["image_emb"], pred["text_emb"]
     result = {
-        f"n_{split}": int(len(rows)),
-        "classification": classification_metrics(probs, labels, run.heads),
-        "retrieval": retrieval_metrics(image_np, text_np, labels[run.leaf], list(prep.catalog.df["title"].iloc[rows])),
+        f"n_{split}": int(n),
+        "classification": classification_metrics(pred["probs"], labels, run.heads),
+        "retrieval": retrieval_metrics(image_np, text_np, labels[run.leaf], pred["titles"]),
         "modality_gap": {"mean_pair_cosine": round(float((image_np * text_np).sum(1).mean()), 4)},
         "leaf": run.leaf,
         "split": split,

@@ -268,23 +268,3 @@ def remove_build(run_dir: str | Path) -> None:
     run_dir = Path(run_dir)
     if (run_dir / MARKER).is_file():
         shutil.rmtree(run_dir)
-
-
-def split_predictions(run, split: str = "test") -> dict:
-    """A loaded run's predictions on one split of its catalogue, for confusion matrices and per-class accuracy.
-
-    Returns {"ids", "titles": lists, "labels": {head: (N,) int64 or (N, C) multi-hot},
-    "probs": {head: {"image"|"text"|"fused": (N, C) float32}}}.
-    """
-    import torch
-
-    from .data import cache_dir_for, embed, prepare
-
-    prep = prepare(run.data_cfg, run.model_cfg, cache_dir_for(run.data_cfg, run.run_dir), progress=False,
-                   tokenizer=run.meta["tokenizer"], heads=run.heads)
-    rows = prep.split(split)
-    image_emb, text_emb = embed(run.model, prep, rows, torch.device("cpu"))
-    df = prep.catalog.df.iloc[rows]
-    return {"ids": df["id"].astype(str).tolist(), "titles": df["title"].tolist(),
-            "labels": {h: y[rows] for h, y in prep.labels.items()},
-            "probs": run.classify(image_emb.numpy(), text_emb.numpy())}

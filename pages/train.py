@@ -265,7 +265,7 @@ with train_tab:
 
 @st.cache_data(show_spinner="Predicting the test split…", max_entries=4)
 def test_predictions(run_dir: str, stamp: float) -> dict:
-    from huse_core.pipeline import split_predictions
+    from huse_core.evaluate import split_predictions
 
     return split_predictions(ui.load_run(Path(run_dir)))
 

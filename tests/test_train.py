@@ -10,7 +10,7 @@ import torch
 from huse_core.cli import main
 from huse_core.config import DataConfig, LossConfig, ModelConfig, TrainConfig
 from huse_core.demo import generate_demo
-from huse_core.evaluate import evaluate
+from huse_core.evaluate import evaluate, split_predictions
 from huse_core.run import RunError, load_run
 from huse_core.train import selection_score, train
 
@@ -48,17 +48,10 @@ def test_training_logs_all_three_terms_and_keeps_the_best_epoch(trained):
 
 def test_tuned_fusion_is_never_below_either_modality_on_validation(trained):
     run_dir, meta = trained
-    run = load_run(run_dir)
-    from huse_core.data import cache_dir_for, embed, prepare
-
-    prep = prepare(run.data_cfg, run.model_cfg, cache_dir_for(run.data_cfg, run_dir), progress=False,
-                   tokenizer=meta["tokenizer"], heads=meta["heads"])
-    rows = prep.split("val")
-    image_emb, text_emb = embed(run.model, prep, rows, torch.device("cpu"))
-    probs = run.classify(image_emb.numpy(), text_emb.numpy())
+    pred = split_predictions(load_run(run_dir), "val")
     for head in meta["fusion_weights"]:
-        y = prep.labels[head][rows]
-        acc = {m: (p.argmax(1) == y)[y >= 0].mean() for m, p in probs[head].items()}
+        y = pred["labels"][head]
+        acc = {m: (p.argmax(1) == y)[y >= 0].mean() for m, p in pred["probs"][head].items()}
         assert acc["fused"] >= max(acc["image"], acc["text"]) - 1e-9, head
 
 
