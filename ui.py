@@ -26,7 +26,7 @@ import streamlit as st
 from huse_core.artifacts import read_json
 
 APP_DIR = Path(__file__).resolve().parent
-IMAGE_TYPES = ["png", "jpg", "jpeg", "webp"]
+IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "gif"]  # gif: animations give their first frame
 MODALITY_NAMES = {"image": "photo", "text": "title", "fused": "photo + title"}
 DIRECTIONS = {"i2i": "photo → photo", "i2t": "photo → title", "t2i": "title → photo", "t2t": "title → title"}
 
@@ -204,14 +204,11 @@ def searcher_or_stop(run_dir: Path | None = None):
 
 def build_index_with_progress(run_dir: Path) -> None:
     """Build a run's index and map with a status box; errors become messages."""
-    from huse_core.pipeline import build_index, build_map
+    from huse_core.pipeline import build_index
 
     with st.status("Building the search index…", expanded=True) as box:
         try:
-            box.write("Embedding the catalogue and writing the index")
-            build_index(run_dir)
-            box.write("Laying out the map")
-            build_map(run_dir)
+            build_index(run_dir, callback=lambda event: box.write(esc(event["message"])))
         except Exception as err:  # noqa: BLE001
             box.update(label="Building the index failed", state="error")
             st.error(describe(err))
@@ -250,12 +247,30 @@ def short(text, n: int = 60) -> str:
 # ---------------------------------------------------------------- small widgets
 
 
+PREVIEW_PX = 320  # uploads are shown decoded at this size, as the model sees them
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def preview(data: bytes) -> np.ndarray:
+    """An uploaded photo upright, in RGB on white, PREVIEW_PX a side. st.image on the raw bytes would decode a
+    12000-px photo at full size, and fails on modes it can't re-encode (16-bit PNG, CMYK)."""
+    from huse_core.images import decode_image
+
+    return decode_image(data, PREVIEW_PX)
+
+
 def photo(path: str | bytes | None, width: int | str = "stretch") -> None:
-    """A product photo, or a grey note when the file is gone."""
-    if isinstance(path, (bytes, bytearray)) or (path and os.path.isfile(path)):
-        st.image(path, width=width)
-    else:
+    """A product photo, or a grey note when the file is gone or can't be shown."""
+    if not (isinstance(path, (bytes, bytearray)) or (path and os.path.isfile(path))):
         st.caption("(photo missing)")
+        return
+    try:
+        st.image(path, width=width)
+    except Exception:  # noqa: BLE001 - a mode Streamlit can't re-encode (16-bit, CMYK): show it decoded
+        try:
+            st.image(preview(path if isinstance(path, bytes) else Path(path).read_bytes()), width=width)
+        except Exception:  # noqa: BLE001
+            st.caption("(photo can't be shown)")
 
 
 def hit_grid(hits: list, n_cols: int = 5, show_score: bool = True, key: str = "grid",
@@ -347,7 +362,7 @@ class ZipResult:
     problems: list[str]  # one message per refused entry
 
 
-ZIP_KEEP = (".png", ".jpg", ".jpeg", ".webp", ".csv", ".tsv", ".parquet")
+ZIP_KEEP = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".csv", ".tsv", ".parquet")
 
 
 def safe_extract(data: bytes, dest: Path, max_total: int = 2 << 30, max_ratio: float = 100.0,
@@ -392,7 +407,7 @@ def safe_extract(data: bytes, dest: Path, max_total: int = 2 << 30, max_ratio: f
                 problems.append(f"{shown}: refused — archives inside the zip are not opened")
                 continue
             if suffix not in ZIP_KEEP:
-                problems.append(f"{shown}: skipped — not a photo (png, jpg, webp) or a catalogue file")
+                problems.append(f"{shown}: skipped — not a photo (png, jpg, webp, gif) or a catalogue file")
                 continue
             if info.file_size > max_file:
                 problems.append(f"{shown}: refused — {info.file_size / 2**20:.0f} MB is over the "
@@ -531,5 +546,7 @@ def hits_table(hits: list, heads: list[dict], key: str) -> None:
 
 def unknown_words(run, title: str) -> bool:
     """True when none of the title's words is in the model's vocabulary (the title then carries no signal)."""
+    if run.model_cfg.text_backbone != "conv":
+        return False  # a sentence encoder reads any words, so no title is unknown to it
     ids = run.tokenizer.encode([title])[0]
     return not (ids > 1).any()

@@ -23,7 +23,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from huse_core.index import AnnoyIndex, exact_search  # noqa: E402
+from huse_core.index import AnnoyIndex, build_folder, exact_search  # noqa: E402
 
 DIM = 512
 
@@ -53,7 +53,7 @@ def synthetic(n: int, seed: int = 0, rank: int = 8, dim: int = DIM, classes: int
 def data_for(n: int, run: str | None, n_queries: int, seed: int, rank: int) -> tuple[np.ndarray, np.ndarray, str]:
     """(gallery, queries, source): a run's real embeddings when its index has n products, else synthetic."""
     if run:
-        index = Path(run) / "index"
+        index = build_folder(Path(run) / "index")  # the current build's files
         image_emb = np.load(index / "image_emb.npy", mmap_mode="r")
         text_emb = np.load(index / "text_emb.npy", mmap_mode="r")
         if len(image_emb) >= n:

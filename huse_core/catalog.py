@@ -52,6 +52,9 @@ class LoadReport:
         if self.examples:
             lines.append("  first problems:")
             lines += [f"    {e}" for e in self.examples]
+            unnamed = self.n_rows - self.n_kept - len(self.examples)
+            if unnamed > 0:  # say so, or a reader takes the named ones for the whole list
+                lines.append(f"    … and {unnamed:,} more (counted above)")
         tables = ((f"rare classes merged into '{OTHER}'", self.merged), ("rare labels dropped", self.dropped))
         for what, table in tables:
             for head, names in table.items():
@@ -318,15 +321,18 @@ def load_catalog(cfg: DataConfig, heads: list[Head] | None = None, progress: boo
     cols, n = list(raw.columns), len(raw)
     root = Path(os.path.abspath(Path(cfg.images_root).expanduser() if cfg.images_root else path.parent))
 
-    text_col = _column(cols, cfg.text_col, TEXT_COLS, "title", "--text-col")
-    if text_col is None:
-        raise ValueError(f"no title column found (looked for {', '.join(TEXT_COLS)}); columns are: "
-                         f"{', '.join(cols)} — pass --text-col <column>")
-    id_col = _column(cols, cfg.id_col, ("id",), "id", "--id-col")
-    ids = _cells(raw[id_col]) if id_col else np.array([str(i + 1) for i in range(n)], dtype=object)
-    rel = _image_paths(raw, cfg, ids, bool(id_col), root)
-    levels, attrs, multis = _label_columns(raw, cfg, heads)
-    split_col = _column(cols, cfg.split_col, (), "split", "--split-col") if cfg.split_col else None
+    try:  # a missing column is the file's problem: the message names the file
+        text_col = _column(cols, cfg.text_col, TEXT_COLS, "title", "--text-col")
+        if text_col is None:
+            raise ValueError(f"no title column found (looked for {', '.join(TEXT_COLS)}); columns are: "
+                             f"{', '.join(cols)} — pass --text-col <column>")
+        id_col = _column(cols, cfg.id_col, ("id",), "id", "--id-col")
+        ids = _cells(raw[id_col]) if id_col else np.array([str(i + 1) for i in range(n)], dtype=object)
+        rel = _image_paths(raw, cfg, ids, bool(id_col), root)
+        levels, attrs, multis = _label_columns(raw, cfg, heads)
+        split_col = _column(cols, cfg.split_col, (), "split", "--split-col") if cfg.split_col else None
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
 
     df = pd.DataFrame({"id": ids, "title": _cells(raw[text_col])})
     for c in levels + attrs:

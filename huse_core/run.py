@@ -58,11 +58,19 @@ class Run:
 
     @torch.inference_mode()
     def encode_texts(self, titles: list[str] | str, batch_size: int = 1024) -> np.ndarray:
-        """float32 unit rows (N, D) of titles; one title gives one row."""
+        """float32 unit rows (N, D) of titles; one title gives one row.
+
+        With text_backbone minilm the titles go through the sentence encoder live (huse_core.sentence).
+        """
         if isinstance(titles, str):
             titles = [titles]
-        tokens = torch.from_numpy(self.tokenizer.encode(titles))
-        out = [self.model.encode_text(tokens[i : i + batch_size]) for i in range(0, len(tokens), batch_size)]
+        if self.model_cfg.text_backbone == "minilm":
+            from .sentence import encode_sentences  # optional package: a clear error names the install command
+
+            text_input = torch.from_numpy(encode_sentences(list(titles)))
+        else:
+            text_input = torch.from_numpy(self.tokenizer.encode(titles))
+        out = [self.model.encode_text(text_input[i : i + batch_size]) for i in range(0, len(text_input), batch_size)]
         return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
 
     @torch.inference_mode()

@@ -12,7 +12,7 @@ import pandas as pd
 from .embed import (ADDED_SPLIT, as_image, check_item, index_dir, predict_labels, products_frame, read_added,
                     save_photo, write_added)
 from .images import decode_image
-from .index import IndexMissingError, StaleIndexError, exact_search, load_index, top_matches
+from .index import IndexMissingError, StaleIndexError, build_folder, exact_search, load_index, top_matches
 from .run import Run, load_run
 
 __all__ = ["Hit", "IndexMissingError", "Searcher", "StaleIndexError"]
@@ -62,6 +62,7 @@ class Searcher:
         self.run, self.manifest, self.backend, self._forests = run, manifest, backend, forests
         self.heads: list[dict] = run.heads
         self.index_dir = index_dir(run.run_dir)
+        self._build_dir = build_folder(self.index_dir, manifest)  # this build's files, even after a newer one
         self._emb = {"image": image_emb, "text": text_emb}
         self._index_products = products
         self._lock = threading.Lock()  # serialises add_products; searches read self._state without locking
@@ -288,7 +289,7 @@ class Searcher:
         from .projection import extend_map, load_map
 
         if self._map is None:
-            base = load_map(self.index_dir)
+            base = load_map(self._build_dir)
             if base is None or len(base) != 2 * len(self._index_products):
                 raise IndexMissingError(f"the index of {self.run.run_dir} has no map, or an outdated one: run "
                                         f"`python -m huse_core index --run {self.run.run_dir}` (without --no-map)")

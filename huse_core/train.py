@@ -69,6 +69,18 @@ def selection_score(val_accuracy: dict[str, float]) -> float:
     return val_accuracy["fused"] + 1e-3 * (val_accuracy["image"] + val_accuracy["text"])
 
 
+def graph_distance(loss_cfg: LossConfig, prep: Prepared) -> np.ndarray:
+    """The graph loss's A over the leaf classes: their distance in the label tree (losses.taxonomy_distance),
+    or with graph_distance "names" the MiniLM cosine distance of their names (sentence.name_distance)."""
+    if loss_cfg.graph_distance == "tree":
+        return taxonomy_distance(prep.leaf_paths)
+    if loss_cfg.graph_distance == "names":
+        from .sentence import name_distance  # optional package: a clear error names the install command
+
+        return name_distance(next(h for h in prep.heads if h["name"] == prep.leaf)["classes"])
+    raise ValueError(f"unknown graph distance {loss_cfg.graph_distance!r}; choose tree or names")
+
+
 def make_optimizer(model, cfg: TrainConfig, steps: int):
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adamw":
@@ -113,13 +125,17 @@ def train(
     torch.manual_seed(train_cfg.seed)
     device = pick_device(train_cfg.device)
 
+    if model_cfg.text_backbone == "minilm" or loss_cfg.graph_distance == "names":
+        from .sentence import load_encoder
+
+        load_encoder()  # a missing optional package fails now, not after every photo is decoded
     emit({"stage": "data", "message": "reading the catalogue"})
     prep = prepare(data_cfg, model_cfg, cache_dir_for(data_cfg, run_dir), progress=progress,
                    tokenizer=None if not resume else saved["tokenizer"])
     if progress:
         print(prep.catalog.report.summary(), file=sys.stderr)
     model = build_model(model_cfg, prep.heads, prep.tokenizer.n_tokens).to(device)
-    distance = taxonomy_distance(prep.leaf_paths)
+    distance = graph_distance(loss_cfg, prep)
     criterion = HuseLoss(loss_cfg, {h["name"]: h["kind"] for h in prep.heads}, prep.leaf, distance).to(device)
     if model.image.frozen:
         emit({"stage": "features", "message": f"computing {model_cfg.backbone} features once"})
@@ -157,13 +173,13 @@ def train(
                    leave=False, file=sys.stderr)
         for step in bar:
             rows = np.sort(order[step * train_cfg.batch_size : (step + 1) * train_cfg.batch_size])
-            tokens = torch.from_numpy(prep.tokens[rows]).to(device)
+            text_input = prep.text_input(rows).to(device)  # token ids, or cached sentence embeddings (minilm)
             if model.image.frozen:
                 image_emb = model.encode_image_features(torch.from_numpy(prep.features[rows]).to(device))
             else:
                 pixels = torch.from_numpy(prep.pixels[rows]).to(device)
                 image_emb = model.encode_image(augment(pixels, rng) if train_cfg.augment else pixels)
-            text_emb = model.encode_text(tokens)
+            text_emb = model.encode_text(text_input)
             labels = {h: torch.from_numpy(y[rows]).to(device) for h, y in prep.labels.items()}
             logits = {"image": model.logits(image_emb), "text": model.logits(text_emb)}
             terms = criterion(image_emb, text_emb, logits, labels)

@@ -127,7 +127,7 @@ with one_tab:
             pred = {}
         with st.container(border=True):
             p1, p2 = st.columns([1, 4])
-            p1.image(data, width="stretch")
+            p1.image(ui.preview(data), width="stretch")
             with p2:
                 st.text(title)
                 cols = st.columns(3)
@@ -154,6 +154,8 @@ def read_table(data: bytes, name: str) -> pd.DataFrame:
 
     if name.lower().endswith(".parquet"):
         return pd.read_parquet(io.BytesIO(data))
+    if b"\x00" in data[:8192]:  # a photo or a spreadsheet saved as .csv: pandas' own error would be cryptic
+        raise ValueError("it looks like a binary file (a photo, zip or Excel file?), not a CSV text table")
     return pd.read_csv(io.BytesIO(data), dtype=str, sep="\t" if name.lower().endswith(".tsv") else ",",
                        keep_default_na=False, encoding_errors="replace")
 
@@ -213,7 +215,7 @@ with bulk_tab:
             title_col = next((lower[c] for c in ("title", "productdisplayname", "name") if c in lower), None)
             image_col = next((lower[c] for c in ("image", "image_path", "filename", "file") if c in lower), None)
             if title_col is None or image_col is None:
-                st.error("The table needs a 'title' and an 'image' column; its columns are: "
+                st.error(f"{ui.esc(table_file.name)} needs a 'title' and an 'image' column; its columns are: "
                          + ", ".join(ui.esc(c) for c in table.columns))
             else:
                 key = (table_file.file_id, zip_file.file_id)

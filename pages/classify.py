@@ -18,7 +18,7 @@ heads = searcher.heads
 
 c1, c2 = st.columns([3, 2])
 files = c1.file_uploader("Product photos", type=ui.IMAGE_TYPES, accept_multiple_files=True, key="cls_files",
-                         help="png, jpg or webp; one result card per photo.")
+                         help="png, jpg, webp or gif; one result card per photo.")
 title = c2.text_input("Product title", key="cls_title", placeholder="e.g. Women's Navy Blue Striped Midi Dress",
                       help="Optional with photos (it is used with each of them); enough on its own too.")
 labels_text = c2.text_input("Your own labels, comma-separated (optional)", key="cls_zero",
@@ -62,7 +62,7 @@ def result_card(n: int, item: dict) -> None:
         left, right = st.columns([1, 3])
         with left:
             if item["image"] is not None:
-                st.image(item["image"], width="stretch")
+                st.image(ui.preview(item["image"]), width="stretch")
                 st.caption(ui.esc(item["name"]))
             if item["text"]:
                 st.text(item["text"])

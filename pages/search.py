@@ -54,7 +54,7 @@ if text and ui.unknown_words(searcher.run, text):
 
 if image is not None:
     q1, q2 = st.columns([1, 5])
-    q1.image(image, width="stretch")
+    q1.image(ui.preview(image), width="stretch")
     q2.caption("Searching with this photo" + (f" and your words, mixed {weight:.0%} photo / {1 - weight:.0%} words "
                                               "(change it under Options)" if text else ""))
 if filters:

@@ -1,12 +1,16 @@
-"""Exact search, the Annoy wrapper and its sidecar: orders, cosines, recall, and refusing mismatched indexes."""
+"""Exact search, the Annoy wrapper and its sidecar (orders, cosines, recall, refusing mismatched indexes), builds."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
-from huse_core.index import (TARGET_RECALL, AnnoyIndex, IndexMissingError, StaleIndexError, cosine_from_angular,
-                             exact_search)
+from huse_core.artifacts import read_json
+from huse_core.index import (MANIFEST, TARGET_RECALL, AnnoyIndex, IndexMissingError, StaleIndexError, build_folder,
+                             build_index, cosine_from_angular, exact_search)
+from huse_core.pipeline import map_ready
+from huse_core.projection import MAP
 
 # Gallery rows at known angles from the query e1 (degrees), stored out of order.
 ANGLES = {"a": 50.0, "b": 5.0, "c": 120.0, "d": 20.0, "e": 90.0, "f": 35.0, "g": 170.0}
@@ -118,3 +122,24 @@ def test_recall_counts_ties_among_identical_vectors_as_found(tmp_path):
     index = AnnoyIndex.build(emb, range(200), tmp_path / "t.ann", "fp", n_trees=4, progress=False)
     assert index.recall(emb, emb[:1], 10) == 1.0
     assert index.recall(emb, emb[:1], 10, truth=np.ones((1, 10), np.float32) * 2.0) == 0.0  # nothing beats 2
+
+
+def test_build_index_reports_rising_progress_and_its_manifest_says_whether_the_map_was_built(tiny_trained_run,
+                                                                                              tmp_path):
+    run_dir = shutil.copytree(tiny_trained_run, tmp_path / "run")
+    events: list[dict] = []
+    manifest = build_index(run_dir, progress=False, callback=events.append)
+    assert [e["stage"] for e in events] == ["embed", "annoy", "annoy", "map", "done"]
+    fractions = [e["fraction"] for e in events]
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert all(b > a for a, b in zip(fractions, fractions[1:])), "progress must rise at every step"
+    assert all(e["message"] for e in events)
+    assert manifest["map"] is True and read_json(run_dir / "index" / MANIFEST)["map"] is True
+    assert (build_folder(run_dir / "index") / MAP).is_file() and map_ready(run_dir)
+
+    events.clear()
+    manifest = build_index(run_dir, with_map=False, progress=False, callback=events.append)
+    assert [e["stage"] for e in events] == ["embed", "annoy", "annoy", "done"]
+    assert [e["fraction"] for e in events] == sorted({e["fraction"] for e in events}) and events[-1]["fraction"] == 1.0
+    assert manifest["map"] is False and read_json(run_dir / "index" / MANIFEST)["map"] is False
+    assert not (build_folder(run_dir / "index") / MAP).exists() and not map_ready(run_dir)

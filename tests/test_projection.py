@@ -5,11 +5,12 @@ import os
 import numpy as np
 import pandas as pd
 
+from huse_core.index import build_folder
 from huse_core.projection import MAP, fit_xy, load_map, place_points
 
 
 def test_map_file_has_both_modalities_of_every_product(tiny_indexed_run):
-    index_dir = tiny_indexed_run / "index"
+    index_dir = build_folder(tiny_indexed_run / "index")  # the current build's files
     products = pd.read_parquet(index_dir / "products.parquet")
     frame = load_map(index_dir)
     assert (index_dir / MAP).is_file() and len(frame) == 2 * len(products)
