@@ -116,6 +116,19 @@ CHECK_JS = """([titles, scores, heading]) => {
 SHOWN_JS = """() => { const caps = [...document.querySelectorAll('[data-testid="stCaptionContainer"]')]
   .map(e => e.innerText.trim()); return caps.filter((c, i) => i + 1 < caps.length && /^score /.test(caps[i + 1])); }"""
 
+# What the page says when an action fails: the main area's text, and the files the uploader holds.
+SCREEN_JS = """() => ({main: (document.querySelector('[data-testid="stMain"]') || document.body).innerText
+  .replace(/\\s+/g, ' ').slice(0, 400), chips: [...document.querySelectorAll('[data-testid="stFileChip"]')]
+  .map(e => e.innerText.replace(/\\s+/g, ' ')), running: !!document.querySelector('[data-testid="stStatusWidget"]')})"""
+
+# The Classify page once the cleared-title run is over: its hint shown, no result card, no photo in the uploader,
+# nothing running or stale. A photo given earlier can be lost: Streamlit answers the uploader's request for upload
+# URLs on the session's message queue, and a script run starting before that answer is sent clears the queue
+# (ForwardMsgQueue.clear keeps lifecycle messages only), so the uploader waits forever with nothing to show.
+CLASSIFY_EMPTY = """() => document.body.innerText.includes('Upload a product photo or type a title')
+  && !document.querySelector('[data-testid="stMain"] h4') && !document.querySelector('[data-testid="stFileChip"]')
+  && !document.querySelector('[data-testid="stStatusWidget"]') && !document.querySelector('[data-stale="true"]')"""
+
 
 async def idle(page, timeout_ms: int) -> None:
     """Wait until Streamlit has finished the script run (its "running" indicator is gone)."""
@@ -151,10 +164,13 @@ async def act(page, kind: str, exp: Expected, others: list[Expected], timeout_ms
         outcome = "timeout"
     record = {"kind": kind, "seconds": round(time.perf_counter() - t0, 3), "error": None}
     if outcome != "ok":
-        titles = await page.evaluate(SHOWN_JS)
+        titles, screen = await page.evaluate(SHOWN_JS), await page.evaluate(SCREEN_JS)
         if outcome == "timeout" and titles:  # something else stayed on screen: another session's answer?
             outcome = "mixed" if any(titles == o.titles for o in others) else "wrong results"
-        record.update(error=outcome.split(":")[0], detail=f"{exp.query!r}: {outcome}; shown {titles[:3]}")
+        elif outcome == "timeout" and kind == "classify_photo" and not screen["chips"]:
+            outcome = "upload lost: the uploader never listed the photo"
+        record.update(error=outcome.split(":")[0], detail=f"{exp.query!r}: {outcome}; shown {titles[:3]}",
+                      screen=screen)
     return record
 
 
@@ -178,8 +194,8 @@ async def session(n: int, browser, url: str, mine: dict, others: list[Expected],
                 records.append(await act(page, "classify_title", mine["classify_title"][step], others, timeout_ms))
                 box = page.get_by_label("Product title", exact=True)  # cleared, so the photo is classified alone
                 await box.fill("")
-                await box.press("Enter")
-                await idle(page, timeout_ms)
+                await box.press("Enter")  # a fixed pause is not enough under load: the rerun may not have started
+                await page.wait_for_function(CLASSIFY_EMPTY, polling=50, timeout=timeout_ms)
                 if time.monotonic() < stop_at[0]:
                     records.append(await act(page, "classify_photo", mine["classify_photo"][step], others, timeout_ms))
                 await open_page(page, "Search", "Search the catalogue", timeout_ms)
@@ -327,6 +343,8 @@ def main() -> int:
         print(f"| {kind.replace('_', ' ')} | {s['actions']} | {s['errors']} | {cells} |")
     for r in result["errors"][:10]:
         print(f"error (session {r['session']}, {r['kind']}): {r['error']} — {r.get('detail', '')}")
+        if r.get("screen"):
+            print(f"  on screen: {r['screen']}")
     return 1 if summary["all"]["errors"] else 0
 
 
