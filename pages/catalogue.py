@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 import ui
+from huse_core import uploads
 
 ui.page_setup("pages/catalogue.py")
 
@@ -113,7 +114,7 @@ with one_tab:
     pid = c2.text_input("Product id (optional)", key="add_id", help="Left empty, the product gets a new id.")
     title = (title or "").strip()
     data = f.getvalue() if f is not None else None
-    problem = ui.check_image(data, f.name) if data is not None else None
+    problem = uploads.check_image(data, f.name) if data is not None else None
     if problem:
         st.error(f"That file can't be used: {ui.esc(problem)}")
     elif f is None or not title:
@@ -174,7 +175,7 @@ def predict_rows(table: pd.DataFrame, title_col: str, image_col: str, files: dic
             out["problem"] = "empty title"
         elif path is None:
             out["problem"] = "photo not in the zip (or refused)"
-        elif problem := ui.check_image(Path(path).read_bytes(), name):
+        elif problem := uploads.check_image(Path(path).read_bytes(), name):
             out["problem"] = problem
         else:
             try:
@@ -222,7 +223,7 @@ with bulk_tab:
                 if st.session_state.get("bulk_key") != key:
                     folder = added_folder() / uuid.uuid4().hex[:12]
                     with st.spinner("Unpacking the photos…"):
-                        result = ui.safe_extract(zip_file.getvalue(), folder)
+                        result = uploads.safe_extract(zip_file.getvalue(), folder)
                     st.session_state["bulk_key"] = key
                     st.session_state["bulk_files"] = ({n: str(p) for n, p in result.files.items()}, result.problems)
                 files, problems = st.session_state["bulk_files"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 import ui
+from huse_core import uploads
 
 ui.page_setup("pages/classify.py")
 
@@ -32,7 +33,7 @@ if title and ui.unknown_words(searcher.run, title):
 items: list[dict] = []
 for f in (files or [])[:MAX_PHOTOS]:
     data = f.getvalue()
-    problem = ui.check_image(data, f.name)
+    problem = uploads.check_image(data, f.name)
     if problem:
         st.error(f"Skipped {ui.esc(problem)}")
         continue

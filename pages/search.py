@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 import ui
+from huse_core import uploads
 
 ui.page_setup("pages/search.py")
 
@@ -40,7 +41,7 @@ with st.expander("Options and filters", icon=":material/tune:", expanded=False):
 image = None
 if upload is not None:
     data = upload.getvalue()
-    problem = ui.check_image(data, upload.name)
+    problem = uploads.check_image(data, upload.name)
     if problem:
         st.error(f"That file can't be used: {ui.esc(problem)}")
     else:

@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import ui
+from huse_core import uploads
 from huse_core.catalog import ATTRIBUTE_COLS, IMAGE_COLS, LEVEL_COLS, TEXT_COLS
 from huse_core.config import DataConfig, LossConfig, ModelConfig, TrainConfig
 from huse_core.model import BACKBONES, WEIGHT_FILES
@@ -47,7 +48,7 @@ def uploaded_catalog() -> Path | None:
     if st.session_state.get("train_upload_key") != key:
         folder = ui.upload_folder("uploads", Path(csv.name).stem)
         with st.spinner("Unpacking the photos…"):
-            result = ui.safe_extract(photos.getvalue(), folder)
+            result = uploads.safe_extract(photos.getvalue(), folder)
         suffix = Path(csv.name).suffix.lower() or ".csv"
         (folder / f"catalogue{suffix}").write_bytes(csv.getvalue())
         root = images_root_for(folder, list(result.files), csv.getvalue(), suffix)

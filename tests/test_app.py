@@ -195,9 +195,9 @@ def _zip_with_bad_entries(good: bytes) -> bytes:
 
 
 def test_safe_extract_refuses_slip_absolute_symlink_nested_and_bomb_entries(tmp_path, app_root):
-    import ui
+    from huse_core import uploads
 
-    result = ui.safe_extract(_zip_with_bad_entries(photo_bytes(app_root)), tmp_path / "out")
+    result = uploads.safe_extract(_zip_with_bad_entries(photo_bytes(app_root)), tmp_path / "out")
     assert set(result.files) == {"a.png"}
     joined = "\n".join(result.problems)
     for name in ("../evil.png", "/abs.png", "link.png", "inner.zip", "bomb.png"):
@@ -207,13 +207,13 @@ def test_safe_extract_refuses_slip_absolute_symlink_nested_and_bomb_entries(tmp_
 
 
 def test_safe_extract_caps_the_total_size(tmp_path, app_root):
-    import ui
+    from huse_core import uploads
 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for i in range(3):
             zf.writestr(f"{i}.png", os.urandom(1000))
-    result = ui.safe_extract(buf.getvalue(), tmp_path, max_total=2500)
+    result = uploads.safe_extract(buf.getvalue(), tmp_path, max_total=2500)
     assert len(result.files) == 2 and "exceed" in result.problems[0]
 
 
