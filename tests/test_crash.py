@@ -69,14 +69,19 @@ QUERIES = ("red sneakers", "blue denim jeans", "black leather watch")
 
 def index_files(run: Path) -> dict[str, int]:
     """path under index/ -> inode, for every file outside delta/ (inodes change on every atomic replace)."""
-    out = {}
-    for p in (run / "index").rglob("*"):
+    for _ in range(100):
+        out = {}
         try:
-            if p.is_file() and "delta" not in p.relative_to(run / "index").parts:
-                out[str(p.relative_to(run / "index"))] = p.stat().st_ino
-        except OSError:  # removed between listing and stat: the build is cleaning up
-            pass
-    return out
+            for p in (run / "index").rglob("*"):
+                try:
+                    if p.is_file() and "delta" not in p.relative_to(run / "index").parts:
+                        out[str(p.relative_to(run / "index"))] = p.stat().st_ino
+                except OSError:  # removed between listing and stat: the build is cleaning up
+                    pass
+            return out
+        except FileNotFoundError:  # a whole build folder removed while rglob walked it: list again
+            time.sleep(0.005)
+    raise AssertionError(f"{run / 'index'} kept changing while it was listed")
 
 
 def kill_when(run: Path, moment: str, *extra: str) -> None:
