@@ -25,7 +25,8 @@ class DataConfig:
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/val/test fractions by title group
     seed: int = 0  # makes the split reproducible
     min_class_count: int = 5  # rarer classes (in train) merge into "other": too few to learn
-    image_size: int = 64  # pixels a side after aspect-preserving resize + pad
+    # 80: a 60x80 catalogue photo at full size; 64 cost 2-3 points of photo accuracy on the real catalogue.
+    image_size: int = 80  # pixels a side after aspect-preserving resize + pad
 
 
 @dataclass
@@ -61,6 +62,9 @@ class LossConfig:
     alpha: float = 1.0  # class-level cross-entropy weight
     beta: float = 4.0  # semantic-graph loss weight (demo: class-level t2i R@1 0.876 at 1, 0.916 at 4)
     gamma: float = 0.5  # cross-modal gap loss weight
+    # text: a title's embedding is the photo's fixed target, so the gap loss stops dragging the stronger text
+    # tower toward photos (real catalogue, 3 epochs: text +0.9, fused +1.0 points; paired cosine 0.92 -> 0.81).
+    gap_anchor: str = "text"  # text = only photos move toward their titles | none = both towers move
     # names: A(i, j) = 1 - cos of the MiniLM embeddings of the two leaf class names (sentence.name_distance).
     graph_distance: str = "tree"  # graph loss's A: tree = distance in the label tree; names = MiniLM class-name cosine
     zeta: float = 0.7  # graph-loss margin: only pairs closer than this in A and in d count
@@ -71,7 +75,7 @@ class LossConfig:
 class TrainConfig:
     """How a run trains."""
 
-    epochs: int = 12  # upper bound; early stopping usually ends sooner
+    epochs: int = 14  # upper bound; early stopping usually ends sooner (44k products: ~27 min on 2 CPU cores)
     batch_size: int = 128  # products per step (each gives an image and a title)
     optimizer: str = "adamw"  # adamw (default, trains best here) | rmsprop (paper: lr 1.6192e-5, momentum 0.9)
     lr: float = 2e-3  # peak learning rate (OneCycle schedule for adamw)
@@ -81,6 +85,9 @@ class TrainConfig:
     seed: int = 0  # weights init and batch order
     threads: int = 0  # torch CPU threads; 0 = all cores
     device: str = "auto"  # auto = cuda when present, else cpu
+    # bf16 runs the from-scratch cnn's convolutions in bfloat16 while training (~1.9x faster steps on a CPU
+    # with native bf16); the towers' MLPs, the losses and every prediction and embedding stay float32.
+    precision: str = "auto"  # auto = bf16 where the CPU/GPU supports it natively, else fp32 | bf16 | fp32
 
 
 def to_dict(cfg) -> dict:

@@ -99,11 +99,14 @@ class HuseLoss(nn.Module):
     """L = alpha * L_cls + beta * L_graph + gamma * L_gap over the selected terms; returns every named term.
 
     The returned dict has "cls", "graph", "gap" (each computed, for logging, even when not trained) and
-    "total" (only the selected terms, weighted).
+    "total" (only the selected terms, weighted). With cfg.gap_anchor "text" the gap term's gradient reaches
+    only the image embeddings (the titles are held fixed, as a teacher's targets).
     """
 
     def __init__(self, cfg: LossConfig, kinds: dict[str, str], leaf: str, distance: np.ndarray):
         super().__init__()
+        if cfg.gap_anchor not in ("none", "text"):
+            raise ValueError(f"unknown gap anchor {cfg.gap_anchor!r}; choose none or text")
         unknown = set(cfg.losses) - {"cls", "graph", "gap"}
         if unknown or not cfg.losses:
             raise ValueError(f"unknown loss terms {sorted(unknown)}; choose from cls, graph, gap")
@@ -122,7 +125,9 @@ class HuseLoss(nn.Module):
         terms = {
             "cls": self.cls(logits, labels),
             "graph": self.graph(image_emb, text_emb, labels[self.leaf]),
-            "gap": self.gap(image_emb, text_emb),
+            # gap_anchor "text": the title is a fixed target, so the gap loss never pulls the (stronger) text
+            # tower toward a photo's embedding; only the image tower moves.
+            "gap": self.gap(image_emb, text_emb.detach() if self.cfg.gap_anchor == "text" else text_emb),
         }
         weights = {"cls": self.cfg.alpha, "graph": self.cfg.beta, "gap": self.cfg.gamma}
         terms["total"] = sum(weights[k] * terms[k] for k in self.cfg.losses)

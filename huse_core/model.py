@@ -140,6 +140,7 @@ class ImageTower(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.feat_dim = feat_dim
         self.head = MLP(feat_dim, cfg.hidden, cfg.dim, cfg.image_layers, cfg.dropout)
+        self.autocast: torch.dtype | None = None  # set by training (TrainConfig.precision); inference is fp32
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Backbone features (B, F) of uint8 NHWC photos."""
@@ -149,7 +150,8 @@ class ImageTower(nn.Module):
             self.backbone.eval()  # frozen: BatchNorm statistics stay ImageNet's
             with torch.no_grad():
                 return self.backbone(x)
-        return self.backbone(x)
+        with torch.autocast(x.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+            return self.backbone(x).float()
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head(self.features(pixels)), dim=-1, eps=1e-6)

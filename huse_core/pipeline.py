@@ -34,8 +34,8 @@ class DemoSpec:
     seed: int = 0  # demo catalogue and split seed
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    # TrainConfig's defaults (12 epochs): the whole first start takes ~2.5 minutes on 2 cores. 8 epochs would save
-    # 30 s but leave photo-only accuracy near 89% instead of ~97%.
+    # TrainConfig's defaults (14 epochs): the whole first start takes a few minutes on 2 cores (README, Quick
+    # start). 8 epochs would save a third of training but leave photo-only accuracy near 89% instead of ~97%.
     train: TrainConfig = field(default_factory=TrainConfig)
 
 

@@ -208,7 +208,7 @@ def train_form() -> None:
     data_cfg = DataConfig(catalog=str(csv), images_root=st.session_state.get("train_images_root", ""),
                           text_col=text_col, id_col="" if id_col.startswith("(") else id_col,
                           image_col="" if image_col.startswith("(") else image_col, levels=levels, attributes=attrs,
-                          image_size=64 if backbone == "cnn" else 224)
+                          image_size=DataConfig.image_size if backbone == "cnn" else 224)
     model_cfg = ModelConfig(backbone=backbone)
     loss_cfg = LossConfig(losses=losses, alpha=alpha, beta=beta, gamma=gamma)
     train_cfg = TrainConfig(epochs=epochs, batch_size=batch, lr=lr)

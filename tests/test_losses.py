@@ -109,8 +109,24 @@ def test_every_term_sends_gradients_to_both_towers():
         model.zero_grad()
         image_emb, text_emb = model.encode_image(pixels), model.encode_text(tokens)
         logits = {"image": model.logits(image_emb), "text": model.logits(text_emb)}
-        loss = HuseLoss(LossConfig(losses=[term], zeta=2.0), {"leaf": "single"}, "leaf", a)
+        # the paper's symmetric gap loss; the default anchored one is tested to move only photos, below
+        loss = HuseLoss(LossConfig(losses=[term], zeta=2.0, gap_anchor="none"), {"leaf": "single"}, "leaf", a)
         loss(image_emb, text_emb, logits, labels)["total"].backward()
         image_grad = sum(p.grad.abs().sum() for p in model.image.parameters() if p.grad is not None)
         text_grad = sum(p.grad.abs().sum() for p in model.text.parameters() if p.grad is not None)
         assert image_grad > 0 and text_grad > 0, term
+
+
+def test_gap_anchored_on_text_moves_only_the_image_tower():
+    image_emb = unit([1, 0], [0, 1]).requires_grad_()
+    text_emb = unit([1, 1], [0, 1]).requires_grad_()
+    logits = {"image": {"leaf": torch.zeros(2, 2)}, "text": {"leaf": torch.zeros(2, 2)}}
+    labels, a = {"leaf": torch.tensor([0, 1])}, np.zeros((2, 2), dtype=np.float32)
+    cfg = LossConfig(losses=["gap"], gap_anchor="text")
+    terms = HuseLoss(cfg, {"leaf": "single"}, "leaf", a)(image_emb, text_emb, logits, labels)
+    assert terms["gap"].item() == pytest.approx((1 - 2 ** -0.5) / 2, abs=1e-6)  # same value as unanchored
+    terms["total"].backward()
+    assert text_emb.grad is None or text_emb.grad.abs().sum() == 0
+    assert image_emb.grad[0].abs().sum() > 0  # the unmatched pair pulls its photo
+    with pytest.raises(ValueError, match="gap anchor"):
+        HuseLoss(LossConfig(gap_anchor="image"), {"leaf": "single"}, "leaf", a)

@@ -75,3 +75,22 @@ def test_missing_weights_file_is_a_clear_error_not_a_download(tmp_path, monkeypa
 def test_unknown_backbone_names_the_choices():
     with pytest.raises(ValueError, match="cnn"):
         build_model(ModelConfig(backbone="alexnet"), HEADS, 10)
+
+
+def test_bf16_training_autocast_keeps_float32_outputs_close_to_fp32(model):
+    from huse_core.train import training_autocast
+
+    cpu = torch.device("cpu")
+    assert training_autocast("fp32", cpu) is None and training_autocast("bf16", cpu) is torch.bfloat16
+    assert training_autocast("auto", cpu) in (None, torch.bfloat16)  # depends on the CPU, never an error
+    with pytest.raises(ValueError, match="precision"):
+        training_autocast("fp8", cpu)
+    pixels = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)
+    full = model.encode_image(pixels)
+    model.image.autocast = torch.bfloat16
+    try:
+        low = model.encode_image(pixels)
+    finally:
+        model.image.autocast = None
+    assert low.dtype == torch.float32 and not torch.equal(low, full)  # bf16 really ran
+    assert (low * full).sum(1).min() > 0.98  # and changed the embedding only by rounding
