@@ -85,7 +85,7 @@ class TrainConfig:
     seed: int = 0  # weights init and batch order
     threads: int = 0  # torch CPU threads; 0 = all cores
     device: str = "auto"  # auto = cuda when present, else cpu
-    # bf16 runs the from-scratch cnn's convolutions in bfloat16 while training (~1.9x faster steps on a CPU
+    # bf16 runs the from-scratch cnn's convolutions in bfloat16 while training (1.8-2.1x faster steps on a CPU
     # with native bf16); the towers' MLPs, the losses and every prediction and embedding stay float32.
     precision: str = "auto"  # auto = bf16 where the CPU/GPU supports it natively, else fp32 | bf16 | fp32
 
