@@ -95,10 +95,15 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+# Fields added after runs were first saved, with the value older runs were trained with (not today's default):
+# a run from before them reloads, and resumes, with its own settings.
+LEGACY_VALUES = {"LossConfig": {"gap_anchor": "none"}, "TrainConfig": {"precision": "fp32"}}
+
+
 def from_dict(cls, data: dict):
     """Rebuild a config dataclass from a dict, ignoring keys this version doesn't know."""
     names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: v for k, v in data.items() if k in names}
+    kwargs = LEGACY_VALUES.get(cls.__name__, {}) | {k: v for k, v in data.items() if k in names}
     if "split" in kwargs:
         kwargs["split"] = tuple(kwargs["split"])
     return cls(**kwargs)

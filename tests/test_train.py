@@ -168,3 +168,12 @@ def test_cli_demo_train_evaluate(tmp_path, capsys):
     assert "no run.json" in capsys.readouterr().err
     assert main(["train", "--catalog", str(csv), "--out", str(tmp_path / "r2"), "--text-col", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_runs_saved_before_a_setting_existed_reload_with_what_they_were_trained_with():
+    from huse_core.config import from_dict, to_dict
+
+    assert from_dict(LossConfig, {"beta": 1.0}).gap_anchor == "none"  # the paper's gap loss, as trained then
+    assert from_dict(TrainConfig, {"epochs": 12}).precision == "fp32"
+    assert from_dict(LossConfig, to_dict(LossConfig())) == LossConfig()  # today's runs keep today's values
+    assert from_dict(TrainConfig, to_dict(TrainConfig())) == TrainConfig()
