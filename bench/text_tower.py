@@ -42,9 +42,7 @@ class BagTower(nn.Module):
         self.head = MLP(cfg.conv_channels + BAG_DIM, cfg.hidden, cfg.dim, cfg.text_layers, cfg.dropout)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        t = self.conv_tower
-        x = F.relu(t.conv(t.drop(t.embed(tokens)).transpose(1, 2)))
-        x = x.masked_fill((tokens == 0).unsqueeze(1), 0.0).amax(2)
+        x = self.conv_tower.features(tokens)
         a, b = tokens[:, :-1], tokens[:, 1:]
         ids = torch.cat([tokens % (BUCKETS - 1), (a * 1000003 + b) % (BUCKETS - 1) + 1], 1)
         ids = ids.masked_fill(torch.cat([tokens == 0, (a == 0) | (b == 0)], 1), 0)  # 0 = padding, embeds to 0

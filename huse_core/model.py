@@ -169,11 +169,15 @@ class TextTower(nn.Module):
         self.conv = nn.Conv1d(cfg.word_dim, cfg.conv_channels, cfg.conv_kernel, padding=cfg.conv_kernel // 2)
         self.head = MLP(cfg.conv_channels, cfg.hidden, cfg.dim, cfg.text_layers, cfg.dropout)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Max-pooled Conv1D features (B, conv_channels) of token id rows, before the MLP."""
         x = self.drop(self.embed(tokens)).transpose(1, 2)  # (B, word_dim, L)
         x = F.relu(self.conv(x))
         x = x.masked_fill((tokens == 0).unsqueeze(1), 0.0)  # padding never wins the max-pool
-        return F.normalize(self.head(x.amax(dim=2)), dim=-1, eps=1e-6)
+        return x.amax(dim=2)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(self.features(tokens)), dim=-1, eps=1e-6)
 
 
 class SentenceTower(nn.Module):
