@@ -158,7 +158,7 @@ def load_run(run_dir: Path):
 
 @st.cache_resource(show_spinner="Loading the model and the search index…", max_entries=4)
 def _open_searcher(run_dir: str, stamp: tuple):
-    from huse_core.search import Searcher
+    from huse_core.retrieval.search import Searcher
 
     return Searcher.open(run_dir)
 
@@ -184,7 +184,7 @@ def searcher_or_stop(run_dir: Path | None = None):
     if run_dir is None:
         st.info("Pick a trained run in the sidebar first.")
         st.stop()
-    from huse_core.search import IndexMissingError
+    from huse_core.retrieval.search import IndexMissingError
 
     try:
         return open_searcher(run_dir)
@@ -202,11 +202,11 @@ def searcher_or_stop(run_dir: Path | None = None):
 
 def build_index_with_progress(run_dir: Path) -> None:
     """Build a run's index and map with a status box; errors become messages."""
-    from huse_core.pipeline import build_index
+    from huse_core.retrieval.build import build_index
 
     with st.status("Building the search index…", expanded=True) as box:
         try:
-            build_index(run_dir, callback=lambda event: box.write(esc(event["message"])))
+            build_index(run_dir, progress=False, callback=lambda event: box.write(esc(event["message"])))
         except Exception as err:  # noqa: BLE001
             box.update(label="Building the index failed", state="error")
             st.error(describe(err))
@@ -252,7 +252,7 @@ PREVIEW_PX = 320  # uploads are shown decoded at this size, as the model sees th
 def preview(data: bytes) -> np.ndarray:
     """An uploaded photo upright, in RGB on white, PREVIEW_PX a side. st.image on the raw bytes would decode a
     12000-px photo at full size, and fails on modes it can't re-encode (16-bit PNG, CMYK)."""
-    from huse_core.images import decode_image
+    from huse_core.data.images import decode_image
 
     return decode_image(data, PREVIEW_PX)
 
@@ -355,7 +355,7 @@ def upload_folder(kind: str, name: str) -> Path:
 
 
 class TrainMonitor:
-    """Renders training events (huse_core.train callback dicts) as a progress bar, metrics and live loss curves."""
+    """Renders training events (training.train callback dicts) as a progress bar, metrics and live loss curves."""
 
     def __init__(self, where=None, overall: bool = False):
         where = where or st

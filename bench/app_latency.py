@@ -278,7 +278,7 @@ def main(argv=None) -> int:
     try:
         from playwright.sync_api import sync_playwright
 
-        from huse_core.search import Searcher
+        from huse_core.retrieval.search import Searcher
 
         searcher = Searcher.open(run_dir)
     except Exception as err:  # noqa: BLE001 - a missing package or an unindexed run: one line, no traceback

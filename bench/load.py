@@ -5,7 +5,7 @@
 One Chromium (Playwright over the system /usr/bin/chromium), one browser context per session, all driven from one
 asyncio loop against one server on 127.0.0.1 opened on the run with HUSE_RUN. Each session cycles through its own
 titles to classify, photos to upload and words to search; what it finds on screen (hit titles and scores, the
-Classify card's label) is compared with what huse_core.search.Searcher answers for that session's own query,
+Classify card's label) is compared with what huse_core.retrieval.search.Searcher answers for that session's own query,
 computed here beforehand. A screen that never shows the expected answer is an error: "mixed" when it shows
 another session's answer, "wrong results" when it shows nobody's. Times run from the action (Enter, the upload)
 until the expected results are on screen. Writes bench/results/load-<date>.json and prints a Markdown table.
@@ -67,7 +67,7 @@ def expect(searcher, query: str, hits: list, pred: dict | None = None) -> Expect
 
 def plan(run: str, sessions: int) -> list[dict[str, list[Expected]]]:
     """PER_SESSION queries of each kind per session, every one with a different answer from all the others."""
-    from huse_core.search import Searcher
+    from huse_core.retrieval.search import Searcher
 
     searcher = Searcher.open(run)
     products = searcher.products[~searcher.products["added"].astype(bool)]

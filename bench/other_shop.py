@@ -160,10 +160,10 @@ def time_decoding(out: Path, originals: list[Path]) -> dict:
 
     The first run writes into an empty folder, then its files move into the catalogue's cache (keys don't depend
     on the folder), so `train` reads them as a later run would."""
-    from huse_core.catalog import load_catalog
+    from huse_core.data.catalog import load_catalog
     from huse_core.config import DataConfig
-    from huse_core.data import cache_dir_for
-    from huse_core.images import decode_many
+    from huse_core.prepare import cache_dir_for
+    from huse_core.data.images import decode_many
 
     cfg = DataConfig(catalog=str(out / "products.csv"), id_col="sku", text_col="product_name", image_col="photo",
                      hierarchy_col="category_path", attributes=["colour", "audience"])

@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from huse_core.model import SmallCNN  # noqa: E402
-from huse_core.train import training_autocast  # noqa: E402
+from huse_core.training.train import training_autocast  # noqa: E402
 
 
 def step_seconds(size: int, batch: int, dtype: torch.dtype | None, steps: int = 6) -> float:

@@ -172,7 +172,7 @@ def run_peers(data_cfg: DataConfig, cache_dir: Path) -> dict:
     from sklearn.pipeline import make_union
     from sklearn.preprocessing import StandardScaler
 
-    from huse_core.catalog import load_catalog
+    from huse_core.data.catalog import load_catalog
 
     warnings.filterwarnings("ignore", category=ConvergenceWarning)  # saga at tol 1e-3 is converged enough
     t_all = time.time()
@@ -224,8 +224,8 @@ def run_peers(data_cfg: DataConfig, cache_dir: Path) -> dict:
 def run_huse(cfgs: tuple, run_dir: Path, progress: bool, no_train: bool = False) -> dict:
     """Train into `run_dir` (or take the run already there), evaluate on test, pick a fusion weight on val."""
     from huse_core.artifacts import read_json
-    from huse_core.evaluate import evaluate
-    from huse_core.train import train
+    from huse_core.training.evaluate import evaluate
+    from huse_core.training.train import train
 
     t = time.time()
     if no_train:  # e.g. an interrupted run: its best epoch so far; train time = the sum of its epochs
@@ -253,7 +253,7 @@ def tuned_fusion(run_dir: Path) -> dict:
     """The fusion weight w that maximises leaf accuracy on val, and every head's test accuracy with it."""
     import torch
 
-    from huse_core.data import cache_dir_for, embed, prepare
+    from huse_core.prepare import cache_dir_for, embed, prepare
     from huse_core.run import load_run
 
     run = load_run(run_dir)
@@ -463,8 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     cfgs = (data_cfg, model_cfg, loss_cfg, train_cfg)
     reused = [(path, json.loads(path.read_text())) for path in args.reuse]
 
-    from huse_core.catalog import load_catalog
-    from huse_core.data import cache_dir_for
+    from huse_core.data.catalog import load_catalog
+    from huse_core.prepare import cache_dir_for
 
     try:
         cat = load_catalog(data_cfg, progress=False)

@@ -23,7 +23,9 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from huse_core.index import AnnoyIndex, build_folder, exact_search  # noqa: E402
+from huse_core.retrieval.annoy_index import AnnoyIndex  # noqa: E402
+from huse_core.retrieval.knn import exact_search  # noqa: E402
+from huse_core.retrieval.layout import build_folder  # noqa: E402
 
 DIM = 512
 
@@ -118,7 +120,7 @@ def bench_one(n: int, run: str | None, n_trees: int, n_queries: int, n_exact: in
 
 def bench_map(n: int, rank: int) -> dict:
     """Seconds to lay out the map of n products (2n points: photos + titles), as `index` does."""
-    from huse_core.projection import FIT_LIMIT, fit_xy
+    from huse_core.retrieval.map import FIT_LIMIT, fit_xy
 
     points = synthetic(2 * n, seed=7, rank=rank)
     t = time.time()

@@ -24,8 +24,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from huse_core.config import DataConfig, ModelConfig  # noqa: E402
-from huse_core.data import cache_dir_for, prepare  # noqa: E402
-from huse_core.losses import ClassLoss  # noqa: E402
+from huse_core.prepare import cache_dir_for, prepare  # noqa: E402
+from huse_core.training.losses import ClassLoss  # noqa: E402
 from huse_core.model import MLP, TextTower  # noqa: E402
 
 BUCKETS, BAG_DIM = 1 << 15, 128

@@ -9,8 +9,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 def atomic_write(path: str | Path, write) -> Path:
     """Call write(tmp_path), then rename over `path`: a reader sees the old file or the new one, never half."""
@@ -46,11 +44,15 @@ def read_json(path: str | Path) -> Any:
 
 def save_torch(path: str | Path, obj: Any) -> Path:
     """torch.save atomically; load back with `load_torch` (weights_only)."""
+    import torch  # here, not at import: the index and the app's light pages need no torch
+
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_torch(path: str | Path) -> Any:
     """torch.load restricted to tensors and plain containers: a crafted pickle can't run code."""
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # UnpicklingError for code-running pickles, RuntimeError for corrupt files

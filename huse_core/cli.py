@@ -56,7 +56,7 @@ def build_config(args: argparse.Namespace, cls, **fixed):
 
 
 def cmd_demo_data(args) -> int:
-    from .demo import generate_demo
+    from .data.demo import generate_demo
 
     csv = generate_demo(args.out, n_products=args.products, seed=args.seed, progress=not args.quiet)
     print(f"wrote {csv}")
@@ -64,7 +64,7 @@ def cmd_demo_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .train import train
+    from .training.train import train
 
     if not args.resume and not args.catalog:
         raise SystemExit("train: --catalog CSV is required (or --resume to continue a run in --out)")
@@ -83,7 +83,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate, format_tables
+    from .training.evaluate import evaluate, format_tables
 
     result = evaluate(args.run, split=args.split, progress=not args.quiet)
     print(json.dumps(result, indent=2) if args.json else format_tables(result))
@@ -91,7 +91,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_index(args) -> int:
-    from .index import N_TREES, build_index
+    from .retrieval.annoy_index import N_TREES
+    from .retrieval.build import build_index
 
     manifest = build_index(args.run, n_trees=args.n_trees or N_TREES, with_map=not args.no_map,
                            progress=not args.quiet)
@@ -111,7 +112,7 @@ def _filter_pair(text: str) -> tuple[str, str]:
 
 
 def cmd_search(args) -> int:
-    from .search import Searcher
+    from .retrieval.search import Searcher
 
     if args.product and (args.text or args.image):
         raise ValueError("--product searches with a product's own embeddings; leave out --text and --image")
@@ -132,7 +133,7 @@ def cmd_search(args) -> int:
 
 
 def cmd_classify(args) -> int:
-    from .search import Searcher
+    from .retrieval.search import Searcher
 
     searcher = Searcher.open(args.run)
     if args.labels:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .artifacts import read_json, write_json
 from .config import DataConfig, LossConfig, ModelConfig, TrainConfig
+from .retrieval.layout import index_ready, map_ready
 
 Callback = Callable[[dict], None]
 STAGES = ("demo", "train", "evaluate", "index", "map")
@@ -142,7 +143,7 @@ def build_demo(data_dir: str | Path, run_dir: str | Path, spec: DemoSpec | None 
 
 
 def _demo_stage(data_dir: Path, spec: DemoSpec, emit: Callback) -> Path:
-    from .demo import generate_demo
+    from .data.demo import generate_demo
 
     csv = data_dir / "metadata.csv"
     if csv.is_file():  # generate_demo writes the CSV last and whole: its presence means the images are there
@@ -155,7 +156,7 @@ def _demo_stage(data_dir: Path, spec: DemoSpec, emit: Callback) -> Path:
 def _train_stage(csv: Path, run_dir: Path, spec: DemoSpec, emit: Callback) -> None:
     import torch
 
-    from .train import train
+    from .training.train import train
 
     status = _train_status(run_dir)
     if status == "done" and (run_dir / "model.pt").is_file():
@@ -193,7 +194,7 @@ def _train_stage(csv: Path, run_dir: Path, spec: DemoSpec, emit: Callback) -> No
 
 
 def _evaluate_stage(run_dir: Path, emit: Callback) -> None:
-    from .evaluate import evaluate
+    from .training.evaluate import evaluate
 
     if "test" in (read_json(run_dir / "run.json").get("metrics") or {}):
         return
@@ -203,6 +204,8 @@ def _evaluate_stage(run_dir: Path, emit: Callback) -> None:
 
 def _index_stage(run_dir: Path, emit: Callback) -> None:
     """The "index" and "map" stages: one index build makes both, so index.json says whether the map is there."""
+    from .retrieval.build import build_index
+
     if index_ready(run_dir) and map_ready(run_dir):
         return
     start, weight = _start("index"), WEIGHTS["index"] + WEIGHTS["map"]
@@ -212,46 +215,7 @@ def _index_stage(run_dir: Path, emit: Callback) -> None:
             emit({"stage": "map" if event["stage"] == "map" else "index", "message": event["message"],
                   "overall": start + weight * event["fraction"]})
 
-    build_index(run_dir, callback=relay)
-
-
-def index_ready(run_dir: str | Path) -> bool:
-    """True when the run has a search index built for its current model."""
-    from .artifacts import file_sha
-    from .embed import index_dir
-    from .index import MANIFEST
-
-    manifest = index_dir(run_dir) / MANIFEST
-    try:
-        return read_json(manifest).get("fingerprint") == file_sha(Path(run_dir) / "model.pt")
-    except (OSError, ValueError):
-        return False
-
-
-def map_ready(run_dir: str | Path) -> bool:
-    """True when the current index was built with its map (index.json says so and the map file is there)."""
-    from .embed import index_dir
-    from .index import MANIFEST, IndexMissingError, build_folder
-    from .projection import MAP
-
-    out = index_dir(run_dir)
-    try:
-        manifest = read_json(out / MANIFEST)
-        folder = build_folder(out, manifest)
-        if manifest.get("map") and (folder / MAP).is_file():
-            return True
-        # an index from before build folders, whose map an older pipeline drew after writing index.json
-        return folder == out and (out / MAP).stat().st_mtime >= (out / MANIFEST).stat().st_mtime
-    except (OSError, ValueError, IndexMissingError):
-        return False
-
-
-def build_index(run_dir: str | Path, callback: Callback | None = None) -> dict:
-    """Embed the run's catalogue, build its search index and map (huse_core.index.build_index, quietly); `callback`
-    gets that function's progress events. Returns the manifest (index.json)."""
-    from .index import build_index as build
-
-    return build(run_dir, with_map=True, progress=False, callback=callback)
+    build_index(run_dir, with_map=True, progress=False, callback=relay)
 
 
 def remove_build(run_dir: str | Path) -> None:

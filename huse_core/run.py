@@ -11,7 +11,7 @@ import torch
 from .artifacts import file_sha, load_torch, read_json
 from .config import DataConfig, LossConfig, ModelConfig, TrainConfig, from_dict
 from .model import HuseModel, build_model
-from .text import Tokenizer
+from .data.text import Tokenizer
 
 RUN_FORMAT = 1  # bump when run.json or model.pt change incompatibly
 
@@ -84,7 +84,7 @@ class Run:
 
     def load_catalog(self, progress: bool = False):
         """The run's catalogue, read with the run's settings and class lists (same split, same labels)."""
-        from .catalog import Head, load_catalog
+        from .data.catalog import Head, load_catalog
 
         heads = [Head(h["name"], h["kind"], h["classes"], h.get("level")) for h in self.heads]
         return load_catalog(self.data_cfg, heads=heads, progress=progress)

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from huse_core import uploads
+from huse_core.data import uploads
 
 ui.page_setup("pages/catalogue.py")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 import ui
-from huse_core import uploads
+from huse_core.data import uploads
 
 ui.page_setup("pages/search.py")
 

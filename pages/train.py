@@ -12,8 +12,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import ui
-from huse_core import uploads
-from huse_core.catalog import ATTRIBUTE_COLS, IMAGE_COLS, LEVEL_COLS, TEXT_COLS
+from huse_core.data import uploads
+from huse_core.data.catalog import ATTRIBUTE_COLS, IMAGE_COLS, LEVEL_COLS, TEXT_COLS
 from huse_core.config import DataConfig, LossConfig, ModelConfig, TrainConfig
 from huse_core.model import BACKBONES, WEIGHT_FILES
 
@@ -217,14 +217,14 @@ def train_form() -> None:
 
 
 def _train(data_cfg, model_cfg, loss_cfg, train_cfg, run_dir: Path, callback, resume: bool = False):
-    from huse_core.train import train
+    from huse_core.training.train import train
 
     return train(data_cfg, model_cfg, loss_cfg, train_cfg, run_dir, resume=resume, progress=False, callback=callback)
 
 
 def run_training(run_dir: Path, start, build_index: bool) -> None:
     """Train (start(callback)), evaluate, optionally index; progress live, errors as messages."""
-    from huse_core.evaluate import evaluate
+    from huse_core.training.evaluate import evaluate
 
     with st.status(f"Training {ui.esc(run_dir.name)}…", expanded=True) as box:
         monitor = ui.TrainMonitor(box)
@@ -266,7 +266,7 @@ with train_tab:
 
 @st.cache_data(show_spinner="Predicting the test split…", max_entries=4)
 def test_predictions(run_dir: str, stamp: float) -> dict:
-    from huse_core.evaluate import split_predictions
+    from huse_core.training.evaluate import split_predictions
 
     return split_predictions(ui.load_run(Path(run_dir)))
 
@@ -278,7 +278,7 @@ def evaluation(run_dir: Path) -> None:
     if not test:
         st.info("This run has not been evaluated yet.")
         if st.button("Evaluate on the test split", key="eval_now", type="primary"):
-            from huse_core.evaluate import evaluate
+            from huse_core.training.evaluate import evaluate
 
             with st.spinner("Evaluating…"):
                 try:

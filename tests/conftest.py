@@ -13,7 +13,7 @@ TINY_PRODUCTS = 240
 @pytest.fixture(scope="session")
 def tiny_demo_csv(tmp_path_factory) -> Path:
     """metadata.csv of a 240-product synthetic demo shop (images beside it)."""
-    from huse_core.demo import generate_demo
+    from huse_core.data.demo import generate_demo
 
     return Path(generate_demo(tmp_path_factory.mktemp("tiny_demo"), n_products=TINY_PRODUCTS, seed=0,
                               progress=False))
@@ -25,7 +25,7 @@ def tiny_trained_run(tiny_demo_csv, tmp_path_factory) -> Path:
     import torch
 
     from huse_core.config import DataConfig, LossConfig, ModelConfig, TrainConfig
-    from huse_core.train import train
+    from huse_core.training.train import train
 
     run_dir = tmp_path_factory.mktemp("tiny_run")
     threads = torch.get_num_threads()
@@ -41,7 +41,7 @@ def tiny_trained_run(tiny_demo_csv, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_indexed_run(tiny_trained_run, tmp_path_factory) -> Path:
     """A copy of the tiny run with its search index and map built. Read-only: use `indexed_run_copy` to write."""
-    from huse_core.index import build_index
+    from huse_core.retrieval.build import build_index
 
     run_dir = tmp_path_factory.mktemp("tiny_indexed") / "run"
     shutil.copytree(tiny_trained_run, run_dir)

@@ -34,7 +34,7 @@ def app_root(tiny_demo_csv, tiny_indexed_run, tmp_path_factory) -> Path:
 def app_folder(tiny_demo_csv: Path, tiny_indexed_run: Path, tmp_path_factory) -> Path:
     root = tmp_path_factory.getbasetemp() / "tiny_app"
     if not (root / "runs" / "demo").is_dir():
-        from huse_core.evaluate import evaluate
+        from huse_core.training.evaluate import evaluate
 
         shutil.copytree(tiny_demo_csv.parent, root / "data" / "demo")
         staging = root / "runs" / ".demo-copy"
@@ -195,7 +195,7 @@ def _zip_with_bad_entries(good: bytes) -> bytes:
 
 
 def test_safe_extract_refuses_slip_absolute_symlink_nested_and_bomb_entries(tmp_path, app_root):
-    from huse_core import uploads
+    from huse_core.data import uploads
 
     result = uploads.safe_extract(_zip_with_bad_entries(photo_bytes(app_root)), tmp_path / "out")
     assert set(result.files) == {"a.png"}
@@ -207,7 +207,7 @@ def test_safe_extract_refuses_slip_absolute_symlink_nested_and_bomb_entries(tmp_
 
 
 def test_safe_extract_caps_the_total_size(tmp_path, app_root):
-    from huse_core import uploads
+    from huse_core.data import uploads
 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:

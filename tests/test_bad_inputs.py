@@ -131,7 +131,7 @@ def test_cli_zero_shot_with_bad_titles_as_labels(corpus, tiny_indexed_run, capsy
 
 def test_accepted_images_decode_to_what_they_show(corpus):
     """Each accepted image's pixels, upright, in RGB on white: the checks that a wrong decode would fail."""
-    from huse_core.images import decode_image
+    from huse_core.data.images import decode_image
 
     red, blue, white = np.array(bc.RED), np.array(bc.BLUE), np.array((255, 255, 255))
 
@@ -163,7 +163,7 @@ def test_wide_photo_decodes_in_bounded_memory(corpus):
     grows by ~150 MB, with it by ~3 MB)."""
     pytest.importorskip("resource", reason="peak memory is read with the Unix resource module")
     full = bc.WIDE[0] * bc.WIDE[1] * 3
-    probe = ("import resource, sys\nfrom huse_core.images import decode_image\n"
+    probe = ("import resource, sys\nfrom huse_core.data.images import decode_image\n"
              "decode_image(sys.argv[1], 16)  # warm up: imports and Pillow's codecs\n"
              "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
              "out = decode_image(sys.argv[2], 64)\n"

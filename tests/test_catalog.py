@@ -1,4 +1,4 @@
-"""Tests for huse_core.catalog: reading shop catalogues, bad rows, heads, grouped splits, saved heads."""
+"""Tests for huse_core.data.catalog: reading shop catalogues, bad rows, heads, grouped splits, saved heads."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from huse_core.catalog import Head, load_catalog, normalise_title
+from huse_core.data.catalog import Head, load_catalog, normalise_title
 from huse_core.config import DataConfig
 
 ARTICLES = {

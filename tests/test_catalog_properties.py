@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from huse_core.catalog import load_catalog, normalise_title
+from huse_core.data.catalog import load_catalog, normalise_title
 from huse_core.config import DataConfig
 
 cell = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)

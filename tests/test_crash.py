@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from huse_core.demo import generate_demo
+from huse_core.data.demo import generate_demo
 from huse_core.run import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,7 +113,7 @@ def grown_run(tiny_indexed_run, tmp_path_factory):
     """The tiny indexed run with two products added since its build, and the exact hits of QUERIES on it.
 
     Rebuilding it folds the two in, so every index file changes (more rows) and an old/new mix is visible."""
-    from huse_core.search import Searcher
+    from huse_core.retrieval.search import Searcher
 
     run = Path(shutil.copytree(tiny_indexed_run, tmp_path_factory.mktemp("grown") / "run"))
     searcher = Searcher.open(run, backend="exact")
@@ -130,7 +130,7 @@ def assert_consistent(run: Path, n_products: int, expected: dict) -> dict:
     every hit's title belongs to the embedding row that matched, the hits are those before the rebuild, and the
     map covers every product (or, built without one, says to build it). Every artifact under a real name loads.
     Returns the manifest."""
-    from huse_core.search import IndexMissingError, Searcher
+    from huse_core.retrieval.search import IndexMissingError, Searcher
 
     for path in (run / "index").rglob("*"):
         if path.is_file() and not path.name.endswith(".tmp"):  # temp names (.<name>.XXXX.tmp) are never read
@@ -181,7 +181,7 @@ def test_sigkill_mid_index_leaves_the_old_or_the_new_index_then_index_again_succ
 
 
 def test_sigkill_during_the_first_index_build_says_to_run_index(tiny_trained_run, tmp_path):
-    from huse_core.search import IndexMissingError, Searcher
+    from huse_core.retrieval.search import IndexMissingError, Searcher
 
     run = Path(shutil.copytree(tiny_trained_run, tmp_path / "run"))
     kill_when(run, "embeddings", "--no-map")

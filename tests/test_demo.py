@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from huse_core.demo import COLOURS, COLUMNS, GENDERS, PATTERNS, SEASONS, generate_demo
+from huse_core.data.demo import COLOURS, COLUMNS, GENDERS, PATTERNS, SEASONS, generate_demo
 
 N = 200
 

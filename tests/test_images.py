@@ -1,4 +1,4 @@
-"""Tests for huse_core.images: decoding awkward product photos and the decode_many cache."""
+"""Tests for huse_core.data.images: decoding awkward product photos and the decode_many cache."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from huse_core import images
-from huse_core.images import ImageError, decode_image, decode_many
+from huse_core.data import images
+from huse_core.data.images import ImageError, decode_image, decode_many
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from huse_core.artifacts import read_json
-from huse_core.index import (MANIFEST, TARGET_RECALL, AnnoyIndex, IndexMissingError, StaleIndexError, build_folder,
-                             build_index, cosine_from_angular, exact_search)
-from huse_core.pipeline import map_ready
-from huse_core.projection import MAP
+from huse_core.retrieval.annoy_index import TARGET_RECALL, AnnoyIndex, cosine_from_angular
+from huse_core.retrieval.build import build_index
+from huse_core.retrieval.knn import exact_search
+from huse_core.retrieval.layout import MANIFEST, IndexMissingError, StaleIndexError, build_folder
+from huse_core.retrieval.layout import MAP, map_ready
 
 # Gallery rows at known angles from the query e1 (degrees), stored out of order.
 ANGLES = {"a": 50.0, "b": 5.0, "c": 120.0, "d": 20.0, "e": 90.0, "f": 35.0, "g": 170.0}

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from huse_core.config import LossConfig, ModelConfig
-from huse_core.losses import ClassLoss, GapLoss, GraphLoss, HuseLoss, taxonomy_distance
+from huse_core.training.losses import ClassLoss, GapLoss, GraphLoss, HuseLoss, taxonomy_distance
 from huse_core.model import build_model
 
 

@@ -78,7 +78,7 @@ def test_unknown_backbone_names_the_choices():
 
 
 def test_bf16_training_autocast_keeps_float32_outputs_close_to_fp32(model):
-    from huse_core.train import training_autocast
+    from huse_core.training.train import training_autocast
 
     cpu = torch.device("cpu")
     assert training_autocast("fp32", cpu) is None and training_autocast("bf16", cpu) is torch.bfloat16

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from huse_core.catalog import load_catalog
+from huse_core.data.catalog import load_catalog
 from huse_core.config import DataConfig
-from huse_core.images import decode_many
+from huse_core.data.images import decode_many
 
 PATHS = {  # leaf -> (path, photo colour)
     "Curtains": ("Home Furnishing >> Curtains & Accessories >> Curtains", (150, 30, 30)),

@@ -31,7 +31,7 @@ def test_build_makes_a_complete_run_with_metrics_index_and_map(built):
     assert is_complete(run_dir)
     assert stage_state(run_dir)["done"] == ["demo", "train", "evaluate", "index", "map"]
     assert read_json(run_dir / "index" / "index.json")["map"] is True, "the map is built with the index, and says so"
-    from huse_core.search import Searcher
+    from huse_core.retrieval.search import Searcher
 
     searcher = Searcher.open(run_dir)
     assert len(searcher.products) > 0

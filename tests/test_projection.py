@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pandas as pd
 
-from huse_core.index import build_folder
-from huse_core.projection import MAP, fit_xy, load_map, place_points
+from huse_core.retrieval.layout import MAP, build_folder, load_map
+from huse_core.retrieval.map import fit_xy, place_points
 
 
 def test_map_file_has_both_modalities_of_every_product(tiny_indexed_run):

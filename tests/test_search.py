@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from huse_core.cli import main
-from huse_core.index import build_index
-from huse_core.search import IndexMissingError, Searcher, StaleIndexError
+from huse_core.retrieval.build import build_index
+from huse_core.retrieval.search import IndexMissingError, Searcher, StaleIndexError
 
 BACKENDS = ["annoy", "exact"]
 
@@ -231,7 +231,8 @@ def test_cli_index_rebuilds_and_reports_timings_and_recall(indexed_run_copy, cap
 
 
 def test_embedding_a_catalog_chunk_by_chunk_matches_the_cached_prepared_path(tiny_indexed_run, tmp_path):
-    from huse_core.embed import embed_catalog, load_embeddings
+    from huse_core.retrieval.embed import embed_catalog
+    from huse_core.retrieval.layout import load_embeddings
     from huse_core.run import load_run
 
     run = load_run(tiny_indexed_run)

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from huse_core import sentence
+from huse_core.model import sentence
 from huse_core.cli import main
-from huse_core.embed import index_dir, load_embeddings
+from huse_core.retrieval.layout import index_dir, load_embeddings
 from huse_core.config import DataConfig, LossConfig, ModelConfig, TrainConfig, from_dict
 from huse_core.model import build_model
 from huse_core.run import load_run
-from huse_core.train import train
+from huse_core.training.train import train
 
 HEADS = [{"name": "leaf", "kind": "single", "classes": ["a", "b", "c"]}]
 TINY_MINILM = ModelConfig(text_backbone="minilm", cnn_width=8, hidden=32, dim=16)

@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from huse_core.text import PAD, UNK, Tokenizer, words
+from huse_core.data.text import PAD, UNK, Tokenizer, words
 
 
 def test_words_lowercase_and_split_on_punctuation():

@@ -9,10 +9,10 @@ import torch
 
 from huse_core.cli import main
 from huse_core.config import DataConfig, LossConfig, ModelConfig, TrainConfig
-from huse_core.demo import generate_demo
-from huse_core.evaluate import evaluate, split_predictions
+from huse_core.data.demo import generate_demo
+from huse_core.training.evaluate import evaluate, split_predictions
 from huse_core.run import RunError, load_run
-from huse_core.train import selection_score, train
+from huse_core.training.train import selection_score, train
 
 TINY_MODEL = ModelConfig(cnn_width=8, hidden=64, dim=32, conv_channels=32, word_dim=16)
 

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from .artifacts import atomic_write, save_npy
+from ..artifacts import atomic_write, save_npy
 
 # Pixels we are willing to allocate for one decoded photo (Pillow's own default, ~89 Mpx).
 # JPEGs may declare more: draft() decodes them at 1/2..1/8 scale, and the limit applies after that.

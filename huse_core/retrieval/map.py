@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .artifacts import atomic_write
-from .index import exact_search
+from ..artifacts import atomic_write
+from .knn import exact_search
+from .layout import MAP
 
-MAP = "map.parquet"
 # Points UMAP is fitted on; the rest are placed (place_points). Its exact neighbour graph grows with the square of
 # this, placement linearly in it. A 10k sample mapped 88k points faster but kept classes together less well.
 # Measured on 2 cores, fresh process: demo map (6k points) 35 s before these settings, 9 s now; 88k points (44k
@@ -147,10 +147,3 @@ def extend_map(base: pd.DataFrame, image_emb: np.ndarray, text_emb: np.ndarray, 
     xy = place_points(np.concatenate([added_image, added_text]), ref_emb, base[["x", "y"]].to_numpy(np.float32))
     return pd.concat([base, map_frame(added, xy, heads)], ignore_index=True)
 
-
-def load_map(out_dir: str | Path) -> pd.DataFrame | None:
-    """The saved map of an index folder's current build (or of a build folder), or None when built with --no-map."""
-    from .index import build_folder
-
-    path = build_folder(out_dir) / MAP
-    return pd.read_parquet(path) if path.is_file() else None

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from ..config import ModelConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -78,7 +78,7 @@ def find_weights(backbone: str, path: str = "") -> Path:
 
 def pretrained_backbone(name: str, weights_path: str = "", load_weights: bool = True) -> tuple[nn.Module, int]:
     """A torchvision backbone without its ImageNet classifier, and its feature size."""
-    from .compat import import_torchvision
+    from ..compat import import_torchvision
 
     models = import_torchvision().models
     net = getattr(models, name)(weights=None)

@@ -8,27 +8,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .artifacts import write_json
-from .catalog import normalise_title
-from .data import cache_dir_for, embed, prepare
-from .run import load_run
+from ..artifacts import write_json
+from ..data.catalog import normalise_title
+from ..prepare import cache_dir_for, embed, prepare
+from ..retrieval.knn import top_k
+from ..run import load_run
 
 KS = (1, 5, 10)
-
-
-def top_k(queries: np.ndarray, gallery: np.ndarray, k: int, exclude_self: bool, chunk: int = 1024) -> np.ndarray:
-    """(Q, k) gallery row indices, best first, by cosine; `exclude_self` drops gallery row i for query i."""
-    k = min(k, len(gallery) - int(exclude_self))
-    out = np.empty((len(queries), k), dtype=np.int64)
-    for start in range(0, len(queries), chunk):
-        sims = queries[start : start + chunk] @ gallery.T
-        if exclude_self:
-            rows = np.arange(len(sims))
-            sims[rows, rows + start] = -np.inf
-        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]  # top k unordered: O(n) per query
-        order = np.take_along_axis(sims, part, 1).argsort(1)[:, ::-1]
-        out[start : start + chunk] = np.take_along_axis(part, order, 1)
-    return out
 
 
 def recall_at_k(hits: np.ndarray, ks=KS) -> dict[str, float]:
@@ -56,7 +42,7 @@ def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, labels: np.nd
 
 def classification_metrics(probs: dict, labels: dict, heads: list[dict]) -> dict:
     """{head: {modality: {"accuracy", "macro_f1"}}}; rows with a missing label (-1) are left out."""
-    from sklearn.metrics import accuracy_score, f1_score  # here, not at import: search imports this module
+    from sklearn.metrics import accuracy_score, f1_score  # here, not at import: the app starts faster
 
     out = {}
     for h in heads:

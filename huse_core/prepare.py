@@ -13,10 +13,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .artifacts import save_npy
-from .catalog import Catalog, Head, load_catalog
+from .data.catalog import Catalog, Head, load_catalog
 from .config import DataConfig, ModelConfig
-from .images import decode_many
-from .text import Tokenizer
+from .data.images import decode_many
+from .data.text import Tokenizer
 
 
 @dataclass
@@ -125,7 +125,7 @@ def prepare(
     leaf = next(h for h in head_dicts if h["name"] == catalog.leaf)
     text_features = None
     if model_cfg.text_backbone == "minilm":
-        from .sentence import cached_sentence_embeddings  # optional package: imported only when asked for
+        from .model.sentence import cached_sentence_embeddings  # optional package: imported only when asked for
 
         text_features = cached_sentence_embeddings(list(catalog.df["title"]), cache_dir, progress)
     return Prepared(

@@ -13,13 +13,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
-from .artifacts import load_torch, read_json, save_torch, write_json
-from .config import DataConfig, LossConfig, ModelConfig, TrainConfig, from_dict, to_dict
-from .data import Prepared, augment, cache_dir_for, embed, prepare
+from .. import __version__
+from ..artifacts import load_torch, read_json, save_torch, write_json
+from ..config import DataConfig, LossConfig, ModelConfig, TrainConfig, from_dict, to_dict
+from ..prepare import Prepared, augment, cache_dir_for, embed, prepare
 from .losses import HuseLoss, taxonomy_distance
-from .model import build_model
-from .run import RUN_FORMAT
+from ..model import build_model
+from ..run import RUN_FORMAT
 
 Callback = Callable[[dict], None]
 FUSION_MIN_GAIN = 0.002  # validation accuracy a photo + title mix must add over the better one alone
@@ -97,7 +97,7 @@ def graph_distance(loss_cfg: LossConfig, prep: Prepared) -> np.ndarray:
     if loss_cfg.graph_distance == "tree":
         return taxonomy_distance(prep.leaf_paths)
     if loss_cfg.graph_distance == "names":
-        from .sentence import name_distance  # optional package: a clear error names the install command
+        from ..model.sentence import name_distance  # optional package: a clear error names the install command
 
         return name_distance(next(h for h in prep.heads if h["name"] == prep.leaf)["classes"])
     raise ValueError(f"unknown graph distance {loss_cfg.graph_distance!r}; choose tree or names")
@@ -148,7 +148,7 @@ def train(
     device = pick_device(train_cfg.device)
 
     if model_cfg.text_backbone == "minilm" or loss_cfg.graph_distance == "names":
-        from .sentence import load_encoder
+        from ..model.sentence import load_encoder
 
         load_encoder()  # a missing optional package fails now, not after every photo is decoded
     emit({"stage": "data", "message": "reading the catalogue"})

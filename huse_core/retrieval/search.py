@@ -9,11 +9,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .embed import (ADDED_SPLIT, as_image, check_item, index_dir, predict_labels, products_frame, read_added,
-                    save_photo, write_added)
-from .images import decode_image
-from .index import IndexMissingError, StaleIndexError, build_folder, exact_search, load_index, top_matches
-from .run import Run, load_run
+from ..data.images import decode_image
+from ..run import Run, load_run
+from .embed import ADDED_SPLIT, products_frame
+from .index import load_index, top_matches
+from .knn import exact_search
+from .layout import IndexMissingError, StaleIndexError, build_folder, index_dir, load_map
+from .map import extend_map
+from .store import as_image, check_item, predict_labels, read_added, save_photo, write_added
 
 __all__ = ["Hit", "IndexMissingError", "Searcher", "StaleIndexError"]
 TARGETS = ("image", "text")
@@ -286,8 +289,6 @@ class Searcher:
 
         Products added since the build sit at the mean position of their 5 nearest mapped points.
         """
-        from .projection import extend_map, load_map
-
         if self._map is None:
             base = load_map(self._build_dir)
             if base is None or len(base) != 2 * len(self._index_products):

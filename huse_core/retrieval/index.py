@@ -1,0 +1,73 @@
+"""Opening a run's built index (embeddings, products, Annoy forests), checked against the run; filtered top-k."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from .annoy_index import AnnoyIndex
+from .knn import exact_search
+from .layout import (INDEX_FORMAT, MANIFEST, IndexMissingError, StaleIndexError, build_folder, forest_path, index_dir,
+                     load_embeddings, rebuild_hint)
+
+# Below this many products the Searcher scans exactly by default: at 512 dims that is ~0.1-0.3 ms a query on an
+# idle 2-core CPU (BENCHMARKS.md) and never misses; the forests are built anyway, so growing past it needs no flag.
+EXACT_BELOW = 5_000
+
+
+OVERFETCH = 2000  # most Annoy candidates fetched to satisfy a filter before exact search over the matches
+
+
+def top_matches(query: np.ndarray, emb: np.ndarray, forest: AnnoyIndex | None, k: int,
+                mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cosines) of the k rows of `emb` nearest `query`, via `forest` when given, among `mask` rows only.
+
+    A filter over-fetches from the forest (k / share of matching rows, x1.5); when that still finds fewer than k
+    matches (a rare label), exact search over just the matching rows answers: cheap, since they are few. So k
+    rows come back whenever k rows match.
+    """
+    if mask is None:
+        return forest.query(query, k) if forest else exact_search(query, emb, k)
+    match = np.flatnonzero(mask)
+    if len(match) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    fetch = min(len(emb), int(k * len(emb) / len(match) * 1.5) + 10)
+    if forest and fetch <= OVERFETCH:
+        rows, scores = forest.query(query, fetch)
+        keep = mask[rows]
+        if keep.sum() >= min(k, len(match)):
+            return rows[keep][:k], scores[keep][:k]
+    rows, scores = exact_search(query, np.asarray(emb[match]), k)
+    return match[rows], scores
+
+
+def load_index(run, backend: str = "auto") -> tuple:
+    """(manifest, products, image_emb, text_emb, forests, backend) of a run's index, checked against the run.
+
+    backend: "annoy", "exact", or "auto" = exact below EXACT_BELOW products, else Annoy. Raises IndexMissingError
+    (no index) or StaleIndexError (another model, or files that don't line up), each saying what to run.
+    """
+    run_dir, out = run.run_dir, index_dir(run.run_dir)
+    if backend not in ("auto", "annoy", "exact"):
+        raise ValueError(f"unknown backend {backend!r}; choose auto, annoy or exact")
+    if not (out / MANIFEST).is_file():
+        raise IndexMissingError(f"{run_dir} has no search index yet: run `python -m huse_core index --run {run_dir}`")
+    manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    if manifest.get("format") != INDEX_FORMAT or manifest.get("fingerprint") != run.fingerprint:
+        raise StaleIndexError(f"the index in {out} was built for another model or version of the run: "
+                              f"{rebuild_hint(run_dir)}")
+    folder = build_folder(out, manifest)
+    products, image_emb, text_emb = load_embeddings(folder)
+    if not len(products) == len(image_emb) == len(text_emb) or image_emb.shape[1:] != (run.dim,):
+        raise StaleIndexError(f"the index files in {out} do not line up (an interrupted build?): "
+                              f"{rebuild_hint(run_dir)}")
+    if backend == "auto":
+        backend = "exact" if len(products) < EXACT_BELOW else "annoy"
+    forests = {}
+    for name in ("image", "text") if backend == "annoy" else ():
+        forests[name] = AnnoyIndex.load(forest_path(folder, name), run.dim, run.fingerprint, run_dir)
+        if not np.array_equal(forests[name].ids, products["id"].to_numpy(dtype=object)):
+            raise StaleIndexError(f"{name}.ann in {out} indexes other products than products.parquet: "
+                                  f"{rebuild_hint(run_dir)}")
+    return manifest, products, image_emb, text_emb, forests, backend
