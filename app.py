@@ -13,6 +13,9 @@ import streamlit as st
 import ui
 
 st.set_page_config(page_title="HUSE shop workbench", page_icon=":material/storefront:", layout="wide")
+# .streamlit/config.toml turns the sidebar page menu off, so a fresh server's first paint doesn't flash Streamlit's
+# own list of the pages/ files (see ui.page_setup); the app's st.navigation menu below turns it back on.
+st.set_option("client.showSidebarNavigation", True)
 
 PAGES = [
     st.Page("pages/classify.py", title="Classify", icon=":material/label:", default=True),

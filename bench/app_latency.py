@@ -20,17 +20,13 @@ import argparse
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 CHROMIUM = os.environ.get("HUSE_CHROMIUM") or "/usr/bin/chromium"
 WAIT_MS = 60_000  # a single answer slower than this is a failure, not a latency
 SEARCH_K = 12  # the Search page's default "Results"
@@ -117,33 +113,6 @@ def plan(searcher, n: int, seed: int) -> dict:
                                                        "heading": norm(pred[leaf]["image"][0]["path"])},
                                "server_ms": ms_cls + ms_near})
     return {"search": search, "classify_title": classify_title, "classify_photo": classify_photo}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(run_dir: Path, port: int, log_path: Path) -> subprocess.Popen:
-    env = {**os.environ, "HUSE_RUN": str(run_dir)}
-    log = open(log_path, "w")  # noqa: SIM115 - the server keeps it; closed with the process
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port",
-                             str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
-                             "--browser.gatherUsageStats", "false"], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            raise RuntimeError(f"streamlit did not start; its log is {log_path}:\n{log_path.read_text()[-2000:]}")
-        time.sleep(0.3)
 
 
 def settle(page) -> None:
@@ -278,6 +247,7 @@ def main(argv=None) -> int:
     try:
         from playwright.sync_api import sync_playwright
 
+        from huse_core.app_server import free_port, streamlit_server
         from huse_core.retrieval.search import Searcher
 
         searcher = Searcher.open(run_dir)
@@ -292,23 +262,16 @@ def main(argv=None) -> int:
     port = args.port or free_port()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    server = start_server(run_dir, port, out_dir / f"app_latency-server-{port}.log")
-    try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM,
-                                         args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(WAIT_MS)
-            results, first = measure(page, f"http://127.0.0.1:{port}", queries, args.warmup,
-                                     Path(args.shots) if args.shots else None)
-            browser.close()
-    finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-    (out_dir / f"app_latency-server-{port}.log").unlink(missing_ok=True)
+    log_path = out_dir / f"app_latency-server-{port}.log"
+    with streamlit_server(REPO / "app.py", {"HUSE_RUN": str(run_dir)}, port, log_path) as url, \
+            sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM,
+                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(WAIT_MS)
+        results, first = measure(page, url, queries, args.warmup, Path(args.shots) if args.shots else None)
+        browser.close()
+    log_path.unlink(missing_ok=True)
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": "python " + " ".join(sys.argv), "run": str(run_dir),
               **info, "n": args.n, "warmup": args.warmup, "first_load": first,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),

@@ -19,19 +19,16 @@ import asyncio
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 ACTIONS = ("search_title", "classify_title", "classify_photo")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SEARCH_K, CLASSIFY_K = 12, 6  # the Search page's default number of results; the Classify card's nearest products
@@ -248,35 +245,13 @@ async def drive(url: str, plans: list[dict], seconds: float, timeout_ms: int, ch
     return records
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(run: str) -> tuple[subprocess.Popen, str]:
-    """`streamlit run app.py` on a free loopback port, opened on `run` (nothing built); waits for its health check."""
-    port = free_port()
-    work = Path(tempfile.mkdtemp(prefix="huse-load-"))  # the server's log, and an empty runs folder: the picker
-    (work / "runs").mkdir()  # then lists HUSE_RUN only, not runs still training beside it
-    log_path = work / "streamlit.log"
-    env = {**os.environ, "HUSE_RUN": str(Path(run).resolve()), "HUSE_RUNS_DIR": str(work / "runs"),
-           "HUSE_AUTOBUILD": "0"}
-    log = open(log_path, "w")  # noqa: SIM115 - the server keeps writing to it; closed with the process
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
-                             "--server.address", "127.0.0.1", "--server.headless", "true",
-                             "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    url, deadline = f"http://127.0.0.1:{port}", time.time() + STARTUP_S
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    raise SystemExit("streamlit did not start:\n" + log_path.read_text()[-2000:])
+def server_env(run: str) -> tuple[dict, Path]:
+    """(environment, log file) for `streamlit run app.py` opened on `run` with nothing built: HUSE_RUN, and an
+    empty runs folder in a fresh temporary folder, so the picker lists HUSE_RUN only, not runs still training."""
+    work = Path(tempfile.mkdtemp(prefix="huse-load-"))  # the server's log, and the empty runs folder
+    (work / "runs").mkdir()
+    env = {"HUSE_RUN": str(Path(run).resolve()), "HUSE_RUNS_DIR": str(work / "runs"), "HUSE_AUTOBUILD": "0"}
+    return env, work / "streamlit.log"
 
 
 def summarize(records: list[dict]) -> dict:
@@ -293,6 +268,8 @@ def summarize(records: list[dict]) -> dict:
 
 
 def main() -> int:
+    from huse_core.app_server import streamlit_server
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="runs/demo", help="a trained, indexed run (default runs/demo)")
     parser.add_argument("--sessions", type=int, default=8, help="concurrent browser sessions")
@@ -309,15 +286,13 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
-    proc, url = start_server(args.run)
-    try:
+    env, log_path = server_env(args.run)
+    with ExitStack() as server:
+        try:  # on a free loopback port; waits for its health check
+            url = server.enter_context(streamlit_server(ROOT / "app.py", env, log_path=log_path, timeout=STARTUP_S))
+        except RuntimeError as err:
+            raise SystemExit(str(err)) from None
         records = asyncio.run(drive(url, plans, args.seconds, int(args.timeout * 1000), args.chromium))
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     summary = summarize(records)
     result = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": " ".join([Path(sys.executable).name, *sys.argv]),
               "run": args.run, "sessions": args.sessions, "seconds": args.seconds,

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from huse_core.model import SmallCNN  # noqa: E402
-from huse_core.training.train import training_autocast  # noqa: E402
+from huse_core.model.backbones import SmallCNN
+from huse_core.training.train import training_autocast
 
 
 def step_seconds(size: int, batch: int, dtype: torch.dtype | None, steps: int = 6) -> float:

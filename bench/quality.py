@@ -32,14 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-# Before torch loads: OpenMP threads that spin while waiting burn ~6x the CPU per training step on a busy
-# 2-core machine (measured 4.7 vs 0.8 CPU-s/step, 2 threads); passive waiting costs nothing when it is idle.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # `python bench/quality.py` from anywhere
+# huse_core sets OMP_WAIT_POLICY=PASSIVE before torch loads (spinning OpenMP threads burn ~6x the CPU per step
+# on a busy 2-core machine); it is imported before anything that imports torch.
+from huse_core.cli import add_config_flags, build_config
+from huse_core.config import DataConfig, LossConfig, ModelConfig, TrainConfig, to_dict
 
-from huse_core.cli import add_config_flags, build_config  # noqa: E402
-from huse_core.config import DataConfig, LossConfig, ModelConfig, TrainConfig, to_dict  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("quality")
 
@@ -263,7 +261,7 @@ def tuned_fusion(run_dir: Path) -> dict:
     for split in ("val", "test"):
         rows = prep.split(split)
         image_emb, text_emb = embed(run.model, prep, rows, torch.device("cpu"))
-        probs[split] = run.classify(image_emb.numpy(), text_emb.numpy())
+        probs[split] = run.probabilities(image_emb.numpy(), text_emb.numpy())
         labels[split] = {h: y[rows] for h, y in prep.labels.items()}
     single = [h["name"] for h in run.heads if h["kind"] == "single"]
 
@@ -290,16 +288,17 @@ def run_ablation(cfgs: tuple, out: Path, epochs: int | None, progress: bool, mai
         tc.epochs = epochs or train_cfg.epochs
         lc = copy.deepcopy(loss_cfg)
         lc.losses = list(losses)
-        same = main is not None and main["config"]["loss"] == to_dict(lc) and main["config"]["train"] == to_dict(tc)
+        same = main is not None and main["config"]["loss"] == to_dict(lc) and all(  # auto (None) matches what it chose
+            main["config"]["train"].get(k) == v for k, v in to_dict(tc).items() if v is not None)
         if same:
             log.info("ablation %s: same settings as the main run, reusing it", name)
             res = main
         else:
-            log.info("ablation %s: training %d epochs", name, tc.epochs)
+            log.info("ablation %s: training %s epochs", name, tc.epochs or "auto")
             res = run_huse((data_cfg, model_cfg, lc, tc), out / f"ablation-{'-'.join(losses)}", progress)
         leaf = res["test"]["leaf"]
         acc = res["test"]["classification"][leaf]
-        rows.append({"losses": name, "epochs": tc.epochs, "epochs_run": res["epochs_run"],
+        rows.append({"losses": name, "epochs": res["config"]["train"]["epochs"], "epochs_run": res["epochs_run"],
                      "best_epoch": res["best_epoch"], "train_seconds": res["train_seconds"],
                      **{m: acc[m]["accuracy"] for m in ("image", "text", "fused")},
                      "mean_pair_cosine": res["test"]["modality_gap"]["mean_pair_cosine"],

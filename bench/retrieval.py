@@ -22,10 +22,9 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from huse_core.retrieval.annoy_index import AnnoyIndex  # noqa: E402
-from huse_core.retrieval.knn import exact_search  # noqa: E402
-from huse_core.retrieval.layout import build_folder  # noqa: E402
+from huse_core.retrieval.annoy_index import AnnoyIndex
+from huse_core.retrieval.knn import exact_search
+from huse_core.retrieval.layout import build_folder
 
 DIM = 512
 

@@ -1,18 +1,27 @@
-"""Text tower alone on a real catalogue: is a richer title encoder worth a full HUSE run?
+"""Text tower alone on a catalogue: which title encoder should the default be? Compared on VALIDATION.
 
 Trains only the text tower + shared classifier with the class loss (every head, label smoothing 0.1, AdamW +
-OneCycle as in `train`) and prints the leaf head's validation and test accuracy per epoch. Variants:
-  conv        the default word Conv1D tower (ModelConfig defaults)
-  bag         + a fastText-style branch: summed embeddings of the title's words and hashed word bigrams
-              (32,768 buckets x 128), concatenated with the Conv1D features before the MLP
-  vocabN      the default tower with a vocabulary of N words instead of 5,000 (e.g. vocab20000)
+OneCycle as in `train`), prints the leaf head's validation and test accuracy per epoch, then one summary line
+per variant with every single-label head's validation / test accuracy at the last epoch. Variants:
+  conv        the word Conv1D tower (text_backbone conv)
+  ngram       TF-IDF-weighted hashed word 1-2 + char 3-5-grams through an EmbeddingBag (text_backbone ngram)
+  conv+ngram  both, concatenated before the MLP (text_backbone conv+ngram)
+  bag         conv + a fastText-style branch: summed embeddings of the title's words and hashed word bigrams
+              (32,768 buckets x 128), concatenated with the Conv1D features before the MLP (README, Nov 2026)
+  vocabN      the conv tower with a vocabulary of N words instead of 5,000 (e.g. vocab20000)
+  tfidf       reference: scikit-learn TF-IDF (word 1-2 + char_wb 2-5, sublinear, min_df 2) + LogisticRegression
+              (C=10, lbfgs) per head, fitted on the train split's titles
+A model variant takes ModelConfig overrides after a colon: ngram:ngram_dim=128,ngram_dropout=0.2
 
-    python bench/text_tower.py --data /tmp/data/fashion-product-images-small/metadata.csv conv bag vocab20000
+    python bench/text_tower.py --data /tmp/data/fashion-product-images-small/metadata.csv conv ngram conv+ngram
+    python bench/text_tower.py --data /tmp/other-shop/products.csv --id-col sku --text-col product_name \\
+        --image-col photo --hierarchy-col category_path --batch-size 32 --epochs 30 conv ngram conv+ngram tfidf
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -24,9 +33,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from huse_core.config import DataConfig, ModelConfig  # noqa: E402
+from huse_core.model.huse import text_tower  # noqa: E402
+from huse_core.model.towers import MLP, TextTower  # noqa: E402
 from huse_core.prepare import cache_dir_for, prepare  # noqa: E402
 from huse_core.training.losses import ClassLoss  # noqa: E402
-from huse_core.model import MLP, TextTower  # noqa: E402
 
 BUCKETS, BAG_DIM = 1 << 15, 128
 
@@ -50,52 +60,126 @@ class BagTower(nn.Module):
         return F.normalize(self.head(torch.cat([x, self.norm(bag)], 1)), dim=-1)
 
 
-def run_variant(data: Path, variant: str, epochs: int, batch: int = 128, lr: float = 2e-3) -> None:
-    cfg = ModelConfig(vocab_size=int(variant[5:]) if variant.startswith("vocab") else ModelConfig.vocab_size)
-    data_cfg = DataConfig(catalog=str(data))
+def model_config(variant: str) -> tuple[ModelConfig, dict[str, float]]:
+    """ModelConfig of a variant name with its ":key=value,..." overrides (typed like the field's default), and
+    the bench-only overrides: init=STD re-initialises the n-gram table N(0, STD)."""
+    name, _, overrides = variant.partition(":")
+    cfg = ModelConfig(text_backbone=name if name in ("conv", "ngram", "conv+ngram") else "conv")
+    if name.startswith("vocab"):
+        cfg.vocab_size = int(name[5:])
+    types = {f.name: type(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    extra = {}
+    for item in filter(None, overrides.split(",")):
+        key, value = item.split("=")
+        if key not in types:
+            extra[key] = float(value)
+        else:
+            setattr(cfg, key, types[key](float(value)) if types[key] is int else types[key](value))
+    return cfg, extra
+
+
+def single_heads(prep) -> list[str]:
+    return [h["name"] for h in prep.heads if h["kind"] == "single"]
+
+
+def summary(variant: str, prep, val: dict, test: dict, extra: str = "") -> None:
+    cols = " | ".join(f"{h} val {val[h] * 100:.2f} test {test[h] * 100:.2f}" for h in single_heads(prep))
+    print(f"SUMMARY {variant}: {cols}{extra}", flush=True)
+
+
+def run_tfidf(prep, variant: str) -> None:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_union
+
+    t0 = time.time()
+    titles = prep.catalog.df["title"].to_numpy(dtype=object)
+    tr, va, te = (prep.split(s) for s in ("train", "val", "test"))
+    vec = make_union(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2),
+                     TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2))
+    x_tr = vec.fit_transform(titles[tr])
+    x_va, x_te = vec.transform(titles[va]), vec.transform(titles[te])
+    val, test = {}, {}
+    for head in single_heads(prep):
+        y = prep.labels[head]
+        known = tr[y[tr] >= 0]
+        clf = LogisticRegression(C=10.0, max_iter=1000).fit(x_tr[np.isin(tr, known)], y[known])
+        for rows, x, out in ((va, x_va, val), (te, x_te, test)):
+            ok = y[rows] >= 0
+            out[head] = float((clf.predict(x)[ok] == y[rows][ok]).mean())
+    summary(variant, prep, val, test, f" ({time.time() - t0:.0f} s)")
+
+
+def run_variant(data_cfg: DataConfig, variant: str, epochs: int, batch: int, lr: float) -> None:
+    cfg, extra = model_config(variant)
     prep = prepare(data_cfg, cfg, cache_dir_for(data_cfg, Path("/tmp")), progress=False)
+    if variant == "tfidf":
+        return run_tfidf(prep, variant)
     torch.manual_seed(0)
-    tower = BagTower(cfg, prep.tokenizer.n_tokens) if variant == "bag" else TextTower(cfg, prep.tokenizer.n_tokens)
+    n_tokens = prep.tokenizer.n_tokens
+    tower = BagTower(cfg, n_tokens) if variant == "bag" else text_tower(cfg, n_tokens, prep.tokenizer.idf)
+    if "init" in extra:
+        with torch.no_grad():
+            tower.ngrams.bag.weight.normal_(0, extra["init"])[0] = 0
     classifier = nn.ModuleList(nn.Linear(cfg.dim, len(h["classes"])) for h in prep.heads)
-    leaf = [h["name"] for h in prep.heads].index(prep.leaf)
-    train_rows, steps = prep.split("train"), len(prep.split("train")) // batch
-    opt = torch.optim.AdamW([*tower.parameters(), *classifier.parameters()], lr=lr, weight_decay=5e-4)
+    names = [h["name"] for h in prep.heads]
+    train_rows, steps = prep.split("train"), max(1, len(prep.split("train")) // batch)
+    opt = torch.optim.AdamW([*tower.parameters(), *classifier.parameters()], lr=lr, weight_decay=5e-4, fused=True)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps * epochs, pct_start=0.2)
     loss_fn = ClassLoss({h["name"]: h["kind"] for h in prep.heads}, label_smoothing=0.1)
 
-    def accuracy(split: str) -> float:
-        rows, y = prep.split(split), prep.labels[prep.leaf][prep.split(split)]
+    def accuracy(split: str) -> dict[str, float]:
+        rows = prep.split(split)
         tower.eval()
         with torch.no_grad():
-            pred = classifier[leaf](tower(torch.from_numpy(prep.tokens[rows])) * cfg.logit_scale).argmax(1).numpy()
+            emb = torch.cat([tower(prep.text_input(rows[i : i + 1024])) for i in range(0, len(rows), 1024)])
         tower.train()
-        return float((pred == y)[y >= 0].mean())
+        out = {}
+        for head in single_heads(prep):
+            y = prep.labels[head][rows]
+            pred = classifier[names.index(head)](emb * cfg.logit_scale).argmax(1).numpy()
+            out[head] = float((pred == y)[y >= 0].mean())
+        return out
 
     t0 = time.time()
     for epoch in range(epochs):
         order = np.random.default_rng(epoch).permutation(train_rows)
         for step in range(steps):
             rows = np.sort(order[step * batch : (step + 1) * batch])
-            emb = tower(torch.from_numpy(prep.tokens[rows])) * cfg.logit_scale
+            emb = tower(prep.text_input(rows)) * cfg.logit_scale
             logits = {"text": {h["name"]: layer(emb) for h, layer in zip(prep.heads, classifier)}}
             loss = loss_fn(logits, {h: torch.from_numpy(y[rows]) for h, y in prep.labels.items()})
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
-        print(f"{variant} epoch {epoch + 1}: val {accuracy('val') * 100:.2f} % test {accuracy('test') * 100:.2f} % "
-              f"({time.time() - t0:.0f} s)", flush=True)
+        if epoch == epochs - 1 or (epoch + 1) % max(1, epochs // 8) == 0:
+            val, test = accuracy("val"), accuracy("test")
+            print(f"{variant} epoch {epoch + 1}: val {val[prep.leaf] * 100:.2f} % test {test[prep.leaf] * 100:.2f} % "
+                  f"({time.time() - t0:.0f} s)", flush=True)
+    n_params = sum(p.numel() for p in tower.parameters())
+    summary(variant, prep, val, test, f" ({(time.time() - t0) / (steps * epochs) * 1000:.0f} ms/step, "
+            f"{n_params / 1e6:.1f} M parameters)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="the catalogue CSV (e.g. the real one, unpacked)")
     parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("variants", nargs="+", help="conv, bag, vocabN")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--threads", type=int, default=2)
+    for col in ("id-col", "text-col", "image-col", "hierarchy-col"):
+        parser.add_argument(f"--{col}", default="", help="as in `train`")
+    parser.add_argument("--attributes", default="", help="comma-separated attribute columns, as in `train`")
+    parser.add_argument("variants", nargs="+", help="conv, ngram, conv+ngram, bag, vocabN, tfidf (+ :overrides)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
+    data_cfg = DataConfig(catalog=str(args.data), id_col=args.id_col, text_col=args.text_col,
+                          image_col=args.image_col, hierarchy_col=args.hierarchy_col,
+                          attributes=[a for a in args.attributes.split(",") if a])
     for variant in args.variants:
-        run_variant(args.data, variant, args.epochs)
+        run_variant(data_cfg, variant, args.epochs, args.batch_size, args.lr)
 
 
 if __name__ == "__main__":

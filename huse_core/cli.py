@@ -13,6 +13,7 @@ from .config import DataConfig, LossConfig, ModelConfig, TrainConfig
 
 # Config fields whose flag name differs from the field name (two configs share the name "seed").
 RENAMED = {(DataConfig, "seed"): "split-seed", (DataConfig, "catalog"): None}
+AUTO_TYPES = {"int": int, "float": float, "str": str}  # a field defaulting to None (auto): its type by annotation
 
 
 def _parse_list(text: str) -> list[str]:
@@ -26,7 +27,8 @@ def field_docs(cls) -> dict[str, str]:
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls, title: str) -> None:
-    """One --flag per dataclass field, typed from its default; its help is the field's comment."""
+    """One --flag per dataclass field, typed from its default (from its annotation where the default is None =
+    auto); its help is the field's comment."""
     group = parser.add_argument_group(title)
     docs = field_docs(cls)
     for f in dataclasses.fields(cls):
@@ -35,9 +37,13 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, title: str) -> None:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
-        help_text = docs.get(f.name, "") + (f" (default: {shown})" if shown != "" else "")
+        help_text = docs.get(f.name, "") + (f" (default: {'auto' if default is None else shown})" if shown != ""
+                                             else "")
         kw = {"dest": f"{cls.__name__}.{f.name}", "default": None, "help": help_text}
-        if isinstance(default, bool):
+        if default is None:
+            kind = AUTO_TYPES[str(f.type).split("|")[0].strip()]
+            group.add_argument(f"--{flag}", type=kind, metavar=kind.__name__.upper(), **kw)
+        elif isinstance(default, bool):
             group.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, **kw)
         elif isinstance(default, list):
             group.add_argument(f"--{flag}", type=_parse_list, metavar="A,B", **kw)
@@ -64,6 +70,7 @@ def cmd_demo_data(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from .model import default_image_size
     from .training.train import train
 
     if not args.resume and not args.catalog:
@@ -73,8 +80,8 @@ def cmd_train(args) -> int:
     train_cfg = build_config(args, TrainConfig)
     if getattr(args, "DataConfig.seed", None) is None and train_cfg.seed:
         data_cfg.seed = train_cfg.seed  # one --seed sets both unless --split-seed says otherwise
-    if model_cfg.backbone != "cnn" and args.__dict__.get("DataConfig.image_size") is None:
-        data_cfg.image_size = 224  # pretrained backbones were trained on 224 px photos
+    if args.__dict__.get("DataConfig.image_size") is None:
+        data_cfg.image_size = default_image_size(model_cfg.backbone)  # pretrained backbones: 224 px photos
     meta = train(data_cfg, model_cfg, loss_cfg, train_cfg, args.out, resume=args.resume, progress=not args.quiet)
     best = meta["history"][meta["best_epoch"] - 1] if meta["best_epoch"] else None
     print(f"run saved to {args.out}" + (f" (best epoch {meta['best_epoch']}: val {meta['leaf']} accuracy "
@@ -85,7 +92,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from .training.evaluate import evaluate, format_tables
 
-    result = evaluate(args.run, split=args.split, progress=not args.quiet)
+    result = evaluate(args.run, split=args.split, progress=not args.quiet, baseline=not args.no_baseline)
     print(json.dumps(result, indent=2) if args.json else format_tables(result))
     return 0
 
@@ -133,17 +140,21 @@ def cmd_search(args) -> int:
 
 
 def cmd_classify(args) -> int:
-    from .retrieval.search import Searcher
+    from .retrieval.layout import index_ready
+    from .run import load_run
 
-    searcher = Searcher.open(args.run)
+    run = load_run(args.run)  # labels need only the model: no index
+    if not args.json and not index_ready(args.run):
+        print(f"note: nearest products need a search index: `python -m huse_core index --run {args.run}`",
+              file=sys.stderr)
     if args.labels:
-        ranked = searcher.zero_shot(_parse_list(args.labels), image=args.image, text=args.text)
+        ranked = run.zero_shot(_parse_list(args.labels), image=args.image, text=args.text)
         if args.json:
             print(json.dumps([{"label": label, "score": score} for label, score in ranked], indent=2))
         else:
             print("\n".join(f"{score:7.3f}  {label}" for label, score in ranked))
         return 0
-    result = searcher.classify(image=args.image, text=args.text, top=args.top)
+    result = run.classify(image=args.image, text=args.text, top=args.top)
     if args.json:
         print(json.dumps(result, indent=2, ensure_ascii=False))
         return 0
@@ -182,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="skip the TF-IDF title baseline (word + char n-grams, LinearSVC on the train split)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("index", help="embed the catalogue, build the search index and the map")
@@ -208,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("classify", help="predict a product's labels from its photo and/or title")
-    p.add_argument("--run", required=True, help="run directory (with an index)")
+    p.add_argument("--run", required=True, help="run directory (a trained run; no index needed)")
     p.add_argument("--image", help="product photo")
     p.add_argument("--text", help="product title")
     p.add_argument("--labels", help="rank these comma-separated labels instead (zero-shot), e.g. 'dress,jeans'")

@@ -16,6 +16,7 @@ from .artifacts import save_npy
 from .data.catalog import Catalog, Head, load_catalog
 from .config import DataConfig, ModelConfig
 from .data.images import decode_many
+from .data.ngrams import settings_for
 from .data.text import Tokenizer
 
 
@@ -35,14 +36,21 @@ class Prepared:
     cache_dir: Path
     features: np.ndarray | None = None  # (N, F) float16 frozen-backbone features, when used
     text_features: np.ndarray | None = None  # (N, 384) float16 sentence embeddings (text_backbone minilm)
+    ngram_ids: np.ndarray | None = None  # (N, G) int32 hashed n-gram ids (text_backbone ngram, conv+ngram)
+    ngram_counts: np.ndarray | None = None  # (N, G) float32 their counts per title (0 = padding)
 
     def split(self, name: str) -> np.ndarray:
         return self.catalog.split_indices(name)
 
-    def text_input(self, rows: np.ndarray) -> torch.Tensor:
-        """The text tower's input for `rows`: sentence embeddings (minilm) when prepared, else token ids."""
+    def text_input(self, rows: np.ndarray):
+        """The text tower's input for `rows`: sentence embeddings (minilm) when prepared, a TextInput of token and
+        n-gram ids (ngram, conv+ngram), else token ids. Each has .to(device)."""
         if self.text_features is not None:
             return torch.from_numpy(self.text_features[rows]).float()
+        if self.ngram_ids is not None:
+            from .model.ngram import TextInput
+
+            return TextInput.from_numpy(self.tokens[rows], self.ngram_ids[rows], self.ngram_counts[rows])
         return torch.from_numpy(self.tokens[rows])
 
     def compute_features(self, model, device: torch.device, progress: bool = True, batch_size: int = 128) -> None:
@@ -104,10 +112,12 @@ def prepare(
     tokenizer: dict | None = None,
     heads: list[dict] | None = None,
 ) -> Prepared:
-    """Load the catalogue, decode its photos (cached), drop rows whose photo fails, tokenise titles; with
-    text_backbone minilm also embed every title with the sentence encoder (once, cached beside the photos).
+    """Load the catalogue, decode its photos (cached), drop rows whose photo fails, tokenise titles (and hash
+    their n-grams, when the tokenizer has n-gram settings); with text_backbone minilm also embed every title with
+    the sentence encoder (once, cached beside the photos).
 
-    A saved run passes its `tokenizer` and `heads` so ids and class indices match the model's.
+    A saved run passes its `tokenizer` and `heads` so ids and class indices match the model's; a new fit learns
+    the n-gram IDF from the train split's titles (prep.tokenizer.idf, for build_model).
     """
     saved_heads = [Head(h["name"], h["kind"], h["classes"], h.get("level")) for h in heads] if heads else None
     catalog = load_catalog(data_cfg, heads=saved_heads, progress=progress)
@@ -119,7 +129,11 @@ def prepare(
     if len(catalog.split_indices("train")) == 0:
         raise ValueError(f"{data_cfg.catalog}: no usable training rows left ({catalog.report.summary()})")
     tok = Tokenizer.from_dict(tokenizer) if tokenizer else Tokenizer.fit(
-        catalog.df["title"].iloc[catalog.split_indices("train")], model_cfg.vocab_size, model_cfg.max_len)
+        catalog.df["title"].iloc[catalog.split_indices("train")], model_cfg.vocab_size, model_cfg.max_len,
+        settings_for(model_cfg))
+    ngram_ids = ngram_counts = None
+    if tok.ngrams is not None:
+        ngram_ids, ngram_counts = tok.encode_ngrams(catalog.df["title"])
     head_dicts = [{"name": h.name, "kind": h.kind, "classes": list(h.classes), "level": h.level}
                   for h in catalog.heads]
     leaf = next(h for h in head_dicts if h["name"] == catalog.leaf)
@@ -132,7 +146,7 @@ def prepare(
         catalog=catalog, pixels=pixels, tokens=tok.encode(catalog.df["title"]), labels=catalog.labels(),
         heads=head_dicts, levels=list(catalog.levels), leaf=catalog.leaf,
         leaf_paths=leaf_paths(catalog, leaf, list(catalog.levels)), tokenizer=tok, cache_dir=cache_dir,
-        text_features=text_features,
+        text_features=text_features, ngram_ids=ngram_ids, ngram_counts=ngram_counts,
     )
 
 

@@ -11,6 +11,8 @@ import torch
 from .artifacts import file_sha, load_torch, read_json
 from .config import DataConfig, LossConfig, ModelConfig, TrainConfig, from_dict
 from .model import HuseModel, build_model
+from .data.images import as_image, decode_image
+from .data.ngrams import NGRAM_BACKBONES
 from .data.text import Tokenizer
 
 RUN_FORMAT = 1  # bump when run.json or model.pt change incompatibly
@@ -60,27 +62,111 @@ class Run:
     def encode_texts(self, titles: list[str] | str, batch_size: int = 1024) -> np.ndarray:
         """float32 unit rows (N, D) of titles; one title gives one row.
 
-        With text_backbone minilm the titles go through the sentence encoder live (huse_core.sentence).
+        With text_backbone minilm the titles go through the sentence encoder live (huse_core.model.sentence);
+        with ngram or conv+ngram they are hashed as in training (the run's n-gram settings, IDF in model.pt).
         """
-        if isinstance(titles, str):
-            titles = [titles]
-        if self.model_cfg.text_backbone == "minilm":
-            from .sentence import encode_sentences  # optional package: a clear error names the install command
+        titles = [titles] if isinstance(titles, str) else [str(t) for t in titles]
+        out = []
+        for i in range(0, len(titles), batch_size):
+            chunk = titles[i : i + batch_size]
+            if self.model_cfg.text_backbone == "minilm":
+                from .model.sentence import encode_sentences  # optional package: a clear error names the install
 
-            text_input = torch.from_numpy(encode_sentences(list(titles)))
-        else:
-            text_input = torch.from_numpy(self.tokenizer.encode(titles))
-        out = [self.model.encode_text(text_input[i : i + batch_size]) for i in range(0, len(text_input), batch_size)]
+                text_input = torch.from_numpy(encode_sentences(chunk))
+            elif self.tokenizer.ngrams is not None:
+                from .model.ngram import TextInput
+
+                text_input = TextInput.from_numpy(self.tokenizer.encode(chunk), *self.tokenizer.encode_ngrams(chunk))
+            else:
+                text_input = torch.from_numpy(self.tokenizer.encode(chunk))
+            out.append(self.model.encode_text(text_input))
         return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
 
+    def unknown_text(self, title: str) -> bool:
+        """True when the text tower learned nothing about any part of `title`: none of its words is in the
+        vocabulary (conv), none of its n-grams hashes to a bucket seen in the training titles (ngram), neither
+        (conv+ngram). Its embedding then carries no signal. A sentence encoder (minilm) reads any words: False."""
+        backbone = self.model_cfg.text_backbone
+        if backbone == "minilm":
+            return False
+        if backbone != "ngram" and (self.tokenizer.encode([title])[0] > 1).any():
+            return False
+        if self.tokenizer.ngrams is None:
+            return True
+        ids, _ = self.tokenizer.encode_ngrams([title])
+        idf = self.model.text.ngrams.idf  # unseen buckets have the largest IDF, ln(1 + n_train) + 1
+        return not bool((idf[torch.from_numpy(ids[0][ids[0] > 0]).long()] < idf.max() - 1e-6).any())
+
     @torch.inference_mode()
-    def classify(self, image_emb: np.ndarray | None = None, text_emb: np.ndarray | None = None) -> dict:
+    def probabilities(self, image_emb: np.ndarray | None = None, text_emb: np.ndarray | None = None) -> dict:
         """{head: {"image"|"text"|"fused": probs (N, C) float32}} for whichever embeddings are given."""
         def as_t(a):
             return None if a is None else torch.from_numpy(np.atleast_2d(np.asarray(a, np.float32)))
 
-        probs = self.model.classify(as_t(image_emb), as_t(text_emb), weight=self.meta.get("fusion_weights"))
+        probs = self.model.probabilities(as_t(image_emb), as_t(text_emb), weight=self.meta.get("fusion_weights"))
         return {h: {m: p.numpy() for m, p in per.items()} for h, per in probs.items()}
+
+    def encode_image(self, image) -> np.ndarray:
+        """(D,) unit embedding of one photo: a path, bytes, PIL image or uint8 array; ImageError if unreadable."""
+        return self.encode_images(decode_image(as_image(image), self.image_size))[0]
+
+    def query_vector(self, text: str | None = None, image=None, image_weight: float = 0.5) -> np.ndarray:
+        """Unit query: the image's or the text's embedding, or with both, normalise(w * image + (1 - w) * text)."""
+        if not 0.0 <= image_weight <= 1.0:
+            raise ValueError(f"image_weight must be between 0 and 1, got {image_weight}")
+        has_text = text is not None and bool(str(text).strip())
+        if not has_text and image is None:
+            raise ValueError("empty query: give a text with words in it, an image, or a product id")
+        if image is None:
+            return self.encode_texts(str(text))[0]
+        image_emb = self.encode_image(image)
+        if not has_text:
+            return image_emb
+        mixed = image_weight * image_emb + (1 - image_weight) * self.encode_texts(str(text))[0]
+        return (mixed / max(float(np.linalg.norm(mixed)), 1e-12)).astype(np.float32)
+
+    @property
+    def leaf_head(self) -> dict:
+        """The head the model treats as its leaf (the deepest hierarchy level, else the first head)."""
+        return next((h for h in self.heads if h["name"] == self.leaf), self.heads[0])
+
+    @property
+    def taxonomy_paths(self) -> dict[str, dict[str, str]]:
+        """head -> class -> "Apparel › Topwear › Tshirts" for hierarchy levels (other heads: absent)."""
+        paths: dict[str, dict[str, str]] = {}
+        for path in self.meta.get("leaf_paths", []):
+            for depth, name in enumerate(path[: len(self.levels)]):
+                paths.setdefault(self.levels[depth], {}).setdefault(name, " › ".join(path[: depth + 1]))
+        return paths
+
+    def classify(self, image=None, text: str | None = None, top: int = 3) -> dict:
+        """Labels of one product: {head: {"image" | "text" | "fused": [{"label", "prob", "path"}, ...]}}, best
+        first, `top` per list, from whichever of photo and title are given. Needs only the model, no index.
+
+        "path" is the class's taxonomy path for hierarchy levels ("Apparel › Topwear › Tshirts"), else the label.
+        """
+        has_text = text is not None and bool(str(text).strip())
+        if image is None and not has_text:
+            raise ValueError("nothing to classify: give an image, a text with words in it, or both")
+        image_emb = self.encode_image(image)[None] if image is not None else None
+        text_emb = self.encode_texts(str(text)) if has_text else None
+        probs, out, all_paths = self.probabilities(image_emb, text_emb), {}, self.taxonomy_paths
+        for h in self.heads:
+            per, paths = probs[h["name"]], all_paths.get(h["name"], {})
+            out[h["name"]] = {m: [{"label": h["classes"][i], "prob": round(float(p[0, i]), 4),
+                                   "path": paths.get(h["classes"][i], h["classes"][i])}
+                                  for i in np.argsort(-p[0], kind="stable")[: max(1, top)]]
+                              for m, p in per.items()}
+        return out
+
+    def zero_shot(self, labels: list[str], image=None, text: str | None = None) -> list[tuple[str, float]]:
+        """`labels` ranked by the cosine of their text embedding to the query (image, text, or both mixed 50/50)."""
+        labels = [str(label).strip() for label in labels if str(label).strip()]
+        if not labels:
+            raise ValueError("zero-shot needs at least one non-empty label, e.g. 'dress, jeans, watch'")
+        query = self.query_vector(text, image, 0.5)
+        scores = self.encode_texts(labels) @ query
+        return [(labels[i], float(scores[i])) for i in np.argsort(-scores, kind="stable")]
 
     def load_catalog(self, progress: bool = False):
         """The run's catalogue, read with the run's settings and class lists (same split, same labels)."""
@@ -115,9 +201,11 @@ def load_run(run_dir: str | Path) -> Run:
         raise RunError(f"{run_dir} has no model.pt yet: training has not finished an epoch. "
                        f"Resume it with `python -m huse_core train --out {run_dir} --resume`.")
     try:
-        tokenizer = Tokenizer.from_dict(meta["tokenizer"])
-        model = build_model(from_dict(ModelConfig, meta["model"]), meta["heads"], tokenizer.n_tokens,
-                            load_weights=False)
+        tokenizer, model_cfg = Tokenizer.from_dict(meta["tokenizer"]), from_dict(ModelConfig, meta["model"])
+        if (model_cfg.text_backbone in NGRAM_BACKBONES) != (tokenizer.ngrams is not None):
+            raise ValueError(f"text backbone {model_cfg.text_backbone} with tokenizer n-gram settings "
+                             f"{meta['tokenizer'].get('ngrams')}")
+        model = build_model(model_cfg, meta["heads"], tokenizer.n_tokens, load_weights=False)
         model.load_state_dict(load_torch(run_dir / "model.pt"))
     except (KeyError, RuntimeError, ValueError) as err:
         raise RunError(f"{run_dir}: model.pt does not match run.json ({str(err).splitlines()[0][:300]}); "

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from huse_core.data import uploads
+from huse_core.data import tables, uploads
 
 ui.page_setup("pages/catalogue.py")
 
@@ -151,20 +151,14 @@ with one_tab:
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def read_table(data: bytes, name: str) -> pd.DataFrame:
-    import io
-
-    if name.lower().endswith(".parquet"):
-        return pd.read_parquet(io.BytesIO(data))
-    if b"\x00" in data[:8192]:  # a photo or a spreadsheet saved as .csv: pandas' own error would be cryptic
-        raise ValueError("it looks like a binary file (a photo, zip or Excel file?), not a CSV text table")
-    return pd.read_csv(io.BytesIO(data), dtype=str, sep="\t" if name.lower().endswith(".tsv") else ",",
-                       keep_default_na=False, encoding_errors="replace")
+    """An uploaded products table, every cell as text (an empty cell is "")."""
+    return tables.read_table(data, name, missing_as_nan=False)
 
 
 def predict_rows(table: pd.DataFrame, title_col: str, image_col: str, files: dict[str, str]):
     """(one result row per table row, the items that can be added); problems are per row, the rest go on."""
     by_base = {Path(n).name: p for n, p in files.items()}
-    id_col = {c.lower(): c for c in table.columns}.get("id")
+    id_col = next(iter(tables.matching_columns(table.columns, ("id",))), None)
     rows, items = [], []
     for i, r in table.head(MAX_ROWS).iterrows():
         title = str(r[title_col] or "").strip()
@@ -209,12 +203,11 @@ with bulk_tab:
         try:
             table = read_table(table_file.getvalue(), table_file.name)
         except Exception as err:  # noqa: BLE001
-            st.error(f"Could not read {ui.esc(table_file.name)}: {ui.describe(err)}")
+            st.error(ui.sentence(ui.describe(err)))  # "could not read <file> as CSV: ..."
             table = None
         if table is not None:
-            lower = {c.lower(): c for c in table.columns}
-            title_col = next((lower[c] for c in ("title", "productdisplayname", "name") if c in lower), None)
-            image_col = next((lower[c] for c in ("image", "image_path", "filename", "file") if c in lower), None)
+            title_col = next(iter(tables.matching_columns(table.columns, tables.TEXT_COLS)), None)
+            image_col = next(iter(tables.matching_columns(table.columns, tables.IMAGE_COLS)), None)
             if title_col is None or image_col is None:
                 st.error(f"{ui.esc(table_file.name)} needs a 'title' and an 'image' column; its columns are: "
                          + ", ".join(ui.esc(c) for c in table.columns))

@@ -14,8 +14,13 @@ MAX_PHOTOS = 12  # per rerun: each photo is classified, searched and ranked
 st.title("Classify products")
 st.caption("Upload product photos and/or type a title: the model predicts every label it was trained on, from the "
            "photo, from the title and from both together, and finds the closest products in your catalogue.")
-searcher = ui.searcher_or_stop()
-heads = searcher.heads
+run_dir = ui.run_or_stop()
+run, searcher = ui.model_and_searcher_or_stop(run_dir)  # classifying needs only the model; nearest products the index
+heads = run.heads
+if searcher is None:
+    st.warning(f"The run **{ui.esc(run_dir.name)}** has no search index yet, or an outdated one: the labels below "
+               "come from the model alone; the closest catalogue products need the index.")
+    ui.offer_index_build(run_dir)
 
 c1, c2 = st.columns([3, 2])
 files = c1.file_uploader("Product photos", type=ui.IMAGE_TYPES, accept_multiple_files=True, key="cls_files",
@@ -27,7 +32,7 @@ labels_text = c2.text_input("Your own labels, comma-separated (optional)", key="
                             help="Zero-shot: the model ranks these words by how close they are to each product, "
                                  "even though it was never trained on them.")
 title = (title or "").strip()
-if title and ui.unknown_words(searcher.run, title):
+if title and ui.unknown_words(run, title):
     c2.warning("None of these words occur in the catalogue the model learned from, so the title tells it nothing.")
 
 items: list[dict] = []
@@ -48,12 +53,12 @@ if not items:
     st.stop()
 
 zero_labels = [x.strip() for x in (labels_text or "").split(",") if x.strip()][:30]
-level_names = [h["name"] for h in heads if h.get("level") is not None]
+leaf = run.leaf_head["name"]  # the card's headline: the finest category the model predicts
 
 
 def result_card(n: int, item: dict) -> None:
     try:
-        pred = searcher.classify(image=item["image"], text=item["text"], top=3)
+        pred = run.classify(image=item["image"], text=item["text"], top=3)
     except Exception as err:  # noqa: BLE001 - an odd input must give a message, not a traceback
         st.error(f"Could not classify {ui.esc(item['name'] or 'the title')}: {ui.describe(err)}")
         return
@@ -68,7 +73,6 @@ def result_card(n: int, item: dict) -> None:
             if item["text"]:
                 st.text(item["text"])
         with right:
-            leaf = level_names[-1] if level_names else next(iter(pred))
             top = pred[leaf][best][0]
             st.markdown(f"#### {ui.esc(top.get('path') or top['label'])}")
             st.caption(f"from the {ui.MODALITY_NAMES[best]} · {top['prob']:.0%} confident")
@@ -92,11 +96,11 @@ def result_card(n: int, item: dict) -> None:
                                                                   max_value=1)})
         if zero_labels:
             try:
-                ranked = searcher.zero_shot(zero_labels, image=item["image"], text=item["text"])
+                ranked = run.zero_shot(zero_labels, image=item["image"], text=item["text"])
             except Exception as err:  # noqa: BLE001
                 st.error(f"Zero-shot ranking failed: {ui.describe(err)}")
                 ranked = []
-            unknown = [label for label in zero_labels if ui.unknown_words(searcher.run, label)]
+            unknown = [label for label in zero_labels if ui.unknown_words(run, label)]
             if unknown:
                 st.caption("The model never saw the words of " + ", ".join(f"“{ui.esc(u)}”" for u in unknown)
                            + " in your catalogue, so their rank means little; use words shoppers use in titles.")
@@ -106,6 +110,8 @@ def result_card(n: int, item: dict) -> None:
                 for i, (label, score) in enumerate(ranked):
                     zcols[i % len(zcols)].progress(max(0.0, min(1.0, float(score))),
                                                    text=f"{ui.esc(label)} — {score:.2f}")
+        if searcher is None:
+            return  # no search index: the note at the top offers to build it
         st.markdown("**Closest catalogue products**")
         try:
             hits = searcher.search(text=item["text"], image=item["image"], target="image", k=6)

@@ -42,7 +42,7 @@ frame = frame.assign(id=frame["id"].astype(str))
 
 c1, c2, c3, c4 = st.columns([2, 2, 2, 1])
 colour_opts = ["modality"] + [h["name"] for h in heads if h["kind"] == "single"]
-leaf = next((h["name"] for h in reversed(heads) if h.get("level") is not None), colour_opts[-1])
+leaf = searcher.run.leaf_head["name"]  # coloured by the model's leaf head at first
 colour = c1.selectbox("Colour by", colour_opts, index=colour_opts.index(leaf), key="map_colour")
 show = c2.segmented_control("Show", ["photos", "titles", "both"], default="both", key="map_show", required=True)
 n_lines = c3.slider("Photo–title lines", 0, 300, 40, step=10, key="map_lines",

@@ -19,7 +19,7 @@ st.caption("Pick a product to see what the model puts next to it: photos near it
 searcher = ui.searcher_or_stop()
 products: pd.DataFrame = searcher.products
 heads = searcher.heads
-leaf = next((h["name"] for h in reversed(heads) if h.get("level") is not None), heads[0]["name"])
+leaf = searcher.run.leaf_head["name"]  # a neighbour of the same leaf class gets a green tick
 ids = products["id"].astype(str)
 
 if st.session_state.get("nb_product") not in set(ids):

@@ -13,9 +13,9 @@ import streamlit as st
 
 import ui
 from huse_core.data import uploads
-from huse_core.data.catalog import ATTRIBUTE_COLS, IMAGE_COLS, LEVEL_COLS, TEXT_COLS
+from huse_core.data.tables import ATTRIBUTE_COLS, IMAGE_COLS, LEVEL_COLS, TEXT_COLS, matching_columns, read_table
 from huse_core.config import DataConfig, LossConfig, ModelConfig, TrainConfig
-from huse_core.model import BACKBONES, WEIGHT_FILES
+from huse_core.model import backbone_choices, default_image_size
 
 ui.page_setup("pages/train.py")
 
@@ -29,10 +29,7 @@ train_tab, eval_tab = st.tabs(["Train a model", "Evaluation"])
 @st.cache_data(show_spinner=False, max_entries=16)
 def peek(path: str, stamp: float) -> pd.DataFrame:
     """The first rows of a catalogue file, to offer its columns."""
-    if path.lower().endswith((".parquet", ".pq")):
-        return pd.read_parquet(path).head(200)
-    sep = "\t" if path.lower().endswith((".tsv", ".tab")) else ","
-    return pd.read_csv(path, nrows=200, dtype=str, sep=sep, encoding_errors="replace")
+    return read_table(path, nrows=200)
 
 
 def uploaded_catalog() -> Path | None:
@@ -75,14 +72,11 @@ def images_root_for(folder: Path, names: list[str], table: bytes, suffix: str) -
 
 def _paths_resolve(folder: Path, table: bytes, suffix: str) -> bool:
     """Whether the uploaded table's first image paths exist relative to the upload folder."""
-    import io
-
     try:
-        df = pd.read_parquet(io.BytesIO(table)) if suffix == ".parquet" else pd.read_csv(
-            io.BytesIO(table), nrows=20, dtype=str, sep="\t" if suffix == ".tsv" else ",", encoding_errors="replace")
-    except Exception:  # noqa: BLE001 - an unreadable table is reported when it is read for real
+        df = read_table(table, f"catalogue{suffix}", nrows=20)
+    except ValueError:  # an unreadable table is reported when it is read for real
         return True
-    col = next((c for c in df.columns if str(c).lower() in IMAGE_COLS), None)
+    col = next(iter(matching_columns(df.columns, IMAGE_COLS)), None)
     return col is None or any((folder / str(v)).is_file() for v in df[col].dropna().head(20))
 
 
@@ -110,23 +104,6 @@ def choose_catalog() -> Path | None:
     return uploaded_catalog()
 
 
-def pick(cols: list[str], candidates: tuple[str, ...]) -> list[str]:
-    lower = {c.lower(): c for c in cols}
-    return [lower[c.lower()] for c in candidates if c.lower() in lower]
-
-
-def weights_available(backbone: str) -> bool:
-    if backbone == "cnn":
-        return True
-    from huse_core.model import find_weights
-
-    try:
-        find_weights(backbone)
-        return True
-    except (FileNotFoundError, KeyError):
-        return False
-
-
 # ---------------------------------------------------------------- training
 
 
@@ -137,7 +114,7 @@ def train_form() -> None:
     try:
         head = peek(str(csv), csv.stat().st_mtime)
     except Exception as err:  # noqa: BLE001 - any unreadable table is a message
-        st.error(f"Could not read {ui.code(csv.name)}: {ui.describe(err)}")
+        st.error(ui.sentence(ui.describe(err)))  # "could not read <file> as CSV: ..."
         return
     cols = [str(c) for c in head.columns]
     with st.expander(f"Preview of {csv.name} ({len(cols)} columns)", icon=":material/table:"):
@@ -145,36 +122,40 @@ def train_form() -> None:
 
     st.subheader("Columns", anchor=False)
     c1, c2, c3 = st.columns(3)
-    title_default = (pick(cols, TEXT_COLS) or cols)[0]
+    title_default = (matching_columns(cols, TEXT_COLS) or cols)[0]
     text_col = c1.selectbox("Title", cols, index=cols.index(title_default), key="train_text_col")
     image_opts = ["(images/<id>.jpg)"] + cols
-    image_default = (pick(cols, IMAGE_COLS) or ["(images/<id>.jpg)"])[0]
+    image_default = (matching_columns(cols, IMAGE_COLS) or ["(images/<id>.jpg)"])[0]
     image_col = c2.selectbox("Photo path", image_opts, index=image_opts.index(image_default), key="train_image_col")
     id_opts = ["(row number)"] + cols
-    id_col = c3.selectbox("Product id", id_opts, index=id_opts.index((pick(cols, ("id",)) or ["(row number)"])[0]),
-                          key="train_id_col")
+    id_default = (matching_columns(cols, ("id",)) or ["(row number)"])[0]
+    id_col = c3.selectbox("Product id", id_opts, index=id_opts.index(id_default), key="train_id_col")
     label_cols = [c for c in cols if c not in (text_col, image_col, id_col)]
-    levels = st.multiselect("Category hierarchy, coarse → fine", label_cols,
-                            default=[c for c in pick(cols, LEVEL_COLS) if c in label_cols], key="train_levels",
+    levels = st.multiselect("Category hierarchy, coarse → fine", label_cols, key="train_levels",
+                            default=[c for c in matching_columns(cols, LEVEL_COLS) if c in label_cols],
                             help="Each becomes a head; the finest one drives the semantic-graph loss.")
-    attrs = st.multiselect("Other labels (one head each)", [c for c in label_cols if c not in levels],
-                           default=[c for c in pick(cols, ATTRIBUTE_COLS) if c in label_cols and c not in levels],
-                           key="train_attrs")
+    other_cols = [c for c in label_cols if c not in levels]
+    attrs = st.multiselect("Other labels (one head each)", other_cols, key="train_attrs",
+                           default=[c for c in matching_columns(cols, ATTRIBUTE_COLS) if c in other_cols])
     if not levels and not attrs:
         st.warning("Choose at least one label column: the model learns its space from them.")
         return
 
     st.subheader("Model and training", anchor=False)
     c1, c2, c3, c4 = st.columns(4)
-    backbone = c1.selectbox("Photo backbone", BACKBONES, key="train_backbone",
+    missing_weights = backbone_choices()  # backbone -> None, or the weights file torch's cache lacks
+    backbone = c1.selectbox("Photo backbone", list(missing_weights), key="train_backbone",
                             help="cnn trains from scratch, offline. The others use ImageNet weights from torch's "
                                  "cache (frozen; features computed once).")
-    epochs = c2.slider("Epochs (at most)", 1, 40, TrainConfig.epochs, key="train_epochs",
-                       help="Training stops early when validation accuracy stops improving.")
-    batch = c3.select_slider("Batch size", [32, 64, 128, 256], value=TrainConfig.batch_size, key="train_batch")
-    lr = c4.select_slider("Learning rate", [3e-4, 1e-3, 2e-3, 5e-3], value=TrainConfig.lr, key="train_lr")
-    if not weights_available(backbone):
-        st.warning(f"No ImageNet weights for {backbone} on this machine ({WEIGHT_FILES.get(backbone)} is not in "
+    epochs = c2.slider("Epochs (at most; 0 = auto)", 0, 60, 0, key="train_epochs",
+                       help="Auto: chosen from the catalogue's size (more epochs for a small shop). Training stops "
+                            "early when the validation score stops improving.")
+    batch = c3.select_slider("Batch size", ["auto", 32, 64, 128, 256], value="auto", key="train_batch",
+                             help="Auto: 32 for a small shop up to 256 for a very large catalogue.")
+    lr = c4.select_slider("Learning rate", ["auto", 3e-4, 1e-3, 2e-3, 5e-3], value="auto", key="train_lr",
+                          help="Auto: 2e-3 at batch 128, scaled with the batch size.")
+    if missing_weights[backbone]:
+        st.warning(f"No ImageNet weights for {backbone} on this machine ({missing_weights[backbone]} is not in "
                    "torch's cache). Use cnn, or copy the weights file there.")
         return
     with st.expander("Loss weights (L = α·classification + β·semantic graph + γ·modality gap)",
@@ -208,10 +189,11 @@ def train_form() -> None:
     data_cfg = DataConfig(catalog=str(csv), images_root=st.session_state.get("train_images_root", ""),
                           text_col=text_col, id_col="" if id_col.startswith("(") else id_col,
                           image_col="" if image_col.startswith("(") else image_col, levels=levels, attributes=attrs,
-                          image_size=DataConfig.image_size if backbone == "cnn" else 224)
+                          image_size=default_image_size(backbone))
     model_cfg = ModelConfig(backbone=backbone)
     loss_cfg = LossConfig(losses=losses, alpha=alpha, beta=beta, gamma=gamma)
-    train_cfg = TrainConfig(epochs=epochs, batch_size=batch, lr=lr)
+    train_cfg = TrainConfig(epochs=epochs or None, batch_size=None if batch == "auto" else batch,
+                            lr=None if lr == "auto" else lr)  # None: the size-aware schedule chooses
     run_training(run_dir, lambda callback: _train(data_cfg, model_cfg, loss_cfg, train_cfg, run_dir, callback),
                  build_index)
 
@@ -268,7 +250,7 @@ with train_tab:
 def test_predictions(run_dir: str, stamp: float) -> dict:
     from huse_core.training.evaluate import split_predictions
 
-    return split_predictions(ui.load_run(Path(run_dir)))
+    return split_predictions(ui.cached_run(Path(run_dir)))
 
 
 def evaluation(run_dir: Path) -> None:
@@ -304,6 +286,11 @@ def evaluation(run_dir: Path) -> None:
     pct = {m: st.column_config.ProgressColumn(m, format="percent", min_value=0, max_value=1)
            for m in list(ui.MODALITY_NAMES.values()) + ["fused macro-F1"]}
     st.dataframe(pd.DataFrame(rows), hide_index=True, column_config=pct, key="eval_heads")
+    if test.get("baseline"):  # fitted by evaluate on the train titles (huse_core/training/baseline.py)
+        from huse_core.training.baseline import comparison_table
+
+        st.markdown(f"**Beside the title baseline** ({test['baseline']['model']}, fitted on the train split; %)")
+        st.dataframe(comparison_table(test), key="eval_baseline")
 
     c1, c2 = st.columns(2)
     with c1:
@@ -326,6 +313,8 @@ def evaluation(run_dir: Path) -> None:
             h2.line_chart(pd.DataFrame([{"epoch": r["epoch"], **{ui.MODALITY_NAMES[k]: v for k, v in
                                         r["val_accuracy"].items()}} for r in history]).set_index("epoch"), height=220)
 
+    from huse_core.training.evaluate import class_accuracy, confusion_matrix
+
     st.markdown("**Confusion matrix**")
     singles = [h for h in meta["heads"] if h["kind"] == "single"]
     c1, c2 = st.columns([1, 2])
@@ -340,13 +329,8 @@ def evaluation(run_dir: Path) -> None:
         return
     head = next(h for h in singles if h["name"] == head_name)
     classes = head["classes"]
-    y = preds["labels"][head_name]
-    p = preds["probs"][head_name][modality].argmax(1)
-    known = y >= 0
-    n = len(classes)
-    cm = np.zeros((n, n), dtype=np.int64)
-    np.add.at(cm, (y[known], p[known]), 1)
-    support = cm.sum(1)
+    cm = confusion_matrix(preds["labels"][head_name], preds["probs"][head_name][modality])
+    n, support = len(classes), cm.sum(1)
     share = cm / np.maximum(support[:, None], 1)
     fig = go.Figure(go.Heatmap(z=share, x=classes, y=classes, colorscale="Blues", zmin=0, zmax=1,
                                customdata=cm, hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata} products"
@@ -356,8 +340,8 @@ def evaluation(run_dir: Path) -> None:
                       xaxis={"title": "predicted", "tickangle": -45}, yaxis={"title": "true", "autorange": "reversed"})
     c1, c2 = st.columns([3, 2])
     c1.plotly_chart(fig, key="eval_confusion", config={"displaylogo": False})
-    per_class = pd.DataFrame({"class": classes, "accuracy": np.diag(cm) / np.maximum(support, 1), "test products":
-                              support}).sort_values("accuracy")
+    per_class = pd.DataFrame({"class": classes, "accuracy": class_accuracy(cm), "test products": support}
+                             ).sort_values("accuracy")
     c2.caption(f"Per-class accuracy of {head_name}, from the {ui.MODALITY_NAMES[modality]}")
     c2.dataframe(per_class, hide_index=True, height="auto" if n <= 12 else size - 40, key="eval_per_class",
                  column_config={"accuracy": st.column_config.ProgressColumn("accuracy", format="percent", min_value=0,

@@ -24,15 +24,15 @@ def tiny_trained_run(tiny_demo_csv, tmp_path_factory) -> Path:
     """A run trained for 2 epochs on the tiny shop with a tiny model (dim 32). Read-only: copy before writing."""
     import torch
 
-    from huse_core.config import DataConfig, LossConfig, ModelConfig, TrainConfig
+    from huse_core.config import DataConfig, LossConfig
+    from huse_core.pipeline import DemoSpec
     from huse_core.training.train import train
 
     run_dir = tmp_path_factory.mktemp("tiny_run")
     threads = torch.get_num_threads()
+    tiny = DemoSpec.tiny()  # the tiny model, 2 epochs of 32 on one thread
     try:  # one thread: a model this small only loses time to thread hand-offs (5x on a busy 2-core machine)
-        train(DataConfig(catalog=str(tiny_demo_csv)),
-              ModelConfig(cnn_width=8, hidden=64, dim=32, conv_channels=32, word_dim=16),
-              LossConfig(), TrainConfig(epochs=2, batch_size=32, threads=1), run_dir, progress=False)
+        train(DataConfig(catalog=str(tiny_demo_csv)), tiny.model, LossConfig(), tiny.train, run_dir, progress=False)
     finally:
         torch.set_num_threads(threads)  # train() sets it for the whole process; later tests get it back
     return run_dir

@@ -249,6 +249,7 @@ def test_train_page_shows_the_evaluation_with_a_confusion_matrix(app):
     no_exception(app)
     page = texts(app)
     assert "Accuracy per head" in page and "Confusion matrix" in page
+    assert "Beside the title baseline" in page and any("verdict" in d.value.columns for d in app.dataframe)
     assert app.get("plotly_chart")
     assert any("accuracy" in d.value.columns for d in app.dataframe), "the per-class accuracy table"
 

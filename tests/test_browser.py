@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from huse_core.app_server import streamlit_server
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -35,43 +32,14 @@ def app_root(tiny_demo_csv, tiny_indexed_run, tmp_path_factory) -> Path:
     return app_folder(tiny_demo_csv, tiny_indexed_run, tmp_path_factory)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(app_root):
-    port = free_port()
-    env = {**os.environ, "HUSE_RUNS_DIR": str(app_root / "runs"), "HUSE_DATA_DIR": str(app_root / "data")}
-    env.pop("HUSE_RUN", None)
-    log = open(app_root / f"streamlit-{port}.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port", str(port),
-                             "--server.address", "127.0.0.1", "--server.headless", "true",
-                             "--browser.gatherUsageStats", "false"], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            log.close()
-            pytest.fail("streamlit did not start:\n" + (app_root / f"streamlit-{port}.log").read_text()[-3000:])
-        time.sleep(0.3)
-    yield url
-    proc.terminate()
+    env = {"HUSE_RUNS_DIR": str(app_root / "runs"), "HUSE_DATA_DIR": str(app_root / "data"), "HUSE_RUN": None}
     try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        with streamlit_server(REPO / "app.py", env, log_path=app_root / "streamlit.log", timeout=60) as url:
+            yield url
+    except RuntimeError as err:  # it did not start: its log says why
+        pytest.fail(str(err))
 
 
 @pytest.fixture(scope="module")

@@ -99,7 +99,7 @@ def test_huse_loss_returns_named_terms_and_selects_weighted_total():
 def test_every_term_sends_gradients_to_both_towers():
     torch.manual_seed(0)
     heads = [{"name": "leaf", "kind": "single", "classes": ["a", "b", "c"]}]
-    cfg = ModelConfig(cnn_width=8, hidden=32, dim=16, conv_channels=16, word_dim=8)
+    cfg = ModelConfig(cnn_width=8, hidden=32, dim=16, conv_channels=16, word_dim=8, text_backbone="conv")
     model = build_model(cfg, heads, n_tokens=20)
     pixels = torch.randint(0, 256, (6, 32, 32, 3), dtype=torch.uint8)
     tokens = torch.randint(2, 20, (6, 7))

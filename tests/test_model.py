@@ -8,7 +8,7 @@ from huse_core.model import build_model, find_weights
 
 HEADS = [{"name": "leaf", "kind": "single", "classes": ["a", "b", "c"]},
          {"name": "tags", "kind": "multi", "classes": ["x", "y"]}]
-TINY = ModelConfig(cnn_width=8, hidden=32, dim=16, conv_channels=16, word_dim=8)
+TINY = ModelConfig(cnn_width=8, hidden=32, dim=16, conv_channels=16, word_dim=8, text_backbone="conv")  # token-id input
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +34,16 @@ def test_padding_does_not_change_a_title_embedding(model):
 def test_classify_with_image_text_or_both(model):
     image_emb = model.encode_image(torch.zeros(2, 32, 32, 3, dtype=torch.uint8))
     text_emb = model.encode_text(torch.tensor([[3, 4], [5, 0]]))
-    both = model.classify(image_emb, text_emb)
+    both = model.probabilities(image_emb, text_emb)
     assert set(both["leaf"]) == {"image", "text", "fused"}
     assert torch.allclose(both["leaf"]["fused"], 0.5 * both["leaf"]["image"] + 0.5 * both["leaf"]["text"])
     assert torch.allclose(both["leaf"]["image"].sum(1), torch.ones(2))
     assert ((both["tags"]["text"] > 0) & (both["tags"]["text"] < 1)).all()  # sigmoids, not a softmax
-    assert set(model.classify(image_emb=image_emb)["leaf"]) == {"image"}
-    assert set(model.classify(text_emb=text_emb)["leaf"]) == {"text"}
-    weighted = model.classify(image_emb, text_emb, weight=1.0)["leaf"]
+    assert set(model.probabilities(image_emb=image_emb)["leaf"]) == {"image"}
+    assert set(model.probabilities(text_emb=text_emb)["leaf"]) == {"text"}
+    weighted = model.probabilities(image_emb, text_emb, weight=1.0)["leaf"]
     assert torch.allclose(weighted["fused"], weighted["image"])
-    per_head = model.classify(image_emb, text_emb, weight={"leaf": 0.0})["leaf"]
+    per_head = model.probabilities(image_emb, text_emb, weight={"leaf": 0.0})["leaf"]
     assert torch.allclose(per_head["fused"], per_head["text"])
 
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 import pytest
 
 from huse_core.artifacts import read_json
-from huse_core.config import ModelConfig, TrainConfig
 from huse_core.pipeline import DemoSpec, build_demo, is_complete, stage_state
 
 
 def tiny_spec(epochs: int = 2) -> DemoSpec:
-    return DemoSpec(n_products=240, model=ModelConfig(cnn_width=8, hidden=64, dim=32, conv_channels=32, word_dim=16),
-                    train=TrainConfig(epochs=epochs, batch_size=32, patience=10, threads=1))
+    return DemoSpec.tiny(epochs, patience=10)
 
 
 @pytest.fixture(scope="module")

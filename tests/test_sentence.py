@@ -118,7 +118,7 @@ def test_training_with_the_sentence_tower_and_name_distances_end_to_end(fake, ti
     assert emb.shape == (3, TINY_MINILM.dim) and emb.dtype == np.float32
     assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
     assert not np.allclose(emb[0], emb[1])  # unknown words still move the embedding: the encoder reads them
-    probs = run.classify(text_emb=emb)[run.leaf]["text"]
+    probs = run.probabilities(text_emb=emb)[run.leaf]["text"]
     assert np.allclose(probs.sum(1), 1, atol=1e-5)
 
 

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from huse_core.cli import main
-from huse_core.config import DataConfig, LossConfig, ModelConfig, TrainConfig
+from huse_core.config import DataConfig, LossConfig, TrainConfig
 from huse_core.data.demo import generate_demo
+from huse_core.pipeline import DemoSpec
 from huse_core.training.evaluate import evaluate, split_predictions
 from huse_core.run import RunError, load_run
 from huse_core.training.train import selection_score, train
 
-TINY_MODEL = ModelConfig(cnn_width=8, hidden=64, dim=32, conv_channels=32, word_dim=16)
+TINY_MODEL = DemoSpec.tiny().model
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def test_checkpoint_round_trip_gives_the_same_embeddings(trained):
     assert emb.dtype == np.float32 and emb.shape == (3, TINY_MODEL.dim)
     assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
     pixels = np.full((2, 64, 64, 3), 200, np.uint8)
-    probs = a.classify(image_emb=a.encode_images(pixels), text_emb=a.encode_texts(["red shirt", "blue jeans"]))
+    probs = a.probabilities(image_emb=a.encode_images(pixels), text_emb=a.encode_texts(["red shirt", "blue jeans"]))
     leaf = probs[a.leaf]
     assert set(leaf) == {"image", "text", "fused"} and np.allclose(leaf["fused"].sum(1), 1, atol=1e-5)
 

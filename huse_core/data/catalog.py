@@ -11,12 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from huse_core.config import DataConfig
+from huse_core.config import DEFAULT_MIN_CLASS_COUNT, DataConfig
 
-TEXT_COLS = ("title", "productDisplayName", "name", "product_name")
-IMAGE_COLS = ("image", "image_path", "filename", "file")
-LEVEL_COLS = ("masterCategory", "subCategory", "articleType")
-ATTRIBUTE_COLS = ("gender", "baseColour", "season", "usage", "pattern")
+from .tables import ATTRIBUTE_COLS, IMAGE_COLS, LEVEL_COLS, TEXT_COLS, pick_column, read_table
+
 IMAGE_EXTS = (".jpg", ".png", ".jpeg", ".webp")
 SPLITS = ("train", "val", "test")
 MAX_TITLE = 1000  # characters; longer "titles" are pasted descriptions and only slow tokenising
@@ -126,41 +124,8 @@ def normalise_title(title: str) -> str:
     return t[keep.index(True) : len(t) - keep[::-1].index(True)] if True in keep else ""
 
 
-def _read_table(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise ValueError(f"catalogue file not found: {path} — pass --catalog with a CSV or Parquet file")
-    if path.suffix.lower() in (".parquet", ".pq"):
-        try:  # non-text cells (int ids, lists for multi-label) are handled by _cells / _multi
-            return pd.read_parquet(path)
-        except Exception as err:  # noqa: BLE001 - pyarrow raises its own error types
-            raise ValueError(f"could not read {path} as Parquet: {err}") from None
-    with open(path, "rb") as f:
-        if b"\x00" in f.read(8192):
-            raise ValueError(f"could not read {path} as CSV: it looks like a binary file, not text")
-    sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    for enc in ("utf-8-sig", "latin-1"):  # shops export from Excel too
-        try:
-            return pd.read_csv(path, dtype=str, keep_default_na=True, sep=sep, encoding=enc)
-        except UnicodeDecodeError:
-            continue
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
-            raise ValueError(f"could not read {path} as CSV: {str(err).strip()}") from None
-    raise ValueError(f"could not read {path} as CSV: unknown text encoding")
-
-
 def _missing(v) -> bool:
     return v is None or (not isinstance(v, (str, list, np.ndarray)) and bool(pd.isna(v)))
-
-
-def _column(cols: list[str], given: str, candidates: tuple[str, ...] = (), what: str = "", flag: str = ""):
-    """The column a flag names (it must exist), else the first auto-detected candidate, else None."""
-    lower = {c.lower(): c for c in cols}
-    if given:
-        if given in cols:
-            return given
-        hint = f"pass {flag} {lower[given.lower()]}" if given.lower() in lower else f"pass {flag} with one of them"
-        raise ValueError(f"{what} column '{given}' not found; columns are: {', '.join(cols)} — {hint}")
-    return next((lower[c.lower()] for c in candidates if c.lower() in lower), None)
 
 
 def _cells(s: pd.Series) -> np.ndarray:
@@ -194,7 +159,7 @@ def _split_rows(titles: np.ndarray, fractions, seed: int) -> np.ndarray:
 def _image_paths(raw: pd.DataFrame, cfg: DataConfig, ids: np.ndarray, has_id: bool, root: Path) -> np.ndarray:
     """Image paths as written in the catalogue, or images/<id>.<ext> when there is no image column."""
     cols = list(raw.columns)
-    image_col = _column(cols, cfg.image_col, IMAGE_COLS, "image", "--image-col")
+    image_col = pick_column(cols, cfg.image_col, IMAGE_COLS, "image", "--image-col")
     if image_col:
         return _cells(raw[image_col])
     sample = [i for i in ids[:50] if i] if has_id else []
@@ -209,7 +174,7 @@ def _image_paths(raw: pd.DataFrame, cfg: DataConfig, ids: np.ndarray, has_id: bo
 def _label_columns(raw: pd.DataFrame, cfg: DataConfig, heads: list[Head] | None):
     """(levels, attributes, multi-label) column names; a hierarchy column becomes level1..levelK in `raw`."""
     cols = list(raw.columns)
-    hier = _column(cols, cfg.hierarchy_col, (), "hierarchy", "--hierarchy-col") if cfg.hierarchy_col else None
+    hier = pick_column(cols, cfg.hierarchy_col, (), "hierarchy", "--hierarchy-col") if cfg.hierarchy_col else None
     if hier:
         paths = [[p.strip() for p in c.split(cfg.hierarchy_sep) if p.strip()] for c in _cells(raw[hier])]
         depths = Counter(len(p) for p in paths if p)
@@ -221,15 +186,15 @@ def _label_columns(raw: pd.DataFrame, cfg: DataConfig, heads: list[Head] | None)
     elif heads is not None:
         levels = [h.name for h in sorted((h for h in heads if h.level is not None), key=lambda h: h.level)]
     else:
-        levels = [_column(cols, c, (), "level", "--levels") for c in cfg.levels]
-        levels = levels or [c for c in (_column(cols, "", (c,)) for c in LEVEL_COLS) if c]
+        levels = [pick_column(cols, c, (), "level", "--levels") for c in cfg.levels]
+        levels = levels or [c for c in (pick_column(cols, "", (c,)) for c in LEVEL_COLS) if c]
     if heads is not None:  # a saved run's heads decide the columns
         attrs = [h.name for h in heads if h.level is None and h.kind == "single"]
         multis = [h.name for h in heads if h.kind == "multi"]
     else:
-        multis = [_column(cols, c, (), "multi-label", "--multi-label") for c in cfg.multi_label]
-        attrs = [_column(cols, c, (), "attribute", "--attributes") for c in cfg.attributes]
-        attrs = attrs or [c for c in (_column(cols, "", (c,)) for c in ATTRIBUTE_COLS) if c]
+        multis = [pick_column(cols, c, (), "multi-label", "--multi-label") for c in cfg.multi_label]
+        attrs = [pick_column(cols, c, (), "attribute", "--attributes") for c in cfg.attributes]
+        attrs = attrs or [c for c in (pick_column(cols, "", (c,)) for c in ATTRIBUTE_COLS) if c]
         attrs = [c for c in attrs if c not in levels and c not in multis]
     for c in levels + attrs + multis:
         if c not in raw.columns:
@@ -281,6 +246,7 @@ def _make_heads(df: pd.DataFrame, cfg: DataConfig, cols: tuple, heads: list[Head
     levels, attrs, multis = cols
     saved = {h.name: h for h in heads or []}
     train = df["split"].to_numpy(dtype=object) == "train"
+    min_count = DEFAULT_MIN_CLASS_COUNT if cfg.min_class_count is None else cfg.min_class_count  # None: not resolved
     out: list[Head] = []
     for c in levels + attrs:
         values = df[c].to_numpy(dtype=object)
@@ -290,7 +256,7 @@ def _make_heads(df: pd.DataFrame, cfg: DataConfig, cols: tuple, heads: list[Head
         else:
             counts = Counter(values[train])
             present = sorted(set(values) - {"", OTHER})
-            rare = {v for v in present if counts[v] < cfg.min_class_count}
+            rare = {v for v in present if counts[v] < min_count}
             classes = [v for v in present if v not in rare] + ([OTHER] if rare or OTHER in set(values) else [])
             if rare:
                 report.merged[c] = sorted(rare)
@@ -303,9 +269,9 @@ def _make_heads(df: pd.DataFrame, cfg: DataConfig, cols: tuple, heads: list[Head
         else:  # multi-label has no "other": labels too rare in train are dropped
             counts = Counter(x for cell, t in zip(df[c], train) if t for x in set(cell))
             seen = sorted({x for cell in df[c] for x in cell})
-            classes = [x for x in seen if counts[x] >= cfg.min_class_count]
+            classes = [x for x in seen if counts[x] >= min_count]
             if len(classes) < len(seen):
-                report.dropped[c] = [x for x in seen if counts[x] < cfg.min_class_count]
+                report.dropped[c] = [x for x in seen if counts[x] < min_count]
         known = set(classes)
         df[c] = [[x for x in cell if x in known] for cell in df[c]]
         out.append(Head(name=c, kind="multi", classes=classes))
@@ -315,22 +281,22 @@ def _make_heads(df: pd.DataFrame, cfg: DataConfig, cols: tuple, heads: list[Head
 def load_catalog(cfg: DataConfig, heads: list[Head] | None = None, progress: bool = True) -> Catalog:
     """Read, check and split a catalogue; bad rows are skipped and counted in `catalog.report`."""
     path = Path(cfg.catalog).expanduser()
-    raw = _read_table(path)
+    raw = read_table(path)
     raw.columns = [str(c).strip() for c in raw.columns]
     raw = raw.reset_index(drop=True)
     cols, n = list(raw.columns), len(raw)
     root = Path(os.path.abspath(Path(cfg.images_root).expanduser() if cfg.images_root else path.parent))
 
     try:  # a missing column is the file's problem: the message names the file
-        text_col = _column(cols, cfg.text_col, TEXT_COLS, "title", "--text-col")
+        text_col = pick_column(cols, cfg.text_col, TEXT_COLS, "title", "--text-col")
         if text_col is None:
             raise ValueError(f"no title column found (looked for {', '.join(TEXT_COLS)}); columns are: "
                              f"{', '.join(cols)} — pass --text-col <column>")
-        id_col = _column(cols, cfg.id_col, ("id",), "id", "--id-col")
+        id_col = pick_column(cols, cfg.id_col, ("id",), "id", "--id-col")
         ids = _cells(raw[id_col]) if id_col else np.array([str(i + 1) for i in range(n)], dtype=object)
         rel = _image_paths(raw, cfg, ids, bool(id_col), root)
         levels, attrs, multis = _label_columns(raw, cfg, heads)
-        split_col = _column(cols, cfg.split_col, (), "split", "--split-col") if cfg.split_col else None
+        split_col = pick_column(cols, cfg.split_col, (), "split", "--split-col") if cfg.split_col else None
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
 

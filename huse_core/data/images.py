@@ -167,6 +167,15 @@ def decode_image(src: str | Path | bytes | Image.Image, size: int) -> np.ndarray
         raise ImageError(name, f"unreadable image ({type(err).__name__}: {err})") from None
 
 
+def as_image(image):
+    """A path, bytes or PIL image as images.decode_image takes it; uint8 arrays become PIL images."""
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise ValueError(f"an image array must be uint8 (H, W) or (H, W, 3|4), got {image.dtype} {image.shape}")
+        return Image.fromarray(image)
+    return str(image) if isinstance(image, Path) else image
+
+
 def _cache_key(paths: list[str], size: int) -> str:
     digest = hashlib.sha1(f"v{_CACHE_VERSION}\nsize={size}\n".encode())
     for p in paths:

@@ -1,7 +1,8 @@
 """The model: backbones, towers and the HUSE model (photos and titles into one space); the optional MiniLM encoder."""
 
-from .huse import (BACKBONES, SENTENCE_DIMS, TEXT_BACKBONES, WEIGHT_FILES, HuseModel, build_model, find_weights,
-                   pretrained_backbone)
+from .backbones import (BACKBONES, PRETRAINED_IMAGE_SIZE, SENTENCE_DIMS, TEXT_BACKBONES, WEIGHT_FILES, backbone_choices,
+                        default_image_size, find_weights, pretrained_backbone)
+from .huse import HuseModel, build_model
 
-__all__ = ["BACKBONES", "SENTENCE_DIMS", "TEXT_BACKBONES", "WEIGHT_FILES", "HuseModel", "build_model", "find_weights",
-           "pretrained_backbone"]
+__all__ = ["BACKBONES", "PRETRAINED_IMAGE_SIZE", "SENTENCE_DIMS", "TEXT_BACKBONES", "WEIGHT_FILES", "HuseModel",
+           "backbone_choices", "build_model", "default_image_size", "find_weights", "pretrained_backbone"]

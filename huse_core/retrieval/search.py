@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data.images import decode_image
 from ..run import Run, load_run
 from .embed import ADDED_SPLIT, products_frame
 from .index import load_index, top_matches
 from .knn import exact_search
 from .layout import IndexMissingError, StaleIndexError, build_folder, index_dir, load_map
 from .map import extend_map
-from .store import as_image, check_item, predict_labels, read_added, save_photo, write_added
+from .store import check_item, predict_labels, read_added, save_photo, write_added
 
 __all__ = ["Hit", "IndexMissingError", "Searcher", "StaleIndexError"]
 TARGETS = ("image", "text")
@@ -70,7 +69,6 @@ class Searcher:
         self._index_products = products
         self._lock = threading.Lock()  # serialises add_products; searches read self._state without locking
         self._map: pd.DataFrame | None = None
-        self._paths = self._taxonomy_paths()
         self._state = self._make_state(read_added(self.index_dir, run.dim))
 
     @classmethod
@@ -103,34 +101,15 @@ class Searcher:
         """Changes whenever results can: model, index build, or the number of added products."""
         return f"{self.run.fingerprint}-{self.manifest['build_id']}-{self._state.n_added}"
 
-    def _taxonomy_paths(self) -> dict[str, dict[str, str]]:
-        """head -> class -> "Apparel › Topwear › Tshirts" for hierarchy levels."""
-        paths: dict[str, dict[str, str]] = {}
-        levels = self.run.levels
-        for path in self.run.meta.get("leaf_paths", []):
-            for depth, name in enumerate(path[: len(levels)]):
-                paths.setdefault(levels[depth], {}).setdefault(name, " › ".join(path[: depth + 1]))
-        return paths
-
     # -- queries ---------------------------------------------------------------------------------------------
 
     def encode_image(self, image) -> np.ndarray:
         """(D,) unit image embedding of a path, bytes, PIL image or uint8 array; ImageError if unreadable."""
-        return self.run.encode_images(decode_image(as_image(image), self.run.image_size))[0]
+        return self.run.encode_image(image)
 
     def query_vector(self, text: str | None = None, image=None, image_weight: float = 0.5) -> np.ndarray:
         """Unit query: the image's or the text's embedding, or with both, normalise(w * image + (1 - w) * text)."""
-        if not 0.0 <= image_weight <= 1.0:
-            raise ValueError(f"image_weight must be between 0 and 1, got {image_weight}")
-        has_text = text is not None and bool(str(text).strip())
-        if not has_text and image is None:
-            raise ValueError("empty query: give a text with words in it, an image, or a product id")
-        if image is None:
-            return self.run.encode_texts(str(text))[0]
-        image_emb = self.encode_image(image)
-        if not has_text:
-            return image_emb
-        return _unit(image_weight * image_emb + (1 - image_weight) * self.run.encode_texts(str(text))[0])
+        return self.run.query_vector(text, image, image_weight)
 
     def _row(self, state: _State, product_id: str) -> int:
         row = state.row_of.get(str(product_id))
@@ -215,32 +194,12 @@ class Searcher:
     # -- labels ----------------------------------------------------------------------------------------------
 
     def classify(self, image=None, text: str | None = None, top: int = 3) -> dict:
-        """{head: {"image" | "text" | "fused": [{"label", "prob", "path"}, ...]}}, best first, `top` per list.
-
-        "path" is the class's taxonomy path for hierarchy levels ("Apparel › Topwear › Tshirts"), else the label.
-        """
-        has_text = text is not None and bool(str(text).strip())
-        if image is None and not has_text:
-            raise ValueError("nothing to classify: give an image, a text with words in it, or both")
-        image_emb = self.encode_image(image)[None] if image is not None else None
-        text_emb = self.run.encode_texts(str(text)) if has_text else None
-        probs, out = self.run.classify(image_emb, text_emb), {}
-        for h in self.heads:
-            per, paths = probs[h["name"]], self._paths.get(h["name"], {})
-            out[h["name"]] = {m: [{"label": h["classes"][i], "prob": round(float(p[0, i]), 4),
-                                   "path": paths.get(h["classes"][i], h["classes"][i])}
-                                  for i in np.argsort(-p[0], kind="stable")[: max(1, top)]]
-                              for m, p in per.items()}
-        return out
+        """The run's labels for a photo and/or title (`Run.classify`: same shape; needs no index)."""
+        return self.run.classify(image=image, text=text, top=top)
 
     def zero_shot(self, labels: list[str], image=None, text: str | None = None) -> list[tuple[str, float]]:
-        """`labels` ranked by the cosine of their text embedding to the query (image, text, or both mixed 50/50)."""
-        labels = [str(label).strip() for label in labels if str(label).strip()]
-        if not labels:
-            raise ValueError("zero-shot needs at least one non-empty label, e.g. 'dress, jeans, watch'")
-        query = self.query_vector(text, image, 0.5)
-        scores = self.run.encode_texts(labels) @ query
-        return [(labels[i], float(scores[i])) for i in np.argsort(-scores, kind="stable")]
+        """`labels` ranked by cosine to the query (`Run.zero_shot`; needs no index)."""
+        return self.run.zero_shot(labels, image=image, text=text)
 
     # -- added products --------------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..artifacts import atomic_write
-from ..data.images import ImageError, decode_image
+from ..data.images import ImageError, as_image, decode_image
 from ..run import Run
 from .layout import DELTA, added_path, added_photo_path
 
@@ -50,7 +50,7 @@ def write_added(out_dir: str | Path, df: pd.DataFrame, image_emb: np.ndarray, te
 
 def predict_labels(run: Run, image_emb: np.ndarray, text_emb: np.ndarray) -> list[dict[str, str]]:
     """Per product, each head's fused prediction (multi-label heads: the labels over 0.5, joined by "|")."""
-    probs = run.classify(image_emb, text_emb)
+    probs = run.probabilities(image_emb, text_emb)
     out: list[dict[str, str]] = [{} for _ in range(len(image_emb))]
     for h in run.heads:
         p = probs[h["name"]]["fused"]
@@ -81,15 +81,6 @@ def refresh_added(run: Run, out_dir: str | Path, progress: bool = True) -> tuple
     df["fingerprint"] = run.fingerprint
     write_added(out_dir, df, image_emb, text_emb)
     return df, image_emb, text_emb
-
-
-def as_image(image):
-    """A path, bytes or PIL image as images.decode_image takes it; uint8 arrays become PIL images."""
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim not in (2, 3):
-            raise ValueError(f"an image array must be uint8 (H, W) or (H, W, 3|4), got {image.dtype} {image.shape}")
-        return Image.fromarray(image)
-    return str(image) if isinstance(image, Path) else image
 
 
 def check_item(item: dict, taken: set, image_size: int) -> tuple[str, str, np.ndarray, np.ndarray]:

@@ -10,9 +10,12 @@ import torch
 
 from ..artifacts import write_json
 from ..data.catalog import normalise_title
-from ..prepare import cache_dir_for, embed, prepare
+from ..prepare import Prepared, cache_dir_for, embed, prepare
 from ..retrieval.knn import top_k
 from ..run import load_run
+from .baseline import NAME as BASELINE_NAME
+from .baseline import fit_predict, verdict
+from .baseline import format_lines as baseline_lines
 
 KS = (1, 5, 10)
 
@@ -61,27 +64,69 @@ def classification_metrics(probs: dict, labels: dict, heads: list[dict]) -> dict
     return out
 
 
-def split_predictions(run, split: str = "test", progress: bool = False) -> dict:
+def confusion_matrix(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """(C, C) int64 counts of a single-label head, row = true class, column = predicted (the top class of
+    `probs` (N, C)); rows with a missing label (-1) are left out."""
+    n = probs.shape[1]
+    known = labels >= 0
+    cm = np.zeros((n, n), dtype=np.int64)
+    np.add.at(cm, (labels[known], probs.argmax(1)[known]), 1)
+    return cm
+
+
+def class_accuracy(cm: np.ndarray) -> np.ndarray:
+    """Per true class of a confusion matrix, the share predicted right (0 for a class without products)."""
+    return np.diag(cm) / np.maximum(cm.sum(1), 1)
+
+
+def split_predictions(run, split: str = "test", progress: bool = False, prep: Prepared | None = None) -> dict:
     """A loaded run's embeddings and predictions on one split of its catalogue (read with the run's own
     tokenizer and class lists), for evaluation, confusion matrices and per-class accuracy.
 
     Returns {"ids", "titles": lists, "labels": {head: (N,) int64 or (N, C) multi-hot},
     "image_emb", "text_emb": (N, D) float32, "probs": {head: {"image"|"text"|"fused": (N, C) float32}}}.
+    `prep`: the run's catalogue already prepared (`prepare_run`), else it is prepared here.
     """
-    prep = prepare(run.data_cfg, run.model_cfg, cache_dir_for(run.data_cfg, run.run_dir), progress=progress,
-                   tokenizer=run.meta["tokenizer"], heads=run.heads)
+    prep = prepare_run(run, progress) if prep is None else prep
     rows = prep.split(split)
     image_emb, text_emb = (e.numpy() for e in embed(run.model, prep, rows, torch.device("cpu")))
     df = prep.catalog.df.iloc[rows]
     return {"ids": df["id"].astype(str).tolist(), "titles": df["title"].tolist(),
             "labels": {h: y[rows] for h, y in prep.labels.items()}, "image_emb": image_emb, "text_emb": text_emb,
-            "probs": run.classify(image_emb, text_emb)}
+            "probs": run.probabilities(image_emb, text_emb)}
 
 
-def evaluate(run_dir: str | Path, split: str = "test", progress: bool = True) -> dict:
-    """Evaluate a run on one split of its catalogue; the figures are also saved in run.json under "metrics"."""
+def prepare_run(run, progress: bool = False) -> Prepared:
+    """A loaded run's catalogue, read with the run's own tokenizer and class lists (rows and split as trained)."""
+    return prepare(run.data_cfg, run.model_cfg, cache_dir_for(run.data_cfg, run.run_dir), progress=progress,
+                   tokenizer=run.meta["tokenizer"], heads=run.heads)
+
+
+def baseline_metrics(prep: Prepared, split: str, heads: list[dict], classification: dict) -> dict:
+    """The title baseline (training/baseline.py) fitted on the train split, scored on `split`'s rows with the
+    model's metric; per head its accuracy / macro-F1 and a verdict on the model's fused figures."""
+    train_rows, rows = prep.split("train"), prep.split(split)
+    titles = prep.catalog.df["title"]
+    preds, seconds = fit_predict(titles.iloc[train_rows].tolist(), {h: y[train_rows] for h, y in prep.labels.items()},
+                                 titles.iloc[rows].tolist(), heads)
+    scored = classification_metrics({h: {"baseline": p} for h, p in preds.items()},
+                                    {h: prep.labels[h][rows] for h in preds}, [h for h in heads if h["name"] in preds])
+    per = {h: m["baseline"] for h, m in scored.items() if "baseline" in m}
+    fused = {h: classification[h]["fused"] for h in per if "fused" in classification.get(h, {})}
+    return {"model": BASELINE_NAME, "n_train": int(len(train_rows)), "seconds": round(seconds, 2), "heads": per,
+            "fused_minus_baseline_points": {h: round((f["accuracy"] - per[h]["accuracy"]) * 100, 2)
+                                            for h, f in fused.items()},
+            "verdict": {h: verdict(h, f, per[h]) for h, f in fused.items()}}
+
+
+def evaluate(run_dir: str | Path, split: str = "test", progress: bool = True, baseline: bool = True) -> dict:
+    """Evaluate a run on one split of its catalogue; the figures are also saved in run.json under "metrics".
+
+    With `baseline` the TF-IDF title baseline is fitted on the run's train split and reported beside the model.
+    """
     run = load_run(run_dir)
-    pred = split_predictions(run, split, progress)
+    prep = prepare_run(run, progress)
+    pred = split_predictions(run, split, progress, prep=prep)
     n = len(pred["ids"])
     if n < 2:
         raise ValueError(f"the {split} split has {n} products; evaluation needs at least 2")
@@ -96,6 +141,11 @@ def evaluate(run_dir: str | Path, split: str = "test", progress: bool = True) ->
         "leaf": run.leaf,
         "split": split,
     }
+    if baseline:
+        result["baseline"] = baseline_metrics(prep, split, run.heads, result["classification"])
+        if progress:
+            print(f"title baseline fitted on {result['baseline']['n_train']} train titles in "
+                  f"{result['baseline']['seconds']:.1f}s", file=sys.stderr)
     meta = dict(run.meta)
     meta.setdefault("metrics", {})[split] = result
     write_json(run.run_dir / "run.json", meta)
@@ -105,12 +155,16 @@ def evaluate(run_dir: str | Path, split: str = "test", progress: bool = True) ->
 def format_tables(result: dict) -> str:
     """Readable tables of an evaluation result, for the terminal."""
     split = result.get("split", "test")
+    base = (result.get("baseline") or {}).get("heads")
+    modalities = ("image", "text", "fused") + (("base",) if base else ())  # base: the TF-IDF title baseline
     lines = [f"{result[f'n_{split}']} {split} products; leaf head: {result['leaf']}", "",
-             f"{'head':<20}{'image acc':>11}{'text acc':>11}{'fused acc':>11}{'fused F1':>11}"]
+             f"{'head':<20}" + "".join(f"{f'{m} {k}':>10}" for m in modalities for k in ("acc", "F1"))]
     for head, per in result["classification"].items():
-        columns = (("image", "accuracy"), ("text", "accuracy"), ("fused", "accuracy"), ("fused", "macro_f1"))
-        cells = [f"{per[m][k] * 100:10.2f}%" if m in per else f"{'-':>11}" for m, k in columns]
+        per = {**per, "base": base[head]} if base and head in base else per
+        cells = [f"{per[m][k] * 100:9.2f}%" if m in per else f"{'-':>10}" for m in modalities
+                 for k in ("accuracy", "macro_f1")]
         lines.append(f"{head:<20}" + "".join(cells))
+    lines += baseline_lines(result)
     for kind in ("class_level", "instance"):
         lines += ["", f"retrieval, {kind.replace('_', '-')}:", f"{'':<8}{'R@1':>8}{'R@5':>8}{'R@10':>8}"]
         for direction, r in result["retrieval"][kind].items():

@@ -1,0 +1,92 @@
+"""Small shops against the built-in title baseline: default `train` + `evaluate` on 1,000- and 3,000-product shops.
+
+Each shop is built from the real fashion data in another layout (bench/other_shop.py: a `category_path` column
+"Master >> Sub >> Article", long product-name titles, photos enlarged `--scale` times), trained with the default
+flags (only the column flags given), then evaluated on its test split (grouped by title) beside the TF-IDF word +
+char n-gram LinearSVC baseline that `evaluate` fits on the same train split.
+
+    python bench/small_shops.py                          # 1,000 and 3,000 products, into /tmp/small-shops
+    python bench/small_shops.py --sizes 1000 --scale 4   # one shop, smaller photos
+
+Prints a markdown table per shop (accuracy and macro-F1 per head: photo, title, fused, baseline) and writes
+bench/results/small-shops-<date>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+from other_shop import TRAIN_FLAGS, build
+from quality import DEFAULT_DATA
+
+from huse_core.cli import main as huse
+from huse_core.run import read_meta
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def run_shop(data: Path, out: Path, n: int, scale: int) -> dict:
+    """Build one shop, train it with the default schedule, evaluate it (with the baseline); returns the figures."""
+    built = build(data, out, n, scale, quality=90, min_per_class=15, seed=0)
+    run = out / "run"
+    t0 = time.time()
+    if not (run / "model.pt").is_file() or read_meta(run).get("status") != "done":
+        code = huse(["train", "--catalog", str(out / "products.csv"), "--out", str(run), *TRAIN_FLAGS, "--quiet"])
+        if code:
+            raise RuntimeError(f"train failed on the {n}-product shop (exit {code})")
+    train_s = time.time() - t0
+    t0 = time.time()
+    if huse(["evaluate", "--run", str(run), "--quiet"]):
+        raise RuntimeError(f"evaluate failed on the {n}-product shop")
+    meta = read_meta(run)
+    return {"shop": built, "train_seconds": round(train_s, 1), "evaluate_seconds": round(time.time() - t0, 1),
+            "schedule": meta.get("schedule"), "epochs_run": len(meta.get("history", [])),
+            "test": meta["metrics"]["test"]}
+
+
+def table(n: int, res: dict) -> str:
+    test = res["test"]
+    base = (test.get("baseline") or {}).get("heads", {})
+    lines = [f"**{n:,}-product shop** ({res['shop']['classes']} article types; train {res['train_seconds']:.0f} s, "
+             f"{res['epochs_run']} epochs)", "",
+             "| head | photo acc / F1 | title acc / F1 | fused acc / F1 | baseline acc / F1 | fused − baseline |",
+             "|---|---|---|---|---|---|"]
+    for head, per in test["classification"].items():
+        cells = [f"{per[m]['accuracy'] * 100:.1f} / {per[m]['macro_f1'] * 100:.1f}" if m in per else "–"
+                 for m in ("image", "text", "fused")]
+        b = base.get(head)
+        bcell = f"{b['accuracy'] * 100:.1f} / {b['macro_f1'] * 100:.1f}" if b else "–"
+        diff = f"{(per['fused']['accuracy'] - b['accuracy']) * 100:+.1f}" if b and "fused" in per else "–"
+        lines.append(f"| {head} | {' | '.join(cells)} | {bcell} | {diff} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the fashion catalogue (tar.gz, folder or CSV)")
+    p.add_argument("--out", type=Path, default=Path("/tmp/small-shops"), help="folder for the shops and runs")
+    p.add_argument("--sizes", default="1000,3000", help="comma-separated shop sizes")
+    p.add_argument("--scale", type=int, default=8, help="photo enlargement (8: 480x640 JPEGs)")
+    args = p.parse_args(argv)
+    started, results = time.time(), {}
+    for n in (int(s) for s in args.sizes.split(",")):
+        results[n] = run_shop(args.data, args.out / f"shop{n}", n, args.scale)
+        print(table(n, results[n]) + "\n", flush=True)
+    report = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": platform.platform(),
+              "cpus": os.cpu_count(), "load_at_end": os.getloadavg(), "seconds": round(time.time() - started, 1),
+              "command": "python bench/small_shops.py " + " ".join(argv or []), "shops": results}
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"small-shops-{dt.date.today()}.json"
+    path.write_text(json.dumps(report, indent=2))
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""The towers: an MLP head, the image tower over a backbone, the word Conv1D text tower, the sentence-encoder tower."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import DEFAULT_DROPOUT, ModelConfig
+from .backbones import (BACKBONES, IMAGENET_MEAN, IMAGENET_STD, SENTENCE_DIMS, WEIGHT_FILES, SmallCNN,
+                        pretrained_backbone)
+
+
+class MLP(nn.Module):
+    """`layers` x (Linear, BatchNorm, ReLU, Dropout), residual where widths match; the last layer is
+    Linear + ReLU to d_out, with no norm or dropout.
+
+    A plain 5-layer ReLU stack over a from-scratch CNN learned far slower here (demo image accuracy after 4
+    epochs: 53% plain, 29% with LayerNorm, 89% with BatchNorm); BatchNorm and skips keep the paper's depth and
+    width but let gradients through. Dropout right before the L2 norm would randomly turn the unit vector,
+    fighting the gap and graph losses.
+    """
+
+    def __init__(self, d_in: int, hidden: int, d_out: int, layers: int, dropout: float | None):
+        super().__init__()
+        self.blocks = nn.ModuleList()
+        d = d_in
+        for _ in range(layers - 1):
+            block = nn.Sequential(nn.Linear(d, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+                                  nn.Dropout(DEFAULT_DROPOUT if dropout is None else dropout))
+            self.blocks.append(block)
+            d = hidden
+        self.out = nn.Linear(d, d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            y = block(x)
+            x = x + y if y.shape == x.shape else y
+        return F.relu(self.out(x))
+
+
+class ImageTower(nn.Module):
+    """Backbone -> MLP -> L2 norm. Input: uint8 photos (B, H, W, 3) as decoded by `images.decode_image`."""
+
+    def __init__(self, cfg: ModelConfig, load_weights: bool = True):
+        super().__init__()
+        if cfg.backbone == "cnn":
+            self.backbone, feat_dim = SmallCNN(cfg.cnn_width), cfg.cnn_width * 8
+            mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+        elif cfg.backbone in WEIGHT_FILES:
+            self.backbone, feat_dim = pretrained_backbone(cfg.backbone, cfg.image_weights, load_weights)
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+        else:
+            raise ValueError(f"unknown backbone {cfg.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        self.frozen = cfg.backbone != "cnn" and cfg.freeze_backbone
+        if self.frozen:
+            self.backbone.requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.feat_dim = feat_dim
+        self.head = MLP(feat_dim, cfg.hidden, cfg.dim, cfg.image_layers, cfg.dropout)
+        self.autocast: torch.dtype | None = None  # set by training (TrainConfig.precision); inference is fp32
+
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Backbone features (B, F) of uint8 NHWC photos."""
+        x = pixels.permute(0, 3, 1, 2).float().div_(255).sub_(self.mean).div_(self.std)
+        x = x.contiguous(memory_format=torch.channels_last)  # ~1.35x faster convs on CPU
+        if self.frozen:
+            self.backbone.eval()  # frozen: BatchNorm statistics stay ImageNet's
+            with torch.no_grad():
+                return self.backbone(x)
+        with torch.autocast(x.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+            return self.backbone(x).float()
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(self.features(pixels)), dim=-1, eps=1e-6)
+
+
+class TextTower(nn.Module):
+    """Word embedding -> Dropout -> Conv1D -> global max-pool -> MLP -> L2 norm. Input: (B, L) token ids."""
+
+    frozen = False  # trained end to end from token ids
+
+    def __init__(self, cfg: ModelConfig, n_tokens: int):
+        super().__init__()
+        self.embed = nn.Embedding(n_tokens, cfg.word_dim, padding_idx=0)
+        self.drop = nn.Dropout(cfg.text_dropout)
+        self.conv = nn.Conv1d(cfg.word_dim, cfg.conv_channels, cfg.conv_kernel, padding=cfg.conv_kernel // 2)
+        self.head = MLP(cfg.conv_channels, cfg.hidden, cfg.dim, cfg.text_layers, cfg.dropout)
+
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Max-pooled Conv1D features (B, conv_channels) of token id rows, before the MLP."""
+        x = self.drop(self.embed(tokens)).transpose(1, 2)  # (B, word_dim, L)
+        x = F.relu(self.conv(x))
+        x = x.masked_fill((tokens == 0).unsqueeze(1), 0.0)  # padding never wins the max-pool
+        return x.amax(dim=2)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(self.features(tokens)), dim=-1, eps=1e-6)
+
+
+class SentenceTower(nn.Module):
+    """Frozen sentence embeddings (B, 384) -> MLP -> L2 norm. The encoder itself runs outside the model
+    (huse_core.sentence: cached for training, live at query time), so model.pt holds only this head."""
+
+    frozen = True  # its input comes precomputed, like a frozen image backbone's features
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.head = MLP(SENTENCE_DIMS[cfg.text_backbone], cfg.hidden, cfg.dim, cfg.text_layers, cfg.dropout)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(features.float()), dim=-1, eps=1e-6)
+
+

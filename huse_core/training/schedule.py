@@ -1,0 +1,137 @@
+"""The size-aware training schedule: batch, learning rate, epochs, patience, early-stopping score, dropout and
+rare-class merging, chosen from the catalogue's size and class counts; a setting given explicitly always wins."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from ..config import TrainConfig
+
+SMALL_SHOP, MID_SHOP, LARGE_SHOP = 2_000, 10_000, 100_000  # training products: where the size bands start
+BASE_BATCH, BASE_LR = 128, 2e-3  # the 44k catalogue's tuned pair; other batch sizes scale the rate by sqrt
+# ~ what the 44k catalogue trains today (14 epochs x 273 steps of 128 = 3,822 steps, ~27 min on 2 CPU cores).
+TARGET_STEPS = 3_800
+MIN_EPOCHS, MAX_EPOCHS = 4, 40  # a huge catalogue still sees its data a few times; a tiny one stops overfitting
+STEADY_BELOW = 1_000  # validation products under which one head's accuracy is too noisy to pick the best epoch
+RARE_SHARE = 0.05  # merging rare classes may put at most this share of a head's training products into "other"
+SELECT_BY = ("fused", "mean")
+
+
+def _n(x: int) -> str:
+    return f"{x:,}"
+
+
+def size_band(n_train: int) -> str:
+    if n_train < SMALL_SHOP:
+        return "small shop"
+    if n_train < MID_SHOP:
+        return "mid-size shop"
+    return "large catalogue" if n_train < LARGE_SHOP else "very large catalogue"
+
+
+@dataclass
+class Schedule:
+    """The settings a run trains with and, for each, why (``"given"`` when the caller set it)."""
+
+    n_train: int  # training products
+    n_val: int  # validation products
+    batch_size: int
+    lr: float
+    epochs: int
+    patience: int
+    select_by: str  # early stopping's score: fused = leaf fused accuracy; mean = mean of photo/title/fused
+    dropout: float
+    min_class_count: int
+    why: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, self.n_train // self.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self) | {"steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Schedule:
+        """The schedule stored in a run.json (keys this version doesn't know are ignored)."""
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+    def describe(self) -> str:
+        """One readable block: each setting, its value and why."""
+        rows = [("batch size", self.batch_size, "batch_size"), ("learning rate", f"{self.lr:g}", "lr"),
+                ("epochs (at most)", self.epochs, "epochs"), ("patience", self.patience, "patience"),
+                ("early stopping on", self.select_by, "select_by"), ("dropout", f"{self.dropout:g}", "dropout"),
+                ("min class count", self.min_class_count, "min_class_count")]
+        head = (f"training schedule for {_n(self.n_train)} training products ({size_band(self.n_train)}): "
+                f"{_n(self.steps_per_epoch)} steps an epoch, {_n(self.total_steps)} steps at most")
+        return "\n".join([head] + [f"  {name:<18}{str(value):<9}{self.why.get(key, '')}" for name, value, key in rows])
+
+
+def _lr_for(batch: int) -> float:
+    return float(f"{BASE_LR * math.sqrt(batch / BASE_BATCH):.2g}")
+
+
+def _rare_share(counts: list[int], threshold: int) -> float:
+    total = sum(counts)
+    return sum(c for c in counts if c < threshold) / total if total else 0.0
+
+
+def plan_schedule(n_train: int, class_counts: dict[str, list[int]], cfg: TrainConfig, *, n_val: int | None = None,
+                  dropout: float | None = None, min_class_count: int | None = None) -> Schedule:
+    """The schedule for `n_train` training products whose single-label heads have these training-split class
+    counts (before any merging). Fields set in `cfg` (or `dropout`, `min_class_count`) are kept as given; the
+    rest (None) are chosen here. `n_val` defaults to an eighth of `n_train` (a 0.8/0.1/0.1 split)."""
+    if n_train < 1:
+        raise ValueError("no training products: the schedule needs at least one")
+    n_val = max(0, n_train // 8) if n_val is None else n_val
+    band = size_band(n_train)
+    why: dict[str, str] = {}
+
+    def pick(name: str, given, auto_value, reason: str):
+        why[name] = "given" if given is not None else reason
+        return given if given is not None else auto_value
+
+    auto_batch = 32 if n_train < SMALL_SHOP else 64 if n_train < MID_SHOP else 128 if n_train < LARGE_SHOP else 256
+    batch = pick("batch_size", cfg.batch_size, auto_batch,
+                 f"{_n(n_train)} training products ({band})" + (": small batches give it enough optimiser steps"
+                                                               if auto_batch < BASE_BATCH else ""))
+    lr = pick("lr", cfg.lr, _lr_for(batch), f"{BASE_LR:g} at batch {BASE_BATCH}, scaled by sqrt(batch / {BASE_BATCH})")
+    steps = max(1, n_train // batch)
+    need = math.ceil(TARGET_STEPS / steps)
+    auto_epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, need))
+    bound = "" if auto_epochs == need else f", kept to {MIN_EPOCHS}-{MAX_EPOCHS}"
+    epochs = pick("epochs", cfg.epochs, auto_epochs,
+                  f"{_n(TARGET_STEPS)} target steps / {_n(steps)} an epoch = {_n(need)}{bound}")
+    patience = pick("patience", cfg.patience, max(4, math.ceil(epochs / 4)),
+                    "a quarter of the epochs, at least 4: a one-cycle rate peaks early and gains late")
+    steady = n_val < STEADY_BELOW
+    enough = "too few for one accuracy, so the mean of photo, title and fused" if steady else "enough for fused alone"
+    select_by = pick("select_by", cfg.select_by, "mean" if steady else "fused",
+                     f"{_n(n_val)} validation products: {enough}")
+    if select_by not in SELECT_BY:
+        raise ValueError(f"unknown early-stopping score {select_by!r}; choose {' or '.join(SELECT_BY)}")
+    auto_dropout = 0.25 if n_train < SMALL_SHOP else 0.15
+    dropout = pick("dropout", dropout, auto_dropout, f"{band}: " + ("few products to memorise, more dropout"
+                                                                    if auto_dropout > 0.15 else "the paper's 0.15"))
+    size_min = 3 if n_train < SMALL_SHOP else 5
+    worst = max((_rare_share(c, size_min) for c in class_counts.values()), default=0.0)
+    auto_min = size_min
+    while auto_min > 2 and max((_rare_share(c, auto_min) for c in class_counts.values()), default=0.0) > RARE_SHARE:
+        auto_min -= 1
+    reason = f"{band}: classes with fewer training products merge into \"other\""
+    if auto_min < size_min:
+        reason = (f"lowered from {size_min}: {worst:.0%} of a head's training products are in rarer classes, "
+                  f"too many for \"other\"")
+    min_count = pick("min_class_count", min_class_count, auto_min, reason)
+    for name, value in (("batch_size", batch), ("epochs", epochs), ("patience", patience), ("min_class_count",
+                                                                                          min_count)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    return Schedule(n_train=n_train, n_val=n_val, batch_size=batch, lr=lr, epochs=epochs, patience=patience,
+                    select_by=select_by, dropout=dropout, min_class_count=min_count, why=why)
