@@ -11,7 +11,8 @@ per variant with every single-label head's validation / test accuracy at the las
   vocabN      the conv tower with a vocabulary of N words instead of 5,000 (e.g. vocab20000)
   tfidf       reference: scikit-learn TF-IDF (word 1-2 + char_wb 2-5, sublinear, min_df 2) + LogisticRegression
               (C=10, lbfgs) per head, fitted on the train split's titles
-A model variant takes ModelConfig overrides after a colon: ngram:ngram_dim=128,ngram_dropout=0.2
+A model variant takes ModelConfig overrides after a colon: ngram:ngram_dim=128,ngram_dropout=0.2; two more are
+bench-only experiments: init=STD (the n-gram table's init) and bn=1 (BatchNorm over the features before the MLP).
 
     python bench/text_tower.py --data /tmp/data/fashion-product-images-small/metadata.csv conv ngram conv+ngram
     python bench/text_tower.py --data /tmp/other-shop/products.csv --id-col sku --text-col product_name \\
@@ -118,6 +119,10 @@ def run_variant(data_cfg: DataConfig, variant: str, epochs: int, batch: int, lr:
     torch.manual_seed(0)
     n_tokens = prep.tokenizer.n_tokens
     tower = BagTower(cfg, n_tokens) if variant == "bag" else text_tower(cfg, n_tokens, prep.tokenizer.idf)
+    if extra.get("bn"):  # experiment: BatchNorm over the tower's features before its MLP
+        tower.bn = nn.BatchNorm1d(tower.head.blocks[0][0].in_features)
+        plain = tower.features
+        tower.features = lambda x: tower.bn(plain(x))
     if "init" in extra:
         with torch.no_grad():
             tower.ngrams.bag.weight.normal_(0, extra["init"])[0] = 0

@@ -46,7 +46,7 @@ class ModelConfig:
     text_layers: int = 2  # HUSE text tower: 2 x (Linear 512, ReLU, Dropout)
     hidden: int = 512  # width of the tower MLPs
     dim: int = 512  # D, the shared space's dimension
-    dropout: float | None = None  # tower MLP dropout; auto: 0.25 under 2,000 training products, else 0.15 (paper)
+    dropout: float | None = None  # tower MLP dropout; auto: 0.15 (paper), at every catalogue size so far
     vocab_size: int = 5000  # most frequent training words kept (seed: 5000)
     max_len: int = 20  # tokens per title (seed: 15; real titles run to 14 words)
     word_dim: int = 100  # word embedding size (seed)

@@ -36,8 +36,8 @@ class DemoSpec:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     # The schedule the demo had before training adapted to a catalogue's size (14 epochs of 128): the whole first
-    # start takes a few minutes on 2 cores (README, Quick start). The auto schedule for 3,000 products would train
-    # ~8x longer; 8 epochs would save a third but leave photo-only accuracy near 89% instead of ~97%.
+    # start takes a few minutes on 2 cores (README, Quick start). The auto schedule for 3,000 products (40 epochs
+    # of 64) trains ~3x longer; 8 epochs would save a third but leave photo-only accuracy near 89% instead of ~97%.
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=14, batch_size=128, lr=2e-3, patience=4,
                                                                    select_by="fused"))
 

@@ -82,21 +82,6 @@ class Run:
             out.append(self.model.encode_text(text_input))
         return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
 
-    def unknown_text(self, title: str) -> bool:
-        """True when the text tower learned nothing about any part of `title`: none of its words is in the
-        vocabulary (conv), none of its n-grams hashes to a bucket seen in the training titles (ngram), neither
-        (conv+ngram). Its embedding then carries no signal. A sentence encoder (minilm) reads any words: False."""
-        backbone = self.model_cfg.text_backbone
-        if backbone == "minilm":
-            return False
-        if backbone != "ngram" and (self.tokenizer.encode([title])[0] > 1).any():
-            return False
-        if self.tokenizer.ngrams is None:
-            return True
-        ids, _ = self.tokenizer.encode_ngrams([title])
-        idf = self.model.text.ngrams.idf  # unseen buckets have the largest IDF, ln(1 + n_train) + 1
-        return not bool((idf[torch.from_numpy(ids[0][ids[0] > 0]).long()] < idf.max() - 1e-6).any())
-
     @torch.inference_mode()
     def probabilities(self, image_emb: np.ndarray | None = None, text_emb: np.ndarray | None = None) -> dict:
         """{head: {"image"|"text"|"fused": probs (N, C) float32}} for whichever embeddings are given."""

@@ -1,4 +1,8 @@
-"""Train & evaluate: train a run on a catalogue with live progress, then its test evaluation and confusion matrix."""
+"""Train & evaluate: train a run on a catalogue with live progress, then its test evaluation and confusion matrix.
+
+Over 300 lines: one screen with two halves (the training form, the evaluation of the chosen run), each a flat
+script of widgets; the rules they show come from huse_core.
+"""
 
 from __future__ import annotations
 
@@ -182,8 +186,9 @@ def train_form() -> None:
         return
     build_index = st.checkbox("Also build the search index and map (for Search, Neighbours and Map)", value=True,
                               key="train_build_index")
-    st.caption("Training runs while this page stays open (about 2 minutes for 3,000 products on a laptop). If you "
-               "leave or close it, training stops; Resume (here) carries on from the last finished epoch.")
+    st.caption("Training runs while this page stays open (a few minutes for a few thousand products on a laptop; "
+               "the automatic schedule gives a small shop more epochs). If you leave or close it, training stops; "
+               "Resume (here) carries on from the last finished epoch.")
     if not st.button("Train", type="primary", key="train_start", icon=":material/play_arrow:"):
         return
     data_cfg = DataConfig(catalog=str(csv), images_root=st.session_state.get("train_images_root", ""),

@@ -26,7 +26,7 @@ def test_a_small_shop_trains_in_small_batches_for_many_more_steps_than_it_has_ba
     assert small.total_steps >= 10 * small.steps_per_epoch  # sees every product many times
     assert small.patience >= small.epochs // 4  # a noisy epoch early in the one-cycle schedule does not stop it
     assert small.select_by == "mean"  # 30 validation products: one accuracy alone is too noisy
-    assert small.dropout > DEFAULT_DROPOUT  # few products to memorise
+    assert small.dropout == DEFAULT_DROPOUT  # 0.25 measured no better on a 1,000-product shop
     assert small.min_class_count <= 3  # a 300-product shop's classes are all small: keep the learnable ones
 
 
@@ -153,3 +153,14 @@ def test_resume_keeps_the_stored_schedule(tiny_demo_csv, tmp_path):
     assert meta["status"] == "done" and len(meta["history"]) == 2
     assert meta["schedule"] == first["schedule"] and meta["train"] == first["train"]
     assert [e["schedule"] for e in events if e["stage"] == "schedule"] == [first["schedule"]]
+
+
+def test_the_mean_score_weighs_photo_and_title_where_fused_alone_would_not():
+    from huse_core.training.train import selection_score
+
+    before = {"image": 0.30, "text": 0.70, "fused": 0.71}
+    after = {"image": 0.40, "text": 0.71, "fused": 0.70}  # one validation product less in fused, far better photos
+    assert selection_score(after, "mean") > selection_score(before, "mean")
+    assert selection_score(before, "fused") > selection_score(after, "fused")
+    with pytest.raises(ValueError, match="fused or mean"):
+        selection_score(before, "loss")

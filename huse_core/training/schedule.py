@@ -7,7 +7,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from ..config import TrainConfig
+from ..config import DEFAULT_DROPOUT, TrainConfig
 
 SMALL_SHOP, MID_SHOP, LARGE_SHOP = 2_000, 10_000, 100_000  # training products: where the size bands start
 BASE_BATCH, BASE_LR = 128, 2e-3  # the 44k catalogue's tuned pair; other batch sizes scale the rate by sqrt
@@ -17,6 +17,8 @@ MIN_EPOCHS, MAX_EPOCHS = 4, 40  # a huge catalogue still sees its data a few tim
 STEADY_BELOW = 1_000  # validation products under which one head's accuracy is too noisy to pick the best epoch
 RARE_SHARE = 0.05  # merging rare classes may put at most this share of a head's training products into "other"
 SELECT_BY = ("fused", "mean")
+# A 1,000-product shop, 40 epochs of 32: dropout 0.25 gave level3 fused 69.5 %, level2 85.7 %; 0.15 gave 71.4 / 87.6 %.
+DROPOUT = DEFAULT_DROPOUT
 
 
 def _n(x: int) -> str:
@@ -116,9 +118,7 @@ def plan_schedule(n_train: int, class_counts: dict[str, list[int]], cfg: TrainCo
                      f"{_n(n_val)} validation products: {enough}")
     if select_by not in SELECT_BY:
         raise ValueError(f"unknown early-stopping score {select_by!r}; choose {' or '.join(SELECT_BY)}")
-    auto_dropout = 0.25 if n_train < SMALL_SHOP else 0.15
-    dropout = pick("dropout", dropout, auto_dropout, f"{band}: " + ("few products to memorise, more dropout"
-                                                                    if auto_dropout > 0.15 else "the paper's 0.15"))
+    dropout = pick("dropout", dropout, DROPOUT, "the paper's, at every size: 0.25 did no better on 1,000 products")
     size_min = 3 if n_train < SMALL_SHOP else 5
     worst = max((_rare_share(c, size_min) for c in class_counts.values()), default=0.0)
     auto_min = size_min

@@ -1,4 +1,7 @@
-"""Training a HUSE run: data prep, the epoch loop with all three losses, checkpoints, resume, early stopping."""
+"""Training a HUSE run: data prep, the epoch loop with all three losses, checkpoints, resume, early stopping.
+
+Just over 300 lines: the loop, its checkpoints and resume read best in one file (the schedule is schedule.py).
+"""
 
 from __future__ import annotations
 
