@@ -18,6 +18,17 @@ from .data.text import Tokenizer
 RUN_FORMAT = 1  # bump when run.json or model.pt change incompatibly
 
 
+def check_weight(image_weight: float) -> None:
+    if not 0.0 <= image_weight <= 1.0:
+        raise ValueError(f"image_weight must be between 0 and 1, got {image_weight}")
+
+
+def mix(image_emb: np.ndarray, text_emb: np.ndarray, image_weight: float) -> np.ndarray:
+    """normalise(w * image + (1 - w) * text) as float32: one query from a photo and a title embedding."""
+    mixed = image_weight * image_emb + (1 - image_weight) * text_emb
+    return (mixed / max(float(np.linalg.norm(mixed)), 1e-12)).astype(np.float32)
+
+
 class RunError(RuntimeError):
     """A run directory that is missing, unfinished or incompatible; the message says what to do."""
 
@@ -97,8 +108,7 @@ class Run:
 
     def query_vector(self, text: str | None = None, image=None, image_weight: float = 0.5) -> np.ndarray:
         """Unit query: the image's or the text's embedding, or with both, normalise(w * image + (1 - w) * text)."""
-        if not 0.0 <= image_weight <= 1.0:
-            raise ValueError(f"image_weight must be between 0 and 1, got {image_weight}")
+        check_weight(image_weight)
         has_text = text is not None and bool(str(text).strip())
         if not has_text and image is None:
             raise ValueError("empty query: give a text with words in it, an image, or a product id")
@@ -107,8 +117,7 @@ class Run:
         image_emb = self.encode_image(image)
         if not has_text:
             return image_emb
-        mixed = image_weight * image_emb + (1 - image_weight) * self.encode_texts(str(text))[0]
-        return (mixed / max(float(np.linalg.norm(mixed)), 1e-12)).astype(np.float32)
+        return mix(image_emb, self.encode_texts(str(text))[0], image_weight)
 
     @property
     def leaf_head(self) -> dict:

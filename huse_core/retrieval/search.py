@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..run import Run, load_run
+from ..run import Run, check_weight, load_run, mix
 from .embed import ADDED_SPLIT, products_frame
 from .index import load_index, top_matches
 from .knn import exact_search
@@ -50,10 +50,6 @@ class _State:
     def __post_init__(self):
         self.row_of = {pid: i for i, pid in enumerate(self.products["id"])}
         self.values = {c: self.products[c].to_numpy(dtype=object) for c in self.products.columns}
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
 
 
 class Searcher:
@@ -175,11 +171,10 @@ class Searcher:
         state = self._state
         exclude = None
         if product is not None:
-            if not 0.0 <= image_weight <= 1.0:
-                raise ValueError(f"image_weight must be between 0 and 1, got {image_weight}")
+            check_weight(image_weight)
             exclude = self._row(state, product)
-            query = _unit(image_weight * self._product_emb(state, exclude, "image")
-                          + (1 - image_weight) * self._product_emb(state, exclude, "text"))
+            query = mix(self._product_emb(state, exclude, "image"), self._product_emb(state, exclude, "text"),
+                        image_weight)
         else:
             query = self.query_vector(text, image, image_weight)
         return self._ranked(state, query, target, int(k), self._filter_mask(state, filters), exclude)
