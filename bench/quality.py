@@ -36,6 +36,7 @@ import numpy as np
 # on a busy 2-core machine); it is imported before anything that imports torch.
 from huse_core.cli import add_config_flags, build_config
 from huse_core.config import DataConfig, LossConfig, ModelConfig, TrainConfig, to_dict
+from quality_report import markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,12 +48,7 @@ PIXEL_SIZE = (16, 21)  # width x height: the 60x80 photos' aspect; the reference
 TEXT_CS = (10.0, 30.0)  # TF-IDF LogisticRegression C grid, chosen on val (97.0-97.1% val either way)
 PIXEL_CS = (0.1,)  # pixel LogisticRegression C; on val 0.1 beat 1.0 (73.3 vs 72.7 %) at half the fit time
 FUSION_GRID = np.round(np.linspace(0.0, 1.0, 21), 2)  # HUSE fusion weights tried on val
-ABLATIONS = (("cls",), ("cls", "gap"), ("cls", "graph"), ("cls", "graph", "gap"))
-TARGETS = {  # issue 5: what "good enough to ship" means on this catalogue
-    "articleType fused accuracy": 0.980, "articleType text accuracy": 0.975, "articleType image accuracy": 0.88,
-    "class-level R@1 i2t": 0.90, "class-level R@1 t2i": 0.90, "instance R@10 t2i": 0.50,
-}
-MAX_TRAIN_SECONDS = 30 * 60
+ABLATIONS = (("cls",), ("cls", "gap"), ("cls", "graph"), ("cls", "graph", "gap"), ("cls", "graph", "gap", "nce"))
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -304,108 +300,11 @@ def run_ablation(cfgs: tuple, out: Path, epochs: int | None, progress: bool, mai
                      "mean_pair_cosine": res["test"]["modality_gap"]["mean_pair_cosine"],
                      "class_R@1_i2t": res["test"]["retrieval"]["class_level"]["i2t"]["R@1"],
                      "instance_R@10_t2i": res["test"]["retrieval"]["instance"]["t2i"]["R@10"],
+                     **({"catalog_t2i_R@10": res["test"]["retrieval_catalog"]["t2i"]["R@10"],
+                         "catalog_t2i_R@1": res["test"]["retrieval_catalog"]["t2i"]["R@1"]}
+                        if res["test"].get("retrieval_catalog") else {}),
                      "run_dir": res["run_dir"]})
     return rows
-
-
-# ---------------------------------------------------------------------------------------------- report
-
-
-def _pct(v) -> str:
-    return "–" if v is None else f"{100 * v:.2f}"
-
-
-def targets(huse: dict) -> list[tuple[str, str, str, bool]]:
-    """(target, threshold, measured, met) rows for the issue-5 targets."""
-    test = huse["test"]
-    leaf, cls, ret = test["leaf"], test["classification"], test["retrieval"]
-    measured = {
-        "articleType fused accuracy": cls[leaf]["fused"]["accuracy"],
-        "articleType text accuracy": cls[leaf]["text"]["accuracy"],
-        "articleType image accuracy": cls[leaf]["image"]["accuracy"],
-        "class-level R@1 i2t": ret["class_level"]["i2t"]["R@1"],
-        "class-level R@1 t2i": ret["class_level"]["t2i"]["R@1"],
-        "instance R@10 t2i": ret["instance"]["t2i"]["R@10"],
-    }
-    rows = [(k, f"≥ {v:g}", f"{measured[k]:.4f}", measured[k] >= v) for k, v in TARGETS.items()]
-    below = [h for h, per in cls.items() if "fused" in per and per["fused"]["accuracy"] < per["text"]["accuracy"]]
-    rows.append(("fused ≥ text on every head", "all heads", "below on: " + (", ".join(below) or "none"), not below))
-    rows.append(("full training time", f"≤ {MAX_TRAIN_SECONDS} s", f"{huse['train_seconds']:.0f} s",
-                 huse["train_seconds"] <= MAX_TRAIN_SECONDS))
-    return rows
-
-
-def markdown(res: dict) -> str:
-    """The whole result as markdown: accuracy side by side, retrieval, times, per-epoch history, targets, ablation."""
-    huse, peers = res.get("huse"), res.get("peers")
-    lines = [f"# HUSE quality benchmark — {res['date']}", "",
-             f"Catalogue `{res['catalog']}`; split grouped by normalised title, "
-             f"train/val/test = {res['splits']['train']:,}/{res['splits']['val']:,}/{res['splits']['test']:,} "
-             f"(seed {res['split_seed']}). Choices on val, figures on **test**.",
-             f"Machine: {res['machine']['cpus']} CPUs; 1-min load average while each part ran (start → end): "
-             + "; ".join(f"{k} {res[k]['load_avg'][0]} → {res[k]['load_avg'][1]}" for k in ("peers", "huse")
-                         if res.get(k) and "load_avg" in res[k])
-             + " (a shared machine: wall times are inflated when load > CPUs).", ""]
-    heads = list(huse["test"]["classification"]) if huse else list(peers["text"]) if peers else []
-    classes = {h: None for h in heads}
-    if peers:
-        classes.update({h: v["classes"] for h, v in peers["text"].items()})
-    tuned = huse["tuned_fusion"] if huse else None
-    lines += ["## Classification accuracy, test (%)", "",
-              "| head | HUSE image | HUSE text | HUSE fused | HUSE fused, w on val"
-              + (f" (w={tuned['weight']:g})" if tuned else "") + " | pixels LR | TF-IDF+LR | peers average |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for h in heads:
-        per = huse["test"]["classification"].get(h, {}) if huse else {}
-        hv = [per.get(m, {}).get("accuracy") for m in ("image", "text", "fused")]
-        tv = tuned["test_accuracy"].get(h) if tuned else None
-        pv = [peers[k].get(h, {}).get("accuracy") if peers else None for k in ("pixels", "text", "average")]
-        name = f"{h} ({classes[h]})" if classes.get(h) else h
-        lines.append(f"| {name} | " + " | ".join(_pct(v) for v in hv + [tv] + pv) + " |")
-    if huse:
-        t = huse["test"]
-        cl, inst = t["retrieval"]["class_level"], t["retrieval"]["instance"]
-        secs = huse["epoch_seconds"]
-        lines += ["", "## HUSE retrieval and space, test", "", "| metric | value |", "|---|---:|"]
-        lines += [f"| class-level R@1 {d} | {cl[d]['R@1']:.4f} |" for d in ("i2t", "t2i", "i2i", "t2t")]
-        lines += [f"| instance R@10 {d} | {inst[d]['R@10']:.4f} |" for d in ("t2i", "i2t")]
-        lines += [f"| modality gap: mean paired cosine | {t['modality_gap']['mean_pair_cosine']:.4f} |"]
-        lines += ["", "## Wall time (s)", "", "| step | seconds |", "|---|---:|",
-                  f"| HUSE train ({huse['epochs_run']} epochs, best {huse['best_epoch']}"
-                  + ("" if huse.get("status", "done") == "done" else f"; run {huse['status']}, interrupted")
-                  + f") | {huse['train_seconds']:.0f} |",
-                  f"| HUSE per epoch (min / median / max) | {min(secs):.0f} / {np.median(secs):.0f} / "
-                  f"{max(secs):.0f} |",
-                  f"| HUSE evaluate | {huse['evaluate_seconds']:.0f} |"]
-    if peers:
-        if not huse:
-            lines += ["", "## Wall time (s)", "", "| step | seconds |", "|---|---:|"]
-        grid = lambda v: ", ".join(f"{float(c):g}" for c in v["val_accuracy"])  # noqa: E731 - JSON keys are str
-        lines += [f"| TF-IDF+LR {h} (C in {grid(v)}, chose {v['C']:g}) | {v['seconds']:.0f} |"
-                  for h, v in peers["text"].items()]
-        lines += [f"| pixels LR {h} (C in {grid(v)}, chose {v['C']:g}) | {v['seconds']:.0f} |"
-                  for h, v in peers["pixels"].items()]
-        lines += [f"| peers in all (incl. reading, 16x21 decode, TF-IDF) | {peers['seconds']:.0f} |"]
-    if huse:
-        lines += ["", f"## HUSE per epoch (validation, {huse['test']['leaf']})", "",
-                  "| epoch | seconds | loss total | cls | graph | gap | val image | val text | val fused |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for h in huse["history"]:
-            lo, va = h["loss"], h["val_accuracy"]
-            lines.append(f"| {h['epoch']} | {h['seconds']:.0f} | {lo['total']:.4f} | {lo['cls']:.4f} | "
-                         f"{lo['graph']:.4f} | {lo['gap']:.4f} | " + " | ".join(_pct(va[m]) for m in
-                                                                                ("image", "text", "fused")) + " |")
-        lines += ["", "## Targets (issue 5)", "", "| target | threshold | measured | met |", "|---|---|---|---|"]
-        lines += [f"| {a} | {b} | {c} | {'yes' if ok else '**no**'} |" for a, b, c, ok in targets(huse)]
-    if res.get("ablation"):
-        lines += ["", "## Loss ablation (articleType, test)", "",
-                  "| losses | epochs (run / max) | image % | text % | fused % | mean paired cosine | class R@1 i2t "
-                  "| instance R@10 t2i | train s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in res["ablation"]:
-            lines.append(f"| {r['losses']} | {r['epochs_run']} / {r['epochs']} | {_pct(r['image'])} | "
-                         f"{_pct(r['text'])} | {_pct(r['fused'])} | {r['mean_pair_cosine']:.4f} | "
-                         f"{r['class_R@1_i2t']:.4f} | {r['instance_R@10_t2i']:.4f} | {r['train_seconds']:.0f} |")
-    return "\n".join(lines) + "\n"
 
 
 def write_results(res: dict, folder: Path) -> Path:
@@ -436,10 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation-epochs", type=int, default=None, help="epochs per ablation run (default: --epochs)")
     p.add_argument("--reuse", type=Path, action="append", default=[], metavar="JSON",
                    help="an earlier results JSON on the same split; sections this run skips (peers, huse, "
-                        "ablation) are taken from it (repeatable: the last file holding a section wins)")
+                        "ablation, small shops) are taken from it (repeatable: the last file holding a section wins)")
     p.add_argument("--no-train", action="store_true",
                    help="evaluate the run already in --out (e.g. an interrupted one) instead of training")
     p.add_argument("--quiet", action="store_true", help="no HUSE progress bars")
+    p.add_argument("--small-shops", default="", metavar="SIZES",
+                   help="also build shops of these sizes from the data in another layout, train them with default "
+                        "flags and evaluate them beside the built-in baseline (bench/small_shops.py), e.g. 1000,3000")
+    p.add_argument("--small-shops-out", type=Path, default=Path("/tmp/small-shops"), help="folder for those shops")
     for cls, title in ((DataConfig, "catalogue (HUSE train flags)"), (ModelConfig, "model"), (LossConfig, "losses"),
                        (TrainConfig, "training")):
         add_config_flags(p, cls, title)
@@ -477,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {path} was measured on another split ({old.get('splits')}, seed {old.get('split_seed')}); "
                   f"not reusing it", file=sys.stderr)
             return 2
-        reuse.update({k: old[k] for k in ("peers", "huse", "ablation") if old.get(k)})
+        reuse.update({k: old[k] for k in ("peers", "huse", "ablation", "small_shops") if old.get(k)})
     log.info("%s: %s products, train/val/test %s", catalog, f"{len(cat.df):,}", splits)
     res = {"date": dt.date.today().isoformat(), "catalog": str(catalog), "split_seed": data_cfg.seed,
            "splits": splits, "machine": {"cpus": os.cpu_count(), "load_start": round(os.getloadavg()[0], 1),
@@ -504,6 +407,18 @@ def main(argv: list[str] | None = None) -> int:
                                            None if args.skip_huse else res["huse"])
         elif reuse.get("ablation"):
             res["ablation"] = reuse["ablation"]
+        if not args.small_shops and reuse.get("small_shops"):
+            res["small_shops"] = reuse["small_shops"]
+        if args.small_shops:
+            from small_shops import run_shop, table  # imports this module: only here, not at the top
+
+            res["small_shops"] = {}
+            for n in (int(v) for v in args.small_shops.split(",")):
+                log.info("small shop: %d products", n)
+                load = round(os.getloadavg()[0], 1)
+                shop = run_shop(args.data, args.small_shops_out / f"shop{n}", n, 8)
+                res["small_shops"][str(n)] = {**shop, "table": table(n, shop),
+                                              "load_avg": [load, round(os.getloadavg()[0], 1)]}
     except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

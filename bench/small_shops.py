@@ -55,11 +55,11 @@ def table(n: int, res: dict) -> str:
     base = (test.get("baseline") or {}).get("heads", {})
     lines = [f"**{n:,}-product shop** ({res['shop']['classes']} article types; train {res['train_seconds']:.0f} s, "
              f"{res['epochs_run']} epochs)", "",
-             "| head | photo acc / F1 | title acc / F1 | fused acc / F1 | baseline acc / F1 | fused − baseline |",
-             "|---|---|---|---|---|---|"]
+             "| head | photo acc / F1 | title acc / F1 | fusion layer acc / F1 | fused acc / F1 | baseline acc / F1 "
+             "| fused − baseline |", "|---|---|---|---|---|---|---|"]
     for head, per in test["classification"].items():
         cells = [f"{per[m]['accuracy'] * 100:.1f} / {per[m]['macro_f1'] * 100:.1f}" if m in per else "–"
-                 for m in ("image", "text", "fused")]
+                 for m in ("image", "text", "product", "fused")]
         b = base.get(head)
         bcell = f"{b['accuracy'] * 100:.1f} / {b['macro_f1'] * 100:.1f}" if b else "–"
         diff = f"{(per['fused']['accuracy'] - b['accuracy']) * 100:+.1f}" if b and "fused" in per else "–"

@@ -14,6 +14,7 @@ from .config import DataConfig, LossConfig, ModelConfig, TrainConfig
 # Config fields whose flag name differs from the field name (two configs share the name "seed").
 RENAMED = {(DataConfig, "seed"): "split-seed", (DataConfig, "catalog"): None}
 AUTO_TYPES = {"int": int, "float": float, "str": str}  # a field defaulting to None (auto): its type by annotation
+ADD_COLUMNS = ("text_col", "image_col", "id_col", "images_root")  # the DataConfig flags `add` takes from `train`
 
 
 def _parse_list(text: str) -> list[str]:
@@ -71,6 +72,7 @@ def cmd_demo_data(args) -> int:
 
 def cmd_train(args) -> int:
     from .model import default_image_size
+    from .training.distributed import is_main_process
     from .training.train import train
 
     if not args.resume and not args.catalog:
@@ -83,6 +85,8 @@ def cmd_train(args) -> int:
     if args.__dict__.get("DataConfig.image_size") is None:
         data_cfg.image_size = default_image_size(model_cfg.backbone)  # pretrained backbones: 224 px photos
     meta = train(data_cfg, model_cfg, loss_cfg, train_cfg, args.out, resume=args.resume, progress=not args.quiet)
+    if not is_main_process():
+        return 0  # under torchrun rank 0 reports
     best = meta["history"][meta["best_epoch"] - 1] if meta["best_epoch"] else None
     print(f"run saved to {args.out}" + (f" (best epoch {meta['best_epoch']}: val {meta['leaf']} accuracy "
                                          f"{best['val_accuracy']})" if best else ""))
@@ -102,12 +106,42 @@ def cmd_index(args) -> int:
     from .retrieval.build import build_index
 
     manifest = build_index(args.run, n_trees=args.n_trees or N_TREES, with_map=not args.no_map,
-                           progress=not args.quiet)
+                           progress=not args.quiet, backend=args.backend)
     times = ", ".join(f"{stage} {sec:.1f}s" for stage, sec in manifest["seconds"].items())
-    recall = ", ".join(f"{name} {ix['recall_at_10']:.3f} (search_k {ix['search_k']})"
-                       for name, ix in manifest["indexes"].items())
-    print(f"indexed {manifest['n_products']:,} products ({manifest['n_added']:,} added) in {args.run}/index\n"
-          f"  times: {times}\n  recall@10 vs exact: {recall}")
+    tuned = ("search_k {search_k}" if manifest["backend"] == "annoy" else "nprobe {nprobe} of {nlist}, rerank {rerank}")
+    recall = ", ".join(f"{name} {ix['recall_at_10']:.3f} ({tuned.format(**ix)})"
+                       for name, ix in manifest["indexes"].items()) or "- (exact search only)"
+    print(f"indexed {manifest['n_products']:,} products ({manifest['n_added']:,} added) in {args.run}/index "
+          f"({manifest['backend']})\n  times: {times}\n  recall@10 vs exact: {recall}")
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from .retrieval.ray_embed import embed_parts
+
+    result = embed_parts(args.run, engine=args.engine, address=args.address, workers=args.workers,
+                         part_size=args.part_size, progress=not args.quiet)
+    print(f"embedded {len(result['embedded']):,} of {result['n_parts']:,} parts ({result['skipped']:,} done before) in "
+          f"{result['seconds']:.1f}s with {result['engine']}; `python -m huse_core index --run {args.run}` reads them")
+    return 0
+
+
+def cmd_add(args) -> int:
+    from .retrieval.adding import add_catalog
+
+    columns = {name: getattr(args, f"DataConfig.{name}") for name in ADD_COLUMNS
+               if getattr(args, f"DataConfig.{name}") is not None}
+    result = add_catalog(args.run, args.catalog, columns, progress=not (args.quiet or args.json))
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        return 0
+    skipped = result["skipped"]
+    print(f"added {result['added']:,} of {result['added'] + len(skipped):,} products to {args.run} "
+          f"({result['added_total']:,} added in all): searchable now, folded in by the next `index`")
+    for s in skipped[:20]:
+        print(f"  skipped row {s['row']} (id {s['id'] or '-'}): {s['error']}")
+    if len(skipped) > 20:
+        print(f"  … and {len(skipped) - 20:,} more (--json lists every one)")
     return 0
 
 
@@ -202,16 +236,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-trees", type=int, default=None,
                    help="Annoy trees per modality (default 16; more: slower build, slightly better recall)")
     p.add_argument("--no-map", action="store_true", help="skip the 2-D map (UMAP, the slow part)")
+    p.add_argument("--backend", choices=["auto", "annoy", "faiss", "exact"], default="auto",
+                   help="auto: faiss from 1M products on when installed (pip install -r requirements-faiss.txt), "
+                        "else Annoy; exact: embeddings only, searched exactly")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("embed", help="embed the catalogue into index/parts/ (a rerun skips finished parts; "
+                                     "index reads them)")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: Ray Data decodes on CPU "
+                   "workers, a pool of model actors embeds (pip install -r requirements-ray.txt); local: here")
+    p.add_argument("--address", help="Ray cluster to join (auto: `ray start`'s); default: Ray on this machine")
+    p.add_argument("--workers", type=int, default=2, help="model actors (each loads the model once)")
+    p.add_argument("--part-size", type=int, default=4096, help="products per part file")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("add", help="add new products (titles + photos) to a run's search index",
+                       description="Embed and label new products with the run's model and store them beside its "
+                                   "search index: searches find them at once, the next `index` folds them in. Bad "
+                                   "rows are reported and skipped, by the same rules as `train`.")
+    p.add_argument("--run", required=True, help="run directory (with an index)")
+    p.add_argument("--catalog", required=True,
+                   help="CSV or Parquet of new products: a title and a photo column, optionally an id (labels are "
+                        "predicted; without an id a product gets the next new-N)")
+    group = p.add_argument_group("columns (as for train; default: the run's own, else auto-detected)")
+    for name in ADD_COLUMNS:
+        group.add_argument(f"--{name.replace('_', '-')}", dest=f"DataConfig.{name}", metavar="STR",
+                           help=field_docs(DataConfig)[name])
+    p.add_argument("--json", action="store_true", help='print {"added": n, "skipped": [...], "added_total": m}')
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_add)
 
     p = sub.add_parser("search", help="search the catalogue by text, image (or both) or a product id")
     p.add_argument("--run", required=True, help="run directory (with an index)")
     p.add_argument("--text", help="query words")
     p.add_argument("--image", help="query photo; with --text the query mixes both")
     p.add_argument("--product", help="a product id: find products like it (the product itself is left out)")
-    p.add_argument("--target", choices=["image", "text"], default="image",
-                   help="search the products' photos (image) or titles (text)")
+    p.add_argument("--target", choices=["image", "text", "product"], default="image",
+                   help="search the products' photos (image), titles (text) or whole products (product: the fusion "
+                        "layer's vector of photo + title; with --image and --text the query is fused the same way)")
     p.add_argument("-k", type=int, default=10, help="number of hits")
     p.add_argument("--filter", type=_filter_pair, action="append", metavar="HEAD=VALUE",
                    help="keep products with this label, e.g. masterCategory=Footwear (repeatable)")

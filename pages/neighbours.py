@@ -1,4 +1,4 @@
-"""Neighbours: one catalogue product and its nearest neighbours in all four directions, side by side."""
+"""Neighbours: one catalogue product and its nearest neighbours in all four directions, and as a whole product."""
 
 from __future__ import annotations
 
@@ -106,3 +106,16 @@ for col, direction in zip(cols, ("i2i", "i2t", "t2i", "t2t")):
                     st.text(hit.title)
                 st.button("Open", key=f"nb_open_{direction}_{hit.id}", type="tertiary",
                           on_click=set_product, args=(hit.id,))
+
+if found.get("p2p"):  # the fusion layer's whole-product vectors: photo and title together
+    hits = found["p2p"]
+    same = sum(h.labels.get(leaf) == mark[1] for h in hits)
+    st.markdown(f"**{ui.DIRECTIONS['p2p']}**")
+    st.caption(f"Products that look *and* read alike (the fusion layer's vector of photo + title). {same} of "
+               f"{len(hits)} are {ui.esc(mark[1])}")
+    for col, hit in zip(st.columns(len(hits)), hits):
+        with col, st.container(border=True):
+            ui.photo(hit.image, width=100)
+            ok = SAME if hit.labels.get(leaf) == mark[1] else OTHER
+            st.caption(f"{ok} {ui.esc(ui.short(hit.title, 60))} · {hit.score:.2f}")
+            st.button("Open", key=f"nb_open_p2p_{hit.id}", type="tertiary", on_click=set_product, args=(hit.id,))

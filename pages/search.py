@@ -24,9 +24,11 @@ text = (text or "").strip()
 
 with st.expander("Options and filters", icon=":material/tune:", expanded=False):
     o1, o2, o3 = st.columns(3)
-    target = o1.segmented_control("Show", ["photos", "titles", "both"], default="both", key="search_target",
+    kinds = ["photos", "titles", "both"] + (["whole products"] if searcher.run.model.fusion is not None else [])
+    target = o1.segmented_control("Show", kinds, default="both", key="search_target",
                                   required=True, help="Which side of the catalogue to search: product photos, "
-                                                      "product titles, or both side by side.")
+                                                      "product titles, both side by side, or whole products (photo "
+                                                      "and title together; a photo plus words is one query).")
     k = o2.slider("Results", 4, 48, 12, step=4, key="search_k")
     weight = o3.slider("Photo vs words", 0.0, 1.0, 0.5, 0.05, key="search_weight",
                        help="With both a photo and words: 1 = only the photo counts, 0 = only the words.")
@@ -77,3 +79,6 @@ if target in ("photos", "both"):
 if target in ("titles", "both"):
     st.subheader("Matching titles", anchor=False)
     ui.hits_table(run_search("text"), heads, key="search_titles")
+if target == "whole products":
+    st.subheader("Matching products", anchor=False)
+    ui.hit_grid(run_search("product"), n_cols=6, key="search_prod", on_pick="nb_product")

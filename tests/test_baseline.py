@@ -47,8 +47,8 @@ def test_format_tables_puts_the_baseline_beside_the_model_with_one_verdict_per_h
     _, result = evaluated
     text = format_tables(result)
     header = next(line for line in text.splitlines() if line.startswith("head"))
-    assert header.split()[1:] == ["image", "acc", "image", "F1", "text", "acc", "text", "F1", "fused", "acc",
-                                  "fused", "F1", "base", "acc", "base", "F1"]
+    assert header.split()[1:] == ["image", "acc", "image", "F1", "text", "acc", "text", "F1", "layer", "acc",
+                                  "layer", "F1", "fused", "acc", "fused", "F1", "base", "acc", "base", "F1"]
     assert sorted(VERDICT.findall(text)) == sorted(
         (h, verdict(h, result["classification"][h]["fused"], f).split()[2])
         for h, f in result["baseline"]["heads"].items())

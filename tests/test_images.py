@@ -191,7 +191,7 @@ def test_decode_many_reports_errors_and_caches(tmp_path, monkeypatch):
     monkeypatch.setattr(images, "decode_image", boom)
     pixels2, ok2, errors2 = decode_many(paths, 16, cache_dir=cache, progress=False)
     assert np.array_equal(pixels, pixels2) and ok2.tolist() == ok.tolist() and errors2 == errors
-    assert isinstance(pixels2, np.ndarray) and pixels2.flags.writeable
+    assert isinstance(pixels2, np.memmap) and not pixels2.flags.writeable  # read from disk, not held in RAM
 
     # A changed file (or size) is a different key: decoding happens again.
     monkeypatch.undo()

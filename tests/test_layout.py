@@ -126,7 +126,8 @@ def test_classify_works_on_a_run_without_an_index(tiny_trained_run, capsys):
 def test_a_run_and_index_in_the_earlier_layout_open_with_this_code(indexed_run_copy):
     """The files an earlier version wrote, by name: run.json + model.pt; index/index.json naming build-<id>/ with
     products.parquet, image_emb.npy, text_emb.npy, image.ann.json / text.ann.json and their forests, map.parquet;
-    delta/added.parquet + delta/images/<id>.png for added products. Then the same index in the pre-folder (flat)
+    delta/added.sqlite (before it delta/added.parquet: tests/test_store.py imports one) + delta/images/<id>.png
+    for added products. Then the same index in the pre-folder (flat)
     layout, index.json without "dir", still opens."""
     run_dir = indexed_run_copy
     assert (run_dir / "run.json").is_file() and (run_dir / "model.pt").is_file()
@@ -143,7 +144,7 @@ def test_a_run_and_index_in_the_earlier_layout_open_with_this_code(indexed_run_c
     first = [h.id for h in searcher.search(text=title, k=5)]
     photo = searcher.products["image"].iloc[0]
     assert searcher.add_products([{"id": "later-1", "title": "red striped shirt", "image": photo}])[0]["ok"]
-    assert (run_dir / "index" / "delta" / "added.parquet").is_file()
+    assert (run_dir / "index" / "delta" / "added.sqlite").is_file()
     assert (run_dir / "index" / "delta" / "images" / "later-1.png").is_file()
 
     for path in build.iterdir():  # the flat layout of indexes built before build folders

@@ -1,4 +1,4 @@
-"""The three HUSE losses on hand-computed tiny tensors, the margin mask, the combiner and gradients."""
+"""The HUSE losses and the alignment loss on hand-computed tiny tensors, the margin mask, the combiner, gradients."""
 
 import math
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from huse_core.config import LossConfig, ModelConfig
-from huse_core.training.losses import ClassLoss, GapLoss, GraphLoss, HuseLoss, taxonomy_distance
+from huse_core.training.losses import AlignLoss, ClassLoss, GapLoss, GraphLoss, HuseLoss, taxonomy_distance
 from huse_core.model import build_model
 
 
@@ -85,11 +85,12 @@ def test_huse_loss_returns_named_terms_and_selects_weighted_total():
     logits = {"image": {"leaf": torch.tensor([[1.0, 0.0], [0.0, 1.0]])},
               "text": {"leaf": torch.tensor([[0.0, 0.0], [0.0, 2.0]])}}
     labels = {"leaf": torch.tensor([0, 1])}
-    full = HuseLoss(LossConfig(alpha=1, beta=2, gamma=3, label_smoothing=0), kinds, "leaf", a)
+    full = HuseLoss(LossConfig(alpha=1, beta=2, gamma=3, delta=0.5, label_smoothing=0), kinds, "leaf", a)
     terms = full(image_emb, text_emb, logits, labels)
-    assert set(terms) == {"cls", "graph", "gap", "total"}
+    assert set(terms) == {"cls", "graph", "gap", "nce", "total"}  # the default terms: the paper's three + nce
     assert terms["total"].item() == pytest.approx(
-        terms["cls"].item() + 2 * terms["graph"].item() + 3 * terms["gap"].item(), abs=1e-6)
+        terms["cls"].item() + 2 * terms["graph"].item() + 3 * terms["gap"].item() + 0.5 * terms["nce"].item(),
+        abs=1e-6)
     only_gap = HuseLoss(LossConfig(losses=["gap"], gamma=3), kinds, "leaf", a)(image_emb, text_emb, logits, labels)
     assert only_gap["total"].item() == pytest.approx(3 * terms["gap"].item(), abs=1e-6)
     with pytest.raises(ValueError, match="unknown loss"):
@@ -130,3 +131,60 @@ def test_gap_anchored_on_text_moves_only_the_image_tower():
     assert image_emb.grad[0].abs().sum() > 0  # the unmatched pair pulls its photo
     with pytest.raises(ValueError, match="gap anchor"):
         HuseLoss(LossConfig(gap_anchor="image"), {"leaf": "single"}, "leaf", a)
+
+
+def test_align_loss_hand_computed():
+    # s = 2; U = [[1,0],[0,1]], V = [[1,0],[0.6,0.8]]: logits = 2 * U V^T = [[2, 1.2], [0, 1.6]]
+    loss = AlignLoss(init_scale=2.0)
+    u, v = unit([1, 0], [0, 1]), unit([1, 0], [0.6, 0.8])
+    rows = -(2 - math.log(math.exp(2) + math.exp(1.2))) - (1.6 - math.log(math.exp(0) + math.exp(1.6)))
+    cols = -(2 - math.log(math.exp(2) + math.exp(0))) - (1.6 - math.log(math.exp(1.2) + math.exp(1.6)))
+    assert loss(u, v).item() == pytest.approx((rows / 2 + cols / 2) / 2, abs=1e-5)
+
+
+def test_align_loss_masks_products_with_the_same_title():
+    loss = AlignLoss(init_scale=10.0)
+    u, v = unit([1, 0], [0.99, 0.1], [0, 1]), unit([1, 0], [0.99, 0.1], [0, 1])
+    masked = loss(u, v, torch.tensor([7, 7, 3])).item()  # rows 0 and 1 share a title: not each other's negatives
+    unmasked = loss(u, v, torch.tensor([7, 8, 3])).item()
+    assert masked < 0.01 < unmasked  # near-identical twins only cost something when they must be told apart
+    # By hand: each row's (and column's) softmax runs over its own pair and the other-title products only
+    z = 10.0 * (u @ v.T).numpy()
+    keep = [[0, 2], [1, 2], [0, 1, 2]]  # row 2's title is unique: every column is its negative
+    rows = [-(z[i, i] - np.log(np.exp(z[i, keep[i]]).sum())) for i in range(3)]
+    cols = [-(z[j, j] - np.log(np.exp(z[keep[j], j]).sum())) for j in range(3)]
+    assert masked == pytest.approx((np.mean(rows) + np.mean(cols)) / 2, abs=1e-6)
+
+
+def test_align_loss_scale_is_learnable_and_clamped():
+    loss = AlignLoss(init_scale=20.0, max_scale=100.0)
+    assert loss.scale.item() == pytest.approx(20.0, rel=1e-5)
+    u, v = unit([1, 0], [0, 1]), unit([0.8, 0.6], [0.6, 0.8])
+    loss(u, v).backward()
+    assert loss.log_scale.grad is not None and loss.log_scale.grad.item() != 0
+    with torch.no_grad():
+        loss.log_scale.fill_(10.0)  # e^10 is past the bound
+    assert loss.scale.item() == pytest.approx(100.0, rel=1e-5)
+    with torch.no_grad():
+        loss.log_scale.fill_(-3.0)
+    assert loss.scale.item() == pytest.approx(1.0)
+    assert not AlignLoss(learn_scale=False).log_scale.requires_grad
+    with pytest.raises(ValueError, match="scale"):
+        AlignLoss(init_scale=500.0)
+
+
+@pytest.mark.parametrize("anchor, text_moves", [("none", True), ("text", False)])
+def test_align_term_in_the_combiner_reaches_the_towers(anchor, text_moves):
+    a = taxonomy_distance([["x"], ["y"]])
+    cfg = LossConfig(losses=["nce"], delta=2.0, nce_anchor=anchor)
+    loss = HuseLoss(cfg, {"leaf": "single"}, "leaf", a)
+    image_emb = unit([1, 0], [0, 1]).requires_grad_()
+    text_emb = unit([0.8, 0.6], [0.6, 0.8]).requires_grad_()
+    terms = loss(image_emb, text_emb, {}, {"leaf": torch.tensor([0, 1])}, torch.tensor([0, 1]))
+    assert terms["total"].item() == pytest.approx(2.0 * terms["nce"].item())
+    terms["total"].backward()
+    assert image_emb.grad.abs().sum() > 0
+    assert (text_emb.grad is not None and text_emb.grad.abs().sum() > 0) == text_moves
+    assert len(list(loss.parameters())) == 1  # the scale: the optimiser trains it with the model
+    with pytest.raises(ValueError, match="anchor"):
+        HuseLoss(LossConfig(nce_anchor="image"), {"leaf": "single"}, "leaf", a)

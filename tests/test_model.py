@@ -35,7 +35,7 @@ def test_classify_with_image_text_or_both(model):
     image_emb = model.encode_image(torch.zeros(2, 32, 32, 3, dtype=torch.uint8))
     text_emb = model.encode_text(torch.tensor([[3, 4], [5, 0]]))
     both = model.probabilities(image_emb, text_emb)
-    assert set(both["leaf"]) == {"image", "text", "fused"}
+    assert set(both["leaf"]) == {"image", "text", "product", "fused"}
     assert torch.allclose(both["leaf"]["fused"], 0.5 * both["leaf"]["image"] + 0.5 * both["leaf"]["text"])
     assert torch.allclose(both["leaf"]["image"].sum(1), torch.ones(2))
     assert ((both["tags"]["text"] > 0) & (both["tags"]["text"] < 1)).all()  # sigmoids, not a softmax
@@ -45,6 +45,32 @@ def test_classify_with_image_text_or_both(model):
     assert torch.allclose(weighted["fused"], weighted["image"])
     per_head = model.probabilities(image_emb, text_emb, weight={"leaf": 0.0})["leaf"]
     assert torch.allclose(per_head["fused"], per_head["text"])
+
+
+def test_fusion_layer_gives_unit_product_vectors_the_classifier_reads(model):
+    image_emb = model.encode_image(torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8))
+    text_emb = model.encode_text(torch.tensor([[3, 4], [5, 0], [7, 8], [9, 0]]))
+    product_emb = model.encode_product(image_emb, text_emb)
+    assert product_emb.shape == (4, TINY.dim)
+    assert torch.allclose(product_emb.norm(dim=1), torch.ones(4), atol=1e-5)
+    # A new layer starts at the normalised average of the two embeddings (its last linear is zero)
+    assert torch.allclose(product_emb, torch.nn.functional.normalize(image_emb + text_emb, dim=1), atol=1e-5)
+    probs = model.probabilities(image_emb, text_emb)
+    expected = model.logits(product_emb)["leaf"].softmax(-1)
+    assert torch.allclose(probs["leaf"]["product"], expected, atol=1e-6)
+    # A head named in layer_heads takes the fusion layer's prediction as fused; the others keep the average
+    chosen = model.probabilities(image_emb, text_emb, layer_heads=["leaf"])
+    assert torch.allclose(chosen["leaf"]["fused"], chosen["leaf"]["product"])
+    assert torch.allclose(chosen["tags"]["fused"], 0.5 * chosen["tags"]["image"] + 0.5 * chosen["tags"]["text"])
+    # One modality alone: no product vector
+    assert "product" not in model.probabilities(image_emb)["leaf"]
+
+
+def test_runs_without_a_fusion_layer_say_to_retrain():
+    old = build_model(ModelConfig(**{**TINY.__dict__, "fusion_layer": False}), HEADS, n_tokens=30)
+    assert old.fusion is None
+    with pytest.raises(ValueError, match="retrain"):
+        old.encode_product(torch.zeros(1, TINY.dim), torch.zeros(1, TINY.dim))
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "vgg16"])

@@ -53,6 +53,14 @@ def test_the_44k_catalogue_keeps_the_schedule_it_was_tuned_with():
     assert (big.dropout, big.min_class_count) == (0.15, 5)
 
 
+def test_the_alignment_moves_titles_only_where_there_are_enough_products():
+    # 300 and 3,000: titles held fixed (a 1k shop lost accuracy and found no more); 44k, 300k: both towers move
+    assert [plan(n).nce_anchor for n in (300, 3_000, 44_000, 300_000)] == ["text", "text", "none", "none"]
+    assert "only photos" in plan(300).describe() and "both" in plan(44_000).describe()
+    given = plan_schedule(800, {"leaf": [8] * 100}, TrainConfig(), nce_anchor="none")
+    assert given.nce_anchor == "none" and given.why["nce_anchor"] == "given"
+
+
 def test_300000_products_get_few_epochs_but_enough_steps():
     huge = plan(300_000, classes=200)
     assert huge.batch_size >= 128 and S.MIN_EPOCHS <= huge.epochs < 14
@@ -71,7 +79,8 @@ def test_a_rare_class_heavy_shop_merges_less_so_other_stays_small():
 
 def test_given_settings_win_and_are_marked_given():
     given = dict(batch_size=100, lr=0.05, epochs=3, patience=2, select_by="fused")
-    s = plan_schedule(800, {"leaf": [8] * 100}, TrainConfig(**given), dropout=0.5, min_class_count=9)
+    s = plan_schedule(800, {"leaf": [8] * 100}, TrainConfig(**given), dropout=0.5, min_class_count=9,
+                      nce_anchor="text")
     assert {k: getattr(s, k) for k in given} == given and (s.dropout, s.min_class_count) == (0.5, 9)
     assert set(s.why.values()) == {"given"}
     only_batch = plan_schedule(800, {"leaf": [8] * 100}, TrainConfig(batch_size=8))
@@ -156,7 +165,7 @@ def test_resume_keeps_the_stored_schedule(tiny_demo_csv, tmp_path):
 
 
 def test_the_mean_score_weighs_photo_and_title_where_fused_alone_would_not():
-    from huse_core.training.train import selection_score
+    from huse_core.training.validation import selection_score
 
     before = {"image": 0.30, "text": 0.70, "fused": 0.71}
     after = {"image": 0.40, "text": 0.71, "fused": 0.70}  # one validation product less in fused, far better photos

@@ -111,9 +111,30 @@ def test_a_product_query_leaves_the_product_out_and_its_photo_finds_itself(searc
 def test_neighbours_in_four_directions_leave_the_product_out(searcher):
     pid = searcher.products.iloc[20]["id"]
     found = searcher.neighbours(pid, k=6)
-    assert set(found) == {"i2i", "i2t", "t2i", "t2t"}
+    assert set(found) == {"i2i", "i2t", "t2i", "t2t", "p2p"}  # p2p: whole products (the fusion layer)
     assert all(len(hits) == 6 and pid not in ids(hits) for hits in found.values())
+    assert {h.modality for h in found["p2p"]} == {"product"}
     assert {h.modality for h in found["i2t"]} == {"text"} and {h.modality for h in found["t2i"]} == {"image"}
+
+
+def test_whole_product_search_uses_the_fusion_layer_vectors(searcher):
+    run = searcher.run
+    product = searcher.products.iloc[12]
+    rows = searcher.products.index[:50]
+    image_emb, text_emb = np.asarray(searcher._emb["image"][rows]), np.asarray(searcher._emb["text"][rows])
+    vectors = run.encode_products(image_emb, text_emb)
+    assert vectors.dtype == np.float32 and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # A product id against whole products: its own vector's nearest others, itself left out
+    hits = searcher.search(product=product["id"], target="product", k=5)
+    assert len(hits) == 5 and product["id"] not in ids(hits) and {h.modality for h in hits} == {"product"}
+    own = searcher._emb["product"][12]
+    assert hits[0].score == pytest.approx(float(np.max(np.delete(searcher._emb["product"] @ own, 12))), abs=1e-5)
+    # A photo and words together are fused into one product query; the product itself comes first
+    both = searcher.search(text=product["title"], image=product["image"], target="product", k=3)
+    query = run.encode_products(run.encode_image(product["image"]), run.encode_texts(product["title"]))[0]
+    assert both[0].score == pytest.approx(float(np.max(searcher._emb["product"] @ query)), abs=1e-5)
+    with pytest.raises(ValueError, match="'product'"):
+        searcher.search(text="x", target="everything")
 
 
 def test_classify_gives_ranked_probabilities_and_taxonomy_paths(searcher):
@@ -172,7 +193,8 @@ def test_added_products_are_searchable_persist_and_survive_a_rebuild(indexed_run
     build_index(indexed_run_copy, with_map=False, progress=False)  # folded in as ordinary rows
     rebuilt = Searcher.open(indexed_run_copy, backend="annoy")
     added = rebuilt.products[rebuilt.products["added"]]
-    assert set(added["id"]) == {"new-1", "sku-2", "new-2"} and len(rebuilt.products) == len(searcher.products) + 1
+    searcher.refresh()  # the first Searcher reads the store too: it has taken in new-2 from `reopened`
+    assert set(added["id"]) == {"new-1", "sku-2", "new-2"} and len(rebuilt.products) == len(searcher.products)
     assert rebuilt._state.n_index == len(rebuilt.products)  # nothing left in the delta
     assert "sku-2" in ids(rebuilt.search(product="new-1", image_weight=1.0, k=3))
 

@@ -13,7 +13,8 @@ from huse_core.data.demo import generate_demo
 from huse_core.pipeline import DemoSpec
 from huse_core.training.evaluate import evaluate, split_predictions
 from huse_core.run import RunError, load_run
-from huse_core.training.train import selection_score, train
+from huse_core.training.train import train
+from huse_core.training.validation import selection_score
 
 TINY_MODEL = DemoSpec.tiny().model
 
@@ -36,8 +37,9 @@ def test_training_logs_all_three_terms_and_keeps_the_best_epoch(trained):
     run_dir, meta = trained
     assert meta["status"] == "done" and len(meta["history"]) == 3
     for record in meta["history"]:
-        assert set(record["loss"]) == {"cls", "graph", "gap", "total"}
-        assert set(record["val_accuracy"]) == {"image", "text", "fused"}
+        # every term is logged (the selected ones are trained), plus the fusion layer's class loss
+        assert set(record["loss"]) == {"cls", "graph", "gap", "fusion", "total"} | set(LossConfig().losses)
+        assert set(record["val_accuracy"]) == {"image", "text", "product", "fused"}
     first, last = meta["history"][0]["loss"], meta["history"][-1]["loss"]
     assert last["total"] < first["total"] and last["cls"] < first["cls"]
     best = max(meta["history"], key=lambda r: selection_score(r["val_accuracy"]))
@@ -45,6 +47,7 @@ def test_training_logs_all_three_terms_and_keeps_the_best_epoch(trained):
     assert (run_dir / "model.pt").is_file() and (run_dir / "last.pt").is_file()
     single = {h["name"] for h in meta["heads"] if h["kind"] == "single"}
     assert set(meta["fusion_weights"]) == single and all(0 <= w <= 1 for w in meta["fusion_weights"].values())
+    assert set(meta["fusion_layer_heads"]) <= single and isinstance(meta["flip_tta"], bool)
 
 
 def test_tuned_fusion_is_never_below_either_modality_on_validation(trained):
@@ -54,6 +57,8 @@ def test_tuned_fusion_is_never_below_either_modality_on_validation(trained):
         y = pred["labels"][head]
         acc = {m: (p.argmax(1) == y)[y >= 0].mean() for m, p in pred["probs"][head].items()}
         assert acc["fused"] >= max(acc["image"], acc["text"]) - 1e-9, head
+        if head in meta["fusion_layer_heads"]:  # the layer was chosen: it beat every average on validation
+            assert acc["fused"] == acc["product"]
 
 
 def test_checkpoint_round_trip_gives_the_same_embeddings(trained):
@@ -67,7 +72,7 @@ def test_checkpoint_round_trip_gives_the_same_embeddings(trained):
     pixels = np.full((2, 64, 64, 3), 200, np.uint8)
     probs = a.probabilities(image_emb=a.encode_images(pixels), text_emb=a.encode_texts(["red shirt", "blue jeans"]))
     leaf = probs[a.leaf]
-    assert set(leaf) == {"image", "text", "fused"} and np.allclose(leaf["fused"].sum(1), 1, atol=1e-5)
+    assert set(leaf) == {"image", "text", "product", "fused"} and np.allclose(leaf["fused"].sum(1), 1, atol=1e-5)
 
 
 def test_evaluate_reports_the_documented_figures(trained):
@@ -75,7 +80,7 @@ def test_evaluate_reports_the_documented_figures(trained):
     result = evaluate(run_dir, progress=False)
     assert result["n_test"] > 0
     leaf = result["classification"][result["leaf"]]
-    assert set(leaf) == {"image", "text", "fused"} and 0 <= leaf["fused"]["accuracy"] <= 1
+    assert set(leaf) == {"image", "text", "product", "fused"} and 0 <= leaf["fused"]["accuracy"] <= 1
     assert set(result["retrieval"]["class_level"]) == {"i2i", "i2t", "t2i", "t2t"}
     assert set(result["retrieval"]["instance"]) == {"i2t", "t2i"}
     for r in result["retrieval"]["class_level"].values():

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 
-MODALITY_NAMES = {"image": "photo", "text": "title", "fused": "photo + title"}
-DIRECTIONS = {"i2i": "photo → photo", "i2t": "photo → title", "t2i": "title → photo", "t2t": "title → title"}
+MODALITY_NAMES = {"image": "photo", "text": "title", "product": "whole product", "fused": "photo + title"}
+DIRECTIONS = {"i2i": "photo → photo", "i2t": "photo → title", "t2i": "title → photo", "t2t": "title → title",
+              "p2p": "whole product → whole products"}
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&=\"'])")
 _AUTOLINK = re.compile(r"(?i)(:(?=//)|www(?=\.)|@)")  # what GitHub-flavoured Markdown turns into links by itself

@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from ..artifacts import atomic_write, save_npy
+from ..artifacts import atomic_write
+from .rowfile import write_rows
 
 # Pixels we are willing to allocate for one decoded photo (Pillow's own default, ~89 Mpx).
 # JPEGs may declare more: draft() decodes them at 1/2..1/8 scale, and the limit applies after that.
@@ -189,11 +190,14 @@ def _cache_key(paths: list[str], size: int) -> str:
 
 
 def _load_cache(npy: Path, meta: Path, n: int, size: int):
+    """(pixels memory-mapped read-only, ok, errors) of a complete cache, else None (decode again)."""
     try:
         info = json.loads(meta.read_text())
-        pixels = np.load(npy)
+        pixels = np.load(npy, mmap_mode="r")  # caches written before chunked writing are the same .npy
     except (OSError, ValueError):
         return None  # no cache, or a damaged one: decode again
+    if not isinstance(pixels, np.ndarray) or not isinstance(info, dict):
+        return None  # not an .npy array (an older format): decode again
     if pixels.shape != (n, size, size, 3) or pixels.dtype != np.uint8 or info.get("n") != n:
         return None
     ok = np.ones(n, dtype=bool)
@@ -201,42 +205,27 @@ def _load_cache(npy: Path, meta: Path, n: int, size: int):
     return pixels, ok, list(info.get("errors", []))
 
 
-def decode_many(
-    paths: list[str], size: int, cache_dir: str | Path | None = None, progress: bool = True
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Decode all paths -> (pixels uint8 (N, size, size, 3), ok bool (N,), errors 'path: reason').
-
-    Failed rows are zeros with ok False; the result is cached in `cache_dir` keyed by paths, mtimes and sizes.
-    """
-    paths = [str(p) for p in paths]
+def _decode_into(paths: list[str], size: int, put, progress: bool) -> tuple[np.ndarray, dict[int, str]]:
+    """Decode `paths` in blocks of 64, handing each block to put(start, block); -> (ok, {row: 'path: reason'})."""
     n = len(paths)
-    npy = meta = None
-    if cache_dir is not None:
-        cache = Path(cache_dir)
-        cache.mkdir(parents=True, exist_ok=True)
-        key = _cache_key(paths, size)
-        npy, meta = cache / f"pixels-{size}-{key}.npy", cache / f"pixels-{size}-{key}.json"
-        hit = _load_cache(npy, meta, n, size)
-        if hit is not None:
-            return hit
-
-    pixels = np.zeros((n, size, size, 3), dtype=np.uint8)
     ok = np.zeros(n, dtype=bool)
     reasons: dict[int, str] = {}
 
     def work(rows: range) -> int:
-        for i in rows:
+        block = np.zeros((len(rows), size, size, 3), dtype=np.uint8)  # failed rows stay zeros
+        for j, i in enumerate(rows):
             try:
-                pixels[i] = decode_image(paths[i], size)  # looked up at call time (tests patch it)
+                block[j] = decode_image(paths[i], size)  # looked up at call time (tests patch it)
                 ok[i] = True
             except ImageError as err:
                 reasons[i] = f"{paths[i]}: {err.reason}"
             except Exception as err:  # noqa: BLE001 - one odd file must not sink a 44k-photo decode
                 reasons[i] = f"{paths[i]}: {type(err).__name__}: {err}"
+        put(rows.start, block)
         return len(rows)
 
-    # Pillow releases the GIL while decoding and resizing, so threads use every core; chunks of
-    # photos per task keep the per-future overhead small next to a ~1 ms thumbnail decode.
+    # Pillow releases the GIL while decoding and resizing, so threads use every core; blocks of photos per task
+    # keep the per-future overhead small next to a ~1 ms thumbnail decode, and memory to a block per thread.
     chunks = [range(s, min(s + 64, n)) for s in range(0, n, 64)]
     with (
         ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool,
@@ -244,11 +233,46 @@ def decode_many(
     ):
         for done in pool.map(work, chunks):
             bar.update(done)
+    return ok, reasons
+
+
+def decode_many(
+    paths: list[str], size: int, cache_dir: str | Path | None = None, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Decode all paths -> (pixels uint8 (N, size, size, 3), ok bool (N,), errors 'path: reason').
+
+    Failed rows are zeros with ok False. With a `cache_dir` the photos are written there block by block as they
+    decode, keyed by paths, mtimes and sizes, and `pixels` is that file memory-mapped read-only: memory holds a
+    few blocks, never the array (read rows with rowfile.RowView). Without one, `pixels` is in memory: short lists.
+    """
+    paths = [str(p) for p in paths]
+    n = len(paths)
+    shape = (n, size, size, 3)
+    if cache_dir is None or n == 0:
+        pixels = np.zeros(shape, dtype=np.uint8)
+
+        def put(start: int, block: np.ndarray) -> None:
+            pixels[start : start + len(block)] = block
+
+        ok, reasons = _decode_into(paths, size, put, progress)
+        return pixels, ok, [reasons[i] for i in sorted(reasons)]
+
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    key = _cache_key(paths, size)
+    npy, meta = cache / f"pixels-{size}-{key}.npy", cache / f"pixels-{size}-{key}.json"
+    hit = _load_cache(npy, meta, n, size)
+    if hit is not None:
+        return hit
+    decoded: dict = {}
+
+    def fill(put) -> None:
+        decoded["ok"], decoded["reasons"] = _decode_into(paths, size, put, progress)
+
+    write_rows(npy, shape, np.uint8, fill)
+    ok, reasons = decoded["ok"], decoded["reasons"]
     failed = sorted(reasons)
     errors = [reasons[i] for i in failed]
-
-    if npy is not None and meta is not None:
-        save_npy(npy, pixels)
-        info = {"n": n, "size": size, "failed": failed, "errors": errors}
-        atomic_write(meta, lambda tmp: Path(tmp).write_text(json.dumps(info)))
-    return pixels, ok, errors
+    info = {"n": n, "size": size, "failed": failed, "errors": errors}
+    atomic_write(meta, lambda tmp: Path(tmp).write_text(json.dumps(info)))
+    return np.load(npy, mmap_mode="r"), ok, errors

@@ -93,7 +93,12 @@ def backbone_choices() -> dict[str, str | None]:
 
 def default_image_size(backbone: str) -> int:
     """The photo size a backbone trains at unless one is given: DataConfig's for the from-scratch cnn,
-    PRETRAINED_IMAGE_SIZE for ImageNet backbones."""
+    PRETRAINED_IMAGE_SIZE for ImageNet backbones, the library's own input size for hub encoders (openclip:, timm:;
+    a missing package fails here, before any work)."""
+    if ":" in backbone:
+        from .encoders import image_size
+
+        return image_size(backbone)
     return DataConfig.image_size if backbone == "cnn" else PRETRAINED_IMAGE_SIZE
 
 

@@ -9,6 +9,7 @@ from torch import nn
 from ..config import DEFAULT_DROPOUT, ModelConfig
 from .backbones import (BACKBONES, IMAGENET_MEAN, IMAGENET_STD, SENTENCE_DIMS, WEIGHT_FILES, SmallCNN,
                         pretrained_backbone)
+from .hub import is_hub
 
 
 class MLP(nn.Module):
@@ -50,15 +51,27 @@ class ImageTower(nn.Module):
         elif cfg.backbone in WEIGHT_FILES:
             self.backbone, feat_dim = pretrained_backbone(cfg.backbone, cfg.image_weights, load_weights)
             mean, std = IMAGENET_MEAN, IMAGENET_STD
+        elif is_hub(cfg.backbone):  # its weights always load (model.pt holds only what trained), checked by fingerprint
+            from .encoders import hub_image_backbone
+
+            self.backbone, feat_dim, mean, std = hub_image_backbone(cfg)
         else:
-            raise ValueError(f"unknown backbone {cfg.backbone!r}; choose one of {', '.join(BACKBONES)}")
+            raise ValueError(f"unknown backbone {cfg.backbone!r}; choose one of {', '.join(BACKBONES)}, "
+                             f"openclip:MODEL/TAG or timm:NAME")
         self.frozen = cfg.backbone != "cnn" and cfg.freeze_backbone
         if self.frozen:
             self.backbone.requires_grad_(False)
+        elif is_hub(cfg.backbone):
+            self.backbone.train_last_block()
+        # The frozen-feature cache's key and file name (prepare.compute_features); torchvision's as before.
+        sha = self.backbone.record.record["sha256"] if is_hub(cfg.backbone) else ""
+        self.cache_key = f"{cfg.backbone}|{sha or cfg.image_weights}"
+        self.cache_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in cfg.backbone)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.feat_dim = feat_dim
-        self.head = MLP(feat_dim, cfg.hidden, cfg.dim, cfg.image_layers, cfg.dropout)
+        self.head = identity_head(cfg, feat_dim) if cfg.zero_shot else MLP(feat_dim, cfg.hidden, cfg.dim,
+                                                                            cfg.image_layers, cfg.dropout)
         self.autocast: torch.dtype | None = None  # set by training (TrainConfig.precision); inference is fp32
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -99,15 +112,29 @@ class TextTower(nn.Module):
         return F.normalize(self.head(self.features(tokens)), dim=-1, eps=1e-6)
 
 
+def identity_head(cfg: ModelConfig, feat_dim: int) -> nn.Module:
+    """Zero-shot towers: the encoder's own space, unchanged (then L2-normalised, as CLIP compares them)."""
+    if feat_dim != cfg.dim:
+        raise ValueError(f"zero-shot keeps the encoder's {feat_dim}-d space: pass --dim {feat_dim}")
+    return nn.Identity()
+
+
 class SentenceTower(nn.Module):
-    """Frozen sentence embeddings (B, 384) -> MLP -> L2 norm. The encoder itself runs outside the model
-    (huse_core.sentence: cached for training, live at query time), so model.pt holds only this head."""
+    """Frozen sentence embeddings (B, F) -> MLP -> L2 norm. The encoder itself runs outside the model
+    (model.titles: cached for training, live at query time), so model.pt holds only this head, and for a hub
+    encoder its record (name, version, weights fingerprint: a run refuses other weights)."""
 
     frozen = True  # its input comes precomputed, like a frozen image backbone's features
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, feat_dim: int | None = None, record: dict | None = None):
         super().__init__()
-        self.head = MLP(SENTENCE_DIMS[cfg.text_backbone], cfg.hidden, cfg.dim, cfg.text_layers, cfg.dropout)
+        feat_dim = SENTENCE_DIMS[cfg.text_backbone] if feat_dim is None else feat_dim
+        self.head = (identity_head(cfg, feat_dim) if cfg.zero_shot
+                     else MLP(feat_dim, cfg.hidden, cfg.dim, cfg.text_layers, cfg.dropout))
+        if record is not None:
+            from .encoders import EncoderRecord
+
+            self.encoder = EncoderRecord(record)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head(features.float()), dim=-1, eps=1e-6)

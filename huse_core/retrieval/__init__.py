@@ -1,3 +1,3 @@
-"""Retrieval: exact k-NN, Annoy forests, the index layout on disk, catalogue embedding, added products, the map,
-the index build and the Searcher. Arrows run one way: knn, layout <- annoy_index, map <- index, embed <- store <-
-build, search."""
+"""Retrieval: exact k-NN, Annoy forests and faiss indexes, the index layout on disk, catalogue embedding, added
+products (their store and adding them), the map, the index build and the Searcher. Arrows run one way: knn, layout
+<- annoy_index, faiss_index, map <- index, embed <- store <- adding (also <- index) <- build, search."""

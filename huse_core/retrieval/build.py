@@ -1,4 +1,5 @@
-"""Building a run's search index: embed the catalogue and added products, one Annoy forest per modality, the map."""
+"""Building a run's search index: embed the catalogue and added products, one Annoy forest or faiss index per
+modality (or none: exact search), the map."""
 
 from __future__ import annotations
 
@@ -11,41 +12,65 @@ import numpy as np
 
 from ..artifacts import write_json
 from ..run import load_run
+from .adding import refresh_added
 from .annoy_index import N_TREES, RECALL_QUERIES, AnnoyIndex
 from .embed import embed_catalog
+from .faiss_index import FaissIndex, faiss_available, require_faiss
 from .index import EXACT_BELOW
 from .map import build_map
-from .layout import (INDEX_FORMAT, MANIFEST, build_folder, forest_path, index_dir, load_embeddings, new_build_folder,
-                     remove_other_builds)
-from .store import refresh_added
+from .layout import (INDEX_FORMAT, MANIFEST, build_folder, faiss_path, forest_path, index_dir, load_embeddings,
+                     new_build_folder, remove_other_builds)
 
 # A build's steps and their rough shares of its time, for one progress bar (demo shop on 2 cores: embedding 6.5 s,
 # each forest 0.2 s, the map 10 s; at 44k products embedding takes a larger share, the map is sampled).
-BUILD_STEPS = {"embed": 0.4, "annoy_image": 0.05, "annoy_text": 0.05, "map": 0.5}
+BUILD_STEPS = {"embed": 0.4, "index_image": 0.05, "index_text": 0.05, "map": 0.5}
 Progress = Callable[[dict], None]
+BACKENDS = ("auto", "annoy", "faiss", "exact")
+# `--backend auto` builds faiss from this many products on, Annoy below. Measured at dim 512 on 2 cores
+# (BENCHMARKS.md, "Scale: vector indexes"): FAISS_FROM_TODO
+FAISS_FROM = 1_000_000
+
+
+def choose_backend(backend: str, n_products: int) -> str:
+    """The kind of index to build: `backend`, or for "auto" faiss from FAISS_FROM products on (when installed),
+    else Annoy. Annoy is built below EXACT_BELOW too, where searches scan exactly: `--backend annoy` then works."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    return "faiss" if n_products >= FAISS_FROM and faiss_available() else "annoy"
 
 
 def build_index(run_dir: str | Path, n_trees: int = N_TREES, with_map: bool = True, progress: bool = True,
-                callback: Progress | None = None) -> dict:
+                callback: Progress | None = None, backend: str = "auto") -> dict:
     """Build a run's search index in a new `run_dir/index/build-<id>/`: catalogue + added products' embeddings, one
-    Annoy forest per modality, the 2-D map; then `index/index.json` (timings, recall, the folder's name) switches
-    readers to it and older builds are deleted. Products added since the previous build are re-embedded with this
-    model and folded in as ordinary rows (their `added` flag kept).
+    Annoy forest or faiss index per modality (`backend`: see choose_backend; "exact" builds neither), the 2-D map;
+    then `index/index.json` (backend, timings, recall, the folder's name) switches readers to it and older builds
+    are deleted. Products added since the previous build are re-embedded with this model and folded in as ordinary
+    rows (their `added` flag kept).
 
-    `callback` gets {"stage": "embed" | "annoy" | "map" | "done", "fraction": share of the build done (0..1, never
-    decreasing), "message": str} as each step starts, and "done" with fraction 1.0 once index.json is written.
+    `callback` gets {"stage": "embed" | "annoy" | "faiss" | "map" | "done", "fraction": share of the build done
+    (0..1, never decreasing), "message": str} as each step starts, and "done" with fraction 1.0 once index.json is
+    written.
     """
     if n_trees < 1:
         raise ValueError(f"--n-trees must be at least 1, got {n_trees}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
+    if backend == "faiss":
+        require_faiss()  # missing: say how to install it before minutes of embedding
     t_start, seconds = time.time(), {}
-    steps = [name for name in BUILD_STEPS if with_map or name != "map"]
+    steps = [name for name in BUILD_STEPS if (with_map or name != "map") and (backend != "exact" or
+                                                                               not name.startswith("index"))]
     shares = np.array([BUILD_STEPS[name] for name in steps])
     starts = dict(zip(steps, np.concatenate([[0.0], np.cumsum(shares)[:-1]]) / shares.sum()))
     emit = callback or (lambda event: None)
 
     def report(step: str, message: str) -> None:
-        emit({"stage": step.split("_")[0], "fraction": float(starts.get(step, 1.0)), "message": message})
+        stage = kind if step.startswith("index") else step.split("_")[0]  # "annoy" | "faiss" for an index step
+        emit({"stage": stage, "fraction": float(starts.get(step, 1.0)), "message": message})
 
+    kind = backend
     report("embed", "embedding the catalogue's photos and titles")
     run = load_run(run_dir)
     out = index_dir(run_dir)
@@ -57,16 +82,25 @@ def build_index(run_dir: str | Path, n_trees: int = N_TREES, with_map: bool = Tr
     products = embed_catalog(run, None, stage, progress=progress, added=added)
     seconds["embed"] = round(time.time() - t, 2)
     _, image_emb, text_emb = load_embeddings(stage)
+    kind = choose_backend(backend, len(products))
     pick = np.sort(np.random.default_rng(0).choice(len(products), min(RECALL_QUERIES, len(products)), replace=False))
     forests = {}
-    for name, emb, other in (("image", image_emb, text_emb), ("text", text_emb, image_emb)):
+    modalities = (("image", image_emb, text_emb), ("text", text_emb, image_emb)) if kind != "exact" else ()
+    for name, emb, other in modalities:
         t = time.time()
-        report(f"annoy_{name}", f"building the {'photo' if name == 'image' else 'title'} search index")
+        report(f"index_{name}", f"building the {'photo' if name == 'image' else 'title'} search index ({kind})")
         # Recall is measured with the other modality's rows as queries: a title searching photos is the app's case.
-        forest = AnnoyIndex.build(emb, products["id"], forest_path(stage, name), run.fingerprint, n_trees,
-                                  queries=np.asarray(other[pick]), progress=progress)
-        seconds[f"annoy_{name}"] = round(time.time() - t, 2)
-        forests[name] = {k: forest.meta[k] for k in ("n_trees", "search_k", "recall_at_10", "file_bytes")}
+        queries = np.asarray(other[pick])
+        if kind == "faiss":
+            built = FaissIndex.build(emb, products["id"], faiss_path(stage, name), run.fingerprint, queries=queries,
+                                     progress=progress)
+            keys = ("nlist", "nprobe", "rerank", "recall_at_10", "file_bytes")
+        else:
+            built = AnnoyIndex.build(emb, products["id"], forest_path(stage, name), run.fingerprint, n_trees,
+                                     queries=queries, progress=progress)
+            keys = ("n_trees", "search_k", "recall_at_10", "file_bytes")
+        seconds[f"{kind}_{name}"] = round(time.time() - t, 2)
+        forests[name] = {k: built.meta[k] for k in keys}
     if with_map:
         t = time.time()
         report("map", f"laying out the map of {2 * len(products):,} points (UMAP)")
@@ -76,7 +110,7 @@ def build_index(run_dir: str | Path, n_trees: int = N_TREES, with_map: bool = Tr
     manifest = {"format": INDEX_FORMAT, "fingerprint": run.fingerprint, "build_id": build_id, "dir": stage.name,
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "n_products": len(products),
                 "n_added": int(products["added"].sum()), "dim": run.dim, "exact_below": EXACT_BELOW,
-                "indexes": forests, "map": with_map, "seconds": seconds}
+                "backend": kind, "indexes": forests, "map": with_map, "seconds": seconds}
     write_json(out / MANIFEST, manifest)  # the commit point
     remove_other_builds(out, keep=build_folder(out))  # re-read: a build committed meanwhile stays
     report("done", f"indexed {len(products):,} products in {seconds['total']:.0f} s")

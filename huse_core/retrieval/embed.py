@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from ..artifacts import atomic_write
 from ..data.catalog import Catalog
 from ..data.images import decode_many
+from ..data.rowfile import write_rows
 from ..prepare import Prepared, cache_dir_for, embed, prepare
 from ..run import Run
 from .layout import IMAGE_EMB, PRODUCTS, TEXT_EMB, index_dir
@@ -80,8 +81,8 @@ def embed_catalog(run: Run, prep_or_catalog: Prepared | Catalog | None = None, o
 
     `prep_or_catalog`: None = the run's catalogue via data.prepare (decode cache, cached frozen features);
     a Catalog is decoded chunk by chunk, and rows whose photo fails are left out. `added` = (products, image_emb,
-    text_emb) of added products, appended after the catalogue. Arrays fill memory-mapped temp files batch by batch,
-    then each file is renamed into place. Returns the products table.
+    text_emb) of added products, appended after the catalogue. Both arrays are written to temp files chunk by
+    chunk, then each file is renamed into place. Returns the products table.
     """
     out = Path(out_dir) if out_dir else index_dir(run.run_dir)
     df, chunks = _catalog_chunks(run, prep_or_catalog, batch_size, progress)
@@ -92,30 +93,25 @@ def embed_catalog(run: Run, prep_or_catalog: Prepared | Catalog | None = None, o
     n_cat, n_extra = len(df), 0 if extra is None else len(extra)
     keep = np.zeros(n_cat, dtype=bool)
 
-    def fill(image_tmp: str, text_tmp: str) -> None:
-        shape = (n_cat + n_extra, run.dim)
-        image_mm = np.lib.format.open_memmap(image_tmp, mode="w+", dtype=np.float32, shape=shape)
-        text_mm = np.lib.format.open_memmap(text_tmp, mode="w+", dtype=np.float32, shape=shape)
+    def fill(put_image, put_text) -> int:
+        at = 0
         with tqdm(total=n_cat, desc="embedding catalogue", unit="product", disable=not progress,
                   file=sys.stderr) as bar:
-            at = 0
             for rows, image_emb, text_emb in chunks:
-                image_mm[at : at + len(rows)], text_mm[at : at + len(rows)] = image_emb, text_emb
+                put_image(at, image_emb)
+                put_text(at, text_emb)
                 keep[rows], at = True, at + len(rows)
                 bar.update(rows[-1] + 1 - bar.n if len(rows) else 0)
         if n_extra:
-            image_mm[at : at + n_extra], text_mm[at : at + n_extra] = extra_image, extra_text
-        n = at + n_extra
-        for mm, tmp in ((image_mm, image_tmp), (text_mm, text_tmp)):
-            mm.flush()
-            if n < len(mm):  # photos that failed to decode (Catalog path only, rare): keep the filled rows
-                with open(tmp + ".part", "wb") as f:
-                    np.save(f, np.asarray(mm[:n]))
-                Path(tmp + ".part").replace(tmp)
+            put_image(at, extra_image)
+            put_text(at, extra_text)
+        return at + n_extra  # fewer than the files' rows when photos failed to decode (Catalog path only, rare)
 
-    # Both files are filled in one pass; each appears under its real name only once complete.
-    atomic_write(out / IMAGE_EMB, lambda image_tmp: atomic_write(out / TEXT_EMB, lambda text_tmp: fill(image_tmp,
-                                                                                                      text_tmp)))
+    # Both files are filled in one pass, a chunk at a time (memory holds one chunk, never the catalogue's
+    # embeddings); each appears under its real name only once complete.
+    shape = (n_cat + n_extra, run.dim)
+    write_rows(out / IMAGE_EMB, shape, np.float32, lambda put_image: write_rows(
+        out / TEXT_EMB, shape, np.float32, lambda put_text: fill(put_image, put_text)))
     products = products_frame(df[keep], run.heads, added=False)
     if n_extra:
         products = pd.concat([products, products_frame(extra, run.heads, added=True)], ignore_index=True)

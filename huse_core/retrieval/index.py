@@ -1,4 +1,5 @@
-"""Opening a run's built index (embeddings, products, Annoy forests), checked against the run; filtered top-k."""
+"""Opening a run's built index (embeddings, products, Annoy forests or faiss indexes), checked against the run;
+filtered top-k."""
 
 from __future__ import annotations
 
@@ -7,21 +8,23 @@ import json
 import numpy as np
 
 from .annoy_index import AnnoyIndex
+from .faiss_index import FaissIndex
 from .knn import exact_search
-from .layout import (INDEX_FORMAT, MANIFEST, IndexMissingError, StaleIndexError, build_folder, forest_path, index_dir,
-                     load_embeddings, rebuild_hint)
+from .layout import (INDEX_FORMAT, MANIFEST, IndexMissingError, StaleIndexError, build_folder, faiss_path, forest_path,
+                     index_dir, load_embeddings, rebuild_hint)
 
 # Below this many products the Searcher scans exactly by default: at 512 dims that is ~0.1-0.3 ms a query on an
 # idle 2-core CPU (BENCHMARKS.md) and never misses; the forests are built anyway, so growing past it needs no flag.
 EXACT_BELOW = 5_000
 
 
-OVERFETCH = 2000  # most Annoy candidates fetched to satisfy a filter before exact search over the matches
+OVERFETCH = 2000  # most Annoy / faiss candidates fetched to satisfy a filter before exact search over the matches
 
 
-def top_matches(query: np.ndarray, emb: np.ndarray, forest: AnnoyIndex | None, k: int,
+def top_matches(query: np.ndarray, emb: np.ndarray, forest: AnnoyIndex | FaissIndex | None, k: int,
                 mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, cosines) of the k rows of `emb` nearest `query`, via `forest` when given, among `mask` rows only.
+    """(rows, cosines) of the k rows of `emb` nearest `query`, via `forest` (Annoy or faiss) when given, among
+    `mask` rows only.
 
     A filter over-fetches from the forest (k / share of matching rows, x1.5); when that still finds fewer than k
     matches (a rare label), exact search over just the matching rows answers: cheap, since they are few. So k
@@ -45,12 +48,13 @@ def top_matches(query: np.ndarray, emb: np.ndarray, forest: AnnoyIndex | None, k
 def load_index(run, backend: str = "auto") -> tuple:
     """(manifest, products, image_emb, text_emb, forests, backend) of a run's index, checked against the run.
 
-    backend: "annoy", "exact", or "auto" = exact below EXACT_BELOW products, else Annoy. Raises IndexMissingError
-    (no index) or StaleIndexError (another model, or files that don't line up), each saying what to run.
+    backend: "annoy", "faiss", "exact", or "auto" = exact below EXACT_BELOW products, else the kind the manifest
+    says was built (manifests from before faiss name none: Annoy). Raises IndexMissingError (no index, or not of
+    the kind asked for) or StaleIndexError (another model, or files that don't line up), each saying what to run.
     """
     run_dir, out = run.run_dir, index_dir(run.run_dir)
-    if backend not in ("auto", "annoy", "exact"):
-        raise ValueError(f"unknown backend {backend!r}; choose auto, annoy or exact")
+    if backend not in ("auto", "annoy", "faiss", "exact"):
+        raise ValueError(f"unknown backend {backend!r}; choose auto, annoy, faiss or exact")
     if not (out / MANIFEST).is_file():
         raise IndexMissingError(f"{run_dir} has no search index yet: run `python -m huse_core index --run {run_dir}`")
     manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
@@ -62,12 +66,19 @@ def load_index(run, backend: str = "auto") -> tuple:
     if not len(products) == len(image_emb) == len(text_emb) or image_emb.shape[1:] != (run.dim,):
         raise StaleIndexError(f"the index files in {out} do not line up (an interrupted build?): "
                               f"{rebuild_hint(run_dir)}")
+    built = manifest.get("backend", "annoy")
     if backend == "auto":
-        backend = "exact" if len(products) < EXACT_BELOW else "annoy"
+        backend = "exact" if len(products) < EXACT_BELOW else built
+    elif backend not in (built, "exact"):
+        raise IndexMissingError(f"the index in {out} was built with --backend {built}, not {backend}: "
+                                f"{rebuild_hint(run_dir, backend)}")
     forests = {}
-    for name in ("image", "text") if backend == "annoy" else ():
-        forests[name] = AnnoyIndex.load(forest_path(folder, name), run.dim, run.fingerprint, run_dir)
+    for name, emb in (("image", image_emb), ("text", text_emb)) if backend in ("annoy", "faiss") else ():
+        if backend == "faiss":
+            forests[name] = FaissIndex.load(faiss_path(folder, name), emb, run.fingerprint, run_dir)
+        else:
+            forests[name] = AnnoyIndex.load(forest_path(folder, name), run.dim, run.fingerprint, run_dir)
         if not np.array_equal(forests[name].ids, products["id"].to_numpy(dtype=object)):
-            raise StaleIndexError(f"{name}.ann in {out} indexes other products than products.parquet: "
-                                  f"{rebuild_hint(run_dir)}")
+            raise StaleIndexError(f"the {backend} index of {name} in {out} indexes other products than "
+                                  f"products.parquet: {rebuild_hint(run_dir)}")
     return manifest, products, image_emb, text_emb, forests, backend

@@ -14,7 +14,7 @@ from ..artifacts import file_sha, read_json
 
 INDEX_FORMAT = 1  # bump when the sidecar or the index folder changes incompatibly
 PRODUCTS, IMAGE_EMB, TEXT_EMB = "products.parquet", "image_emb.npy", "text_emb.npy"
-DELTA = "delta"  # products added after the build: delta/added.parquet and delta/images/<id>.png
+DELTA = "delta"  # products added after the build: delta/added.sqlite and delta/images/<id>.png
 MAP = "map.parquet"  # the 2-D map of a build (huse_core.retrieval.map)
 MANIFEST = "index.json"  # written last by build_index: the index folder is complete when it exists
 # Each build writes every file into its own index/build-<build_id>/ and index.json names that folder, so writing
@@ -32,8 +32,9 @@ class StaleIndexError(IndexMissingError):
     """An index built for another model, dimension or catalogue: it must be rebuilt, never loaded."""
 
 
-def rebuild_hint(run_dir: str | Path) -> str:
-    return f"run `python -m huse_core index --run {run_dir}` again"
+def rebuild_hint(run_dir: str | Path, backend: str | None = None) -> str:
+    flag = f" --backend {backend}" if backend else ""
+    return f"run `python -m huse_core index --run {run_dir}{flag}` again"
 
 
 def index_dir(run_dir: str | Path) -> Path:
@@ -46,8 +47,18 @@ def forest_path(folder: str | Path, modality: str) -> Path:
     return Path(folder) / f"{modality}.ann"
 
 
+def faiss_path(folder: str | Path, modality: str) -> Path:
+    """`<build folder>/<modality>.faiss`: the faiss index over one modality's rows (its sidecar adds .json)."""
+    return Path(folder) / f"{modality}.faiss"
+
+
 def added_path(out_dir: str | Path) -> Path:
-    """The added-products file of an index folder: `delta/added.parquet`."""
+    """The added-products store of an index folder: `delta/added.sqlite` (WAL mode: -wal and -shm files beside)."""
+    return Path(out_dir) / DELTA / "added.sqlite"
+
+
+def legacy_added_path(out_dir: str | Path) -> Path:
+    """Where added products were kept before the SQLite store, `delta/added.parquet`: imported once, then unused."""
     return Path(out_dir) / DELTA / "added.parquet"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,15 +11,18 @@ import numpy as np
 import pandas as pd
 
 from ..run import Run, check_weight, load_run, mix
-from .embed import ADDED_SPLIT, products_frame
+from .adding import add_products
+from .embed import products_frame
 from .index import load_index, top_matches
 from .knn import exact_search
 from .layout import IndexMissingError, StaleIndexError, build_folder, index_dir, load_map
 from .map import extend_map
-from .store import check_item, predict_labels, read_added, save_photo, write_added
+from .store import IndexIds, read_added
 
 __all__ = ["Hit", "IndexMissingError", "Searcher", "StaleIndexError"]
-TARGETS = ("image", "text")
+TARGETS = ("image", "text")  # what a product's photo or title can be compared with
+KINDS = TARGETS + ("product",)  # search targets: also whole products (the fusion layer's vectors)
+REFRESH_EVERY_S = 1.0  # searches look for products other processes added at most this often
 
 
 @dataclass
@@ -61,17 +65,22 @@ class Searcher:
         self.heads: list[dict] = run.heads
         self.index_dir = index_dir(run.run_dir)
         self._build_dir = build_folder(self.index_dir, manifest)  # this build's files, even after a newer one
-        self._emb = {"image": image_emb, "text": text_emb}
+        self._emb = {"image": image_emb, "text": text_emb}  # "product" joins on first use (_product_vectors)
         self._index_products = products
-        self._lock = threading.Lock()  # serialises add_products; searches read self._state without locking
+        self._index_ids = IndexIds.of(products["id"])
+        self._lock = threading.Lock()  # serialises state updates; searches read self._state without locking
         self._map: pd.DataFrame | None = None
-        self._state = self._make_state(read_added(self.index_dir, run.dim))
+        self._added = read_added(self.index_dir, run.dim)  # (table, image_emb, text_emb) of every added product
+        self._state = self._make_state(self._added)
+        self._looked = time.monotonic()  # when the store was last read
 
     @classmethod
     def open(cls, run_dir: str | Path, backend: str = "auto") -> Searcher:
-        """Load a run and its index (embeddings and Annoy forests memory-mapped) and the added products.
+        """Load a run and its index (embeddings and Annoy forests memory-mapped, faiss codes read) and the added
+        products.
 
-        backend: "annoy", "exact", or "auto" = exact below EXACT_BELOW products, else Annoy.
+        backend: "annoy", "faiss", "exact", or "auto" = exact below EXACT_BELOW products, else the index the build
+        made (index.json's "backend"; Annoy for indexes from before faiss).
         """
         run = load_run(run_dir)
         manifest, products, image_emb, text_emb, forests, backend = load_index(run, backend)
@@ -84,18 +93,62 @@ class Searcher:
         live = ~table["id"].isin(set(self._index_products["id"])).to_numpy(dtype=bool)  # not folded in yet
         delta = products_frame(table[live], self.heads, added=True)
         products = pd.concat([self._index_products, delta], ignore_index=True)
-        return _State(products, len(self._index_products), {"image": image_emb[live], "text": text_emb[live]},
-                      len(table))
+        delta = {"image": image_emb[live], "text": text_emb[live]}
+        if self.run.model.fusion is not None:
+            delta["product"] = self.run.encode_products(delta["image"], delta["text"]) if live.any() else \
+                np.zeros((0, self.run.dim), np.float32)
+        return _State(products, len(self._index_products), delta, len(table))
+
+    def _product_vectors(self) -> None:
+        """The catalogue's whole-product vectors, computed once from the index's photo and title embeddings (the
+        fusion layer is one small MLP: ~2 s for 44k products on 2 CPU cores), searched exactly."""
+        if "product" in self._emb:
+            return
+        if self.run.model.fusion is None:
+            raise ValueError(f"{self.run.run_dir} was trained without the fusion layer, so it has no whole-product "
+                             f"vectors: retrain it with `python -m huse_core train` to search whole products")
+        with self._lock:
+            if "product" not in self._emb:
+                self._emb["product"] = self.run.encode_products(self._emb["image"], self._emb["text"])
+
+    def refresh(self) -> bool:
+        """Take in the products added since this Searcher last read the store, by this process or another (the
+        `add` command, a second app); True when there were any. Reads only the new rows. Searches call it at most
+        once every REFRESH_EVERY_S."""
+        with self._lock:
+            return self._pull()
+
+    def _pull(self) -> bool:
+        table, image_emb, text_emb = self._added
+        new, new_image, new_text = read_added(self.index_dir, self.run.dim,
+                                              since=int(table["seq"].max()) if len(table) else 0)
+        self._looked = time.monotonic()
+        if not len(new):
+            return False
+        self._added = (pd.concat([table, new], ignore_index=True) if len(table) else new,
+                       np.concatenate([image_emb, new_image]), np.concatenate([text_emb, new_text]))
+        self._state = self._make_state(self._added)
+        return True
+
+    def _current(self) -> _State:
+        """The state to answer from, after a look at the store when the last one is over REFRESH_EVERY_S old (and
+        no other thread is updating it: then that one's result will do)."""
+        if time.monotonic() - self._looked >= REFRESH_EVERY_S and self._lock.acquire(blocking=False):
+            try:
+                self._pull()
+            finally:
+                self._lock.release()
+        return self._state
 
     @property
     def products(self) -> pd.DataFrame:
         """id, title, image, split, one column per head, added: the catalogue, then added products."""
-        return self._state.products
+        return self._current().products
 
     @property
     def fingerprint(self) -> str:
         """Changes whenever results can: model, index build, or the number of added products."""
-        return f"{self.run.fingerprint}-{self.manifest['build_id']}-{self._state.n_added}"
+        return f"{self.run.fingerprint}-{self.manifest['build_id']}-{self._current().n_added}"
 
     # -- queries ---------------------------------------------------------------------------------------------
 
@@ -164,27 +217,39 @@ class Searcher:
         only), the product itself left out. `filters` {head: class} keep only matching products; k hits are
         returned whenever k matching products exist.
         """
-        if target not in TARGETS:
-            raise ValueError(f"unknown target {target!r}; choose 'image' or 'text'")
+        if target not in KINDS:
+            raise ValueError(f"unknown target {target!r}; choose 'image', 'text' or 'product'")
+        if target == "product":
+            self._product_vectors()
         if int(k) < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        state = self._state
+        state = self._current()
         exclude = None
         if product is not None:
             check_weight(image_weight)
             exclude = self._row(state, product)
-            query = mix(self._product_emb(state, exclude, "image"), self._product_emb(state, exclude, "text"),
-                        image_weight)
+            if target == "product":  # a whole product against whole products: its own fused vector
+                query = self._product_emb(state, exclude, "product")
+            else:
+                query = mix(self._product_emb(state, exclude, "image"), self._product_emb(state, exclude, "text"),
+                            image_weight)
+        elif target == "product" and text and image is not None:  # "this photo, in blue": one product query
+            query = self.run.encode_products(self.encode_image(image), self.run.encode_texts(text))[0]
         else:
             query = self.query_vector(text, image, image_weight)
         return self._ranked(state, query, target, int(k), self._filter_mask(state, filters), exclude)
 
     def neighbours(self, product_id: str, k: int = 8) -> dict[str, list[Hit]]:
-        """"i2i", "i2t", "t2i", "t2t": the product's photo / title (first letter) against photos / titles."""
-        state = self._state
+        """"i2i", "i2t", "t2i", "t2t": the product's photo / title (first letter) against photos / titles; and
+        "p2p", the whole product against whole products, when the run has a fusion layer."""
+        state = self._current()
         row = self._row(state, product_id)
-        return {f"{q[0]}2{g[0]}": self._ranked(state, self._product_emb(state, row, q), g, k, exclude=row)
-                for q in TARGETS for g in TARGETS}
+        found = {f"{q[0]}2{g[0]}": self._ranked(state, self._product_emb(state, row, q), g, k, exclude=row)
+                 for q in TARGETS for g in TARGETS}
+        if self.run.model.fusion is not None:
+            self._product_vectors()
+            found["p2p"] = self._ranked(state, self._product_emb(state, row, "product"), "product", k, exclude=row)
+        return found
 
     # -- labels ----------------------------------------------------------------------------------------------
 
@@ -200,40 +265,13 @@ class Searcher:
 
     def add_products(self, items: list[dict]) -> list[dict]:
         """Embed, label and store new products ({"title", "image", optional "id"}) so search finds them now and
-        after a restart; the next `index` build folds them in. Bad items are reported and skipped.
+        after a restart; the next `index` build folds them in. Bad items are reported and skipped. Safe from many
+        threads and processes at once: the store (SQLite) takes each call's products in one transaction.
 
         Returns per item {"id", "title", "ok", "error", "labels": {head: predicted fused label}}.
         """
-        with self._lock:  # one writer at a time; the file is re-read so another process's additions survive
-            table, image_emb, text_emb = read_added(self.index_dir, self.run.dim)
-            taken = set(self._index_products["id"]) | set(table["id"])
-            results, good, pixels = [], [], []
-            for item in items:
-                item = item if isinstance(item, dict) else {"title": "", "image": None}  # reported: empty title
-                result = {"id": str(item.get("id") or "").strip() or None, "ok": False, "error": None,
-                          "title": str(item.get("title") or "").strip(), "labels": {}}
-                results.append(result)
-                try:
-                    result["id"], result["title"], photo, small = check_item(item, taken, self.run.image_size)
-                except ValueError as err:
-                    result["error"] = str(err)
-                    continue
-                good.append((result, photo))
-                pixels.append(small)
-            if not good:
-                return results
-            new_image = self.run.encode_images(np.stack(pixels))
-            new_text = self.run.encode_texts([r["title"] for r, _ in good])
-            rows = []
-            for (result, photo), labels in zip(good, predict_labels(self.run, new_image, new_text)):
-                path = save_photo(self.index_dir, result["id"], photo)
-                result.update(ok=True, labels=labels)
-                rows.append({"id": result["id"], "title": result["title"], "image": str(path), "split": ADDED_SPLIT,
-                             **labels, "fingerprint": self.run.fingerprint})
-            table = pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
-            image_emb, text_emb = np.concatenate([image_emb, new_image]), np.concatenate([text_emb, new_text])
-            write_added(self.index_dir, table, image_emb, text_emb)  # one atomic file: rows + embeddings
-            self._state = self._make_state((table, image_emb, text_emb))
+        results = add_products(self.run, self.index_dir, items, self._index_ids)
+        self.refresh()  # this call's products, and any another process added meanwhile
         return results
 
     # -- map -------------------------------------------------------------------------------------------------
@@ -249,7 +287,7 @@ class Searcher:
                 raise IndexMissingError(f"the index of {self.run.run_dir} has no map, or an outdated one: run "
                                         f"`python -m huse_core index --run {self.run.run_dir}` (without --no-map)")
             self._map = base
-        state = self._state
+        state = self._current()
         if state.map_frame is None:  # added products are placed once per snapshot
             state.map_frame = extend_map(self._map, self._emb["image"], self._emb["text"],
                                          state.products.iloc[state.n_index :], state.delta_emb["image"],

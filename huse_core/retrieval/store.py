@@ -1,116 +1,274 @@
-"""The store of products added after an index build: their rows, embeddings and photos under index/delta/."""
+"""The store of products added after an index build: one SQLite database under index/delta/ and their photos.
+
+Why SQLite in WAL mode: the app's threads, a second app and the `add` command may add products at the same time.
+Each batch of products is one transaction (its rows and both embeddings, one INSERT each: adding N products costs
+O(N) however many are stored), writers queue on SQLite's lock (busy_timeout) instead of rewriting one shared file,
+an id is UNIQUE so a product is never stored twice, and a `kill -9` mid-write leaves the last committed state (the
+journal rolls the half-written batch back). WAL lets searches read while a batch is written. The store must sit on
+a local disk (WAL needs shared memory between processes; network file systems don't give it).
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import re
-import sys
+import sqlite3
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
-from tqdm.auto import tqdm
 
-from ..artifacts import atomic_write
-from ..data.images import ImageError, as_image, decode_image
-from ..run import Run
-from .layout import DELTA, added_path, added_photo_path
+from .embed import ADDED_SPLIT
+from .layout import DELTA, added_path, added_photo_path, legacy_added_path
 
-SAVED_IMAGE_SIZE = 256  # added photos are kept as decoded (upright, white-padded squares) at this size
-_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # added ids name files: no paths, no odd characters
+STORE_FORMAT = 1  # the store's PRAGMA user_version; bump when its table changes incompatibly
+BUSY_TIMEOUT_S = 120.0  # how long a writer waits for others' batches (each holds the lock well under a second)
+_AUTO_ID = re.compile(r"new-(\d+)")  # ids given automatically: new-1, new-2, ...
+_BASE = ("seq", "id", "title", "image", "split", "fingerprint")  # read_added's columns besides one per head
+_SCHEMA = (
+    """CREATE TABLE added (
+        seq INTEGER PRIMARY KEY,     -- the order products were added in
+        id TEXT NOT NULL UNIQUE,     -- a second product with an id in use is refused, whoever writes it
+        title TEXT NOT NULL,
+        image TEXT NOT NULL,         -- the kept photo, relative to delta/
+        split TEXT NOT NULL,
+        labels TEXT NOT NULL,        -- JSON {head: predicted label}; multi-label heads "a|b"
+        fingerprint TEXT NOT NULL,   -- the model that embedded and labelled the product
+        auto_n INTEGER,              -- N of an id new-N: the next automatic id is new-(MAX + 1)
+        dim INTEGER NOT NULL,
+        image_emb BLOB NOT NULL,     -- dim float32 (native byte order)
+        text_emb BLOB NOT NULL)""",
+    "CREATE INDEX added_auto_n ON added(auto_n)",
+)
+_COLUMNS = "id, title, image, split, labels, fingerprint, auto_n, dim, image_emb, text_emb"
+_INSERT = f"INSERT INTO added ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # a second id: IntegrityError
+_UPSERT = _INSERT + " ON CONFLICT(id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}"
+                                                                  for c in _COLUMNS.split(", ")[1:])
 
 
-def read_added(out_dir: str | Path, dim: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """Products added after the build: (table with absolute image paths, image_emb, text_emb); empty if none.
+def auto_number(pid: str) -> int | None:
+    """N of an id of the form new-N, else None."""
+    found = _AUTO_ID.fullmatch(pid)
+    return int(found[1]) if found else None
 
-    One Parquet file holds the rows and both embeddings, so each addition is one atomic rename.
+
+@dataclass(frozen=True)
+class IndexIds:
+    """The ids an index build serves, which new products may not take, and the highest new-N among them (automatic
+    ids continue past it). Made once per Searcher: checking an id against it costs O(1)."""
+
+    ids: frozenset[str]
+    max_auto: int = 0
+
+    @classmethod
+    def of(cls, ids) -> IndexIds:
+        ids = frozenset(str(i) for i in ids)
+        return cls(ids, max((n for n in map(auto_number, ids) if n is not None), default=0))
+
+
+# -- opening --------------------------------------------------------------------------------------------------
+
+
+def _connect(path: str | Path) -> sqlite3.Connection:
+    con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)  # transactions are explicit
+    con.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    con.execute("PRAGMA synchronous = FULL")  # a committed batch survives a power cut, not only a kill
+    return con
+
+
+def _create(out_dir: str | Path) -> None:
+    """Make the store whole under a temp name (the table, WAL mode, and the products of an old Parquet store when
+    there is one), then link it into place: no reader sees half of it, and when two processes race the first
+    link wins and the other's copy is dropped (a link never replaces a file, a rename would)."""
+    path, legacy = added_path(out_dir), legacy_added_path(out_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"  # SQLite makes it, with the umask's mode
+    try:
+        con = _connect(tmp)
+        try:
+            con.execute("PRAGMA journal_mode = WAL")  # kept in the file: every later connection uses it
+            con.execute("BEGIN")
+            for statement in _SCHEMA:
+                con.execute(statement)
+            con.execute(f"PRAGMA user_version = {STORE_FORMAT}")
+            if legacy.is_file():
+                df, image_emb, text_emb = _read_legacy(legacy)
+                con.executemany(_UPSERT, _rows(df, image_emb, text_emb, Path(out_dir) / DELTA))
+            con.execute("COMMIT")
+        finally:
+            con.close()  # a clean close folds the WAL into the file and removes it
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process made the store first: use theirs
+        except OSError:  # a file system without hard links
+            if not path.exists():
+                os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def open_store(out_dir: str | Path, create: bool = False) -> sqlite3.Connection | None:
+    """A connection to an index folder's store; None when there is none and `create` is False.
+
+    Old stores: products added before this store existed were kept in one Parquet file (delta/added.parquet).
+    When that file is there and the SQLite store is not, its products are imported once, in the same atomic step
+    that creates the store; the Parquet file is left as it was (later additions go to SQLite only).
     """
     path = added_path(out_dir)
     if not path.is_file():
-        empty = np.zeros((0, dim), np.float32)
-        return pd.DataFrame(columns=["id", "title", "image", "fingerprint"]), empty, empty.copy()
+        if not create and not legacy_added_path(out_dir).is_file():
+            return None
+        _create(out_dir)
+    con = _connect(path)
+    try:
+        version = con.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.DatabaseError as err:  # not a database: another program's file, or damaged
+        con.close()
+        raise ValueError(f"{path} can't be read as the added-products store ({err}): move it away (its products "
+                         "are then lost to this index)") from None
+    if version != STORE_FORMAT:
+        con.close()
+        raise ValueError(f"{path} is an added-products store of format {version}, this version reads format "
+                         f"{STORE_FORMAT}: use the version of huse_core that wrote it, or move the file away (its "
+                         "products are then lost to this index)")
+    return con
+
+
+def _read_legacy(path: Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """The rows and embeddings of an old Parquet store (image paths as stored: relative to delta/)."""
     df = pd.read_parquet(path)
     as_matrix = (lambda col: np.stack(df[col].to_numpy()).astype(np.float32) if len(df)  # noqa: E731
-                 else np.zeros((0, dim), np.float32))
+                 else np.zeros((0, 0), np.float32))
     image_emb, text_emb = as_matrix("image_emb"), as_matrix("text_emb")
     df = df.drop(columns=["image_emb", "text_emb"])
-    df["image"] = [str(path.parent / p) for p in df["image"]]  # stored relative: the run folder may move
+    if "split" not in df:
+        df["split"] = ADDED_SPLIT
     return df, image_emb, text_emb
+
+
+# -- rows -----------------------------------------------------------------------------------------------------
+
+
+def _params(product: dict, image_emb: np.ndarray, text_emb: np.ndarray, delta: Path) -> tuple:
+    """The values of one product's row: keys id, title, image, fingerprint, optional split; any other key that
+    isn't one of read_added's columns is a head and its label."""
+    image = Path(str(product["image"]))
+    try:
+        image = image.relative_to(delta)  # kept relative: the run folder may move
+    except ValueError:
+        pass  # already relative (an old Parquet store's rows)
+    labels = {h: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+              for h, v in product.items() if h not in _BASE and h != "added"}
+    image_emb, text_emb = np.asarray(image_emb, np.float32), np.asarray(text_emb, np.float32)
+    return (str(product["id"]), str(product["title"]), image.as_posix(), str(product.get("split") or ADDED_SPLIT),
+            json.dumps(labels, ensure_ascii=False), str(product["fingerprint"]), auto_number(str(product["id"])),
+            len(image_emb), image_emb.tobytes(), text_emb.tobytes())
+
+
+def _rows(df: pd.DataFrame, image_emb: np.ndarray, text_emb: np.ndarray, delta: Path):
+    """_params of every row of a read_added-style table."""
+    for product, image, text in zip(df.to_dict("records"), image_emb, text_emb):
+        yield _params(product, image, text, delta)
+
+
+def read_added(out_dir: str | Path, dim: int, since: int = 0) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Products added after the build, in the order they came: (table with absolute image paths, image_emb,
+    text_emb); empty if none. The table: seq, id, title, image, split, fingerprint, one column per head.
+
+    `since`: only the products after this seq (what a Searcher has not seen yet). One SELECT: a consistent snapshot
+    while others write. Rows embedded at another dimension (an older model) come back as zeros until
+    `adding.refresh_added` re-embeds them.
+    """
+    con = open_store(out_dir)
+    rows = []
+    if con is not None:
+        try:
+            rows = con.execute("SELECT seq, id, title, image, split, fingerprint, labels, dim, image_emb, text_emb "
+                               "FROM added WHERE seq > ? ORDER BY seq", (int(since),)).fetchall()
+        finally:
+            con.close()
+    delta = Path(out_dir) / DELTA
+    df = pd.DataFrame([r[:6] for r in rows], columns=list(_BASE))
+    df["seq"] = df["seq"].astype(np.int64)
+    df["image"] = [str(delta / p) for p in df["image"]]  # stored relative: the run folder may move
+    labels = [json.loads(r[6]) for r in rows]
+    for head in dict.fromkeys(h for per in labels for h in per):
+        df[head] = [per.get(head, "") for per in labels]
+    image_emb, text_emb = np.zeros((len(rows), dim), np.float32), np.zeros((len(rows), dim), np.float32)
+    for i, r in enumerate(rows):
+        if r[7] == dim:
+            image_emb[i], text_emb[i] = np.frombuffer(r[8], np.float32), np.frombuffer(r[9], np.float32)
+    return df, image_emb, text_emb
+
+
+def count_added(out_dir: str | Path) -> int:
+    """How many products the store holds (every product ever added, folded into the index or not)."""
+    con = open_store(out_dir)
+    if con is None:
+        return 0
+    try:
+        return int(con.execute("SELECT COUNT(*) FROM added").fetchone()[0])
+    finally:
+        con.close()
 
 
 def write_added(out_dir: str | Path, df: pd.DataFrame, image_emb: np.ndarray, text_emb: np.ndarray) -> Path:
-    """Replace the added-products file atomically (rows + embeddings together)."""
-    delta = Path(out_dir) / DELTA
-    table = df.copy()
-    table["image"] = [str(Path(p).relative_to(delta)) if Path(p).is_absolute() else p for p in table["image"]]
-    table["image_emb"] = list(np.asarray(image_emb, np.float32))
-    table["text_emb"] = list(np.asarray(text_emb, np.float32))
-    return atomic_write(added_path(out_dir), lambda tmp: table.to_parquet(tmp, index=False))
-
-
-def predict_labels(run: Run, image_emb: np.ndarray, text_emb: np.ndarray) -> list[dict[str, str]]:
-    """Per product, each head's fused prediction (multi-label heads: the labels over 0.5, joined by "|")."""
-    probs = run.probabilities(image_emb, text_emb)
-    out: list[dict[str, str]] = [{} for _ in range(len(image_emb))]
-    for h in run.heads:
-        p = probs[h["name"]]["fused"]
-        for i, row in enumerate(p):
-            out[i][h["name"]] = ("|".join(c for c, q in zip(h["classes"], row) if q >= 0.5) if h["kind"] == "multi"
-                                 else h["classes"][int(row.argmax())])
-    return out
-
-
-def refresh_added(run: Run, out_dir: str | Path, progress: bool = True) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """The added products, re-embedded (from their stored photo and title) and re-labelled where an earlier
-    model embedded them; saved back when anything changed."""
-    df, image_emb, text_emb = read_added(out_dir, run.dim)
-    old = np.flatnonzero(df["fingerprint"].to_numpy(dtype=object) != run.fingerprint) if len(df) else []
-    if len(old) == 0:
-        return df, image_emb, text_emb
-    if image_emb.shape[1:] != (run.dim,):
-        image_emb, text_emb = np.zeros((len(df), run.dim), np.float32), np.zeros((len(df), run.dim), np.float32)
-    for start in tqdm(range(0, len(old), 256), desc="re-embedding added products", disable=not progress,
-                      file=sys.stderr):
-        rows = old[start : start + 256]
-        pixels = np.stack([decode_image(df["image"].iloc[r], run.image_size) for r in rows])
-        image_emb[rows] = run.encode_images(pixels)
-        text_emb[rows] = run.encode_texts(list(df["title"].iloc[rows]))
-        for r, labels in zip(rows, predict_labels(run, image_emb[rows], text_emb[rows])):
-            for head, label in labels.items():
-                df.loc[df.index[r], head] = label
-    df["fingerprint"] = run.fingerprint
-    write_added(out_dir, df, image_emb, text_emb)
-    return df, image_emb, text_emb
-
-
-def check_item(item: dict, taken: set, image_size: int) -> tuple[str, str, np.ndarray, np.ndarray]:
-    """(id, title, photo, pixels) of a product to add: the photo decoded at SAVED_IMAGE_SIZE for keeping, the
-    pixels at the model's `image_size`. A ValueError says what is wrong with the item.
-
-    Without an "id" the next free `new-N` is used; `taken` holds the ids in use and gets the new one.
-    """
-    title, pid = str(item.get("title") or "").strip(), str(item.get("id") or "").strip()
-    if not title:
-        raise ValueError("empty title: every product needs a title")
-    if pid and not _SAFE_ID.fullmatch(pid):
-        raise ValueError(f"id {pid!r} may hold only letters, digits, '.', '_' and '-' (at most 64)")
-    if pid in taken:
-        raise ValueError(f"id {pid!r} is already used by another product; give a new id or none")
-    if item.get("image") is None:
-        raise ValueError("no image: every product needs a photo")
+    """Write these products (rows of read_added's table, with their embeddings) in one transaction: a product
+    whose id is stored is replaced in place (keeping its place in the order), others are appended."""
+    con = open_store(out_dir, create=True)
     try:
-        photo = decode_image(as_image(item["image"]), max(SAVED_IMAGE_SIZE, image_size))
-    except ImageError as err:
-        raise ValueError(err.reason) from None
-    if not pid:
-        pid = f"new-{1 + max((int(t[4:]) for t in taken if t.startswith('new-') and t[4:].isdigit()), default=0)}"
-    taken.add(pid)
-    pixels = photo if len(photo) == image_size else np.asarray(
-        Image.fromarray(photo).resize((image_size, image_size), Image.Resampling.LANCZOS))
-    return pid, title, photo, pixels
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.executemany(_UPSERT, _rows(df, image_emb, text_emb, Path(out_dir) / DELTA))
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    finally:
+        con.close()
+    return added_path(out_dir)
 
 
-def save_photo(out_dir: str | Path, pid: str, photo: np.ndarray) -> Path:
-    """Store an added product's decoded photo as delta/images/<id>.png (atomically)."""
-    path = added_photo_path(out_dir, pid)
-    return atomic_write(path, lambda tmp: Image.fromarray(photo).save(tmp, format="PNG"))
+def insert_added(out_dir: str | Path, products: list[dict], image_emb: np.ndarray, text_emb: np.ndarray,
+                 photos: list[Path], index: IndexIds) -> list[tuple[str | None, str | None]]:
+    """Store new products in one transaction; per product (its id, None) or (None, why it was refused).
+
+    products: {"id" (None = the next free new-N), "title", "labels": {head: label}, "fingerprint"}; photos: each
+    one's photo under a temp name in delta/images/ (adding.stage_photo). Under the write lock (BEGIN IMMEDIATE)
+    ids are checked against the index and the store and automatic ids are handed out, so concurrent writers never
+    store an id twice; each photo is renamed to delta/images/<id>.png before its row is written, and none of the
+    rows exist until COMMIT.
+    """
+    con = open_store(out_dir, create=True)
+    out: list[tuple[str | None, str | None]] = []
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            stored_max = con.execute("SELECT MAX(auto_n) FROM added").fetchone()[0] or 0
+            next_n = max(index.max_auto, stored_max) + 1
+            for p, image, text, photo in zip(products, image_emb, text_emb, photos):
+                pid = p["id"]
+                if pid is None:
+                    pid, next_n = f"new-{next_n}", next_n + 1
+                elif pid in index.ids or con.execute("SELECT 1 FROM added WHERE id = ?", (pid,)).fetchone():
+                    out.append((None, f"id {pid!r} is already used by another product; give a new id or none"))
+                    continue
+                else:  # automatic ids continue past a given new-N, as the ids in use decide
+                    next_n = max(next_n, (auto_number(pid) or 0) + 1)
+                final = added_photo_path(out_dir, pid)
+                os.replace(photo, final)
+                product = {"id": pid, "title": p["title"], "image": final, "fingerprint": p["fingerprint"],
+                           **p["labels"]}
+                con.execute(_INSERT, _params(product, image, text, Path(out_dir) / DELTA))
+                out.append((pid, None))
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    finally:
+        con.close()
+    return out

@@ -18,6 +18,7 @@ from .baseline import fit_predict, verdict
 from .baseline import format_lines as baseline_lines
 
 KS = (1, 5, 10)
+SHORT = {"product": "layer"}  # column names in format_tables: the fusion layer's whole-product vector
 
 
 def recall_at_k(hits: np.ndarray, ks=KS) -> dict[str, float]:
@@ -41,6 +42,45 @@ def retrieval_metrics(image_emb: np.ndarray, text_emb: np.ndarray, labels: np.nd
         ranked = top_k(emb[q], emb[g], k, exclude_self=False)
         instance[f"{q}2{g}"] = recall_at_k(norm[ranked] == norm[:, None])
     return {"class_level": class_level, "instance": instance}
+
+
+CATALOG_QUERIES = 2000  # the public KAGL protocol's query count (marqo-ai/marqo-FashionCLIP, LEADERBOARD.md)
+
+
+def ranked_hits(query_emb: np.ndarray, gallery_emb: np.ndarray, query_keys: np.ndarray, gallery_keys: np.ndarray,
+                chunk: int = 256) -> dict[str, float]:
+    """R@1, R@10 and MRR of queries against a gallery where a hit is any gallery row whose key (a normalised title)
+    equals the query's. The rank of a query's first hit = 1 + the gallery rows scoring above its best hit, so MRR
+    is exact over the whole gallery; a query with no hit in the gallery ranks last."""
+    codes = np.unique(np.concatenate([query_keys, gallery_keys]).astype(str), return_inverse=True)[1]
+    q_code, g_code = codes[: len(query_keys)], codes[len(query_keys):]
+    ranks = np.empty(len(query_emb), dtype=np.int64)
+    for start in range(0, len(query_emb), chunk):
+        sims = query_emb[start : start + chunk] @ gallery_emb.T  # (q, G)
+        hit = g_code[None, :] == q_code[start : start + chunk, None]
+        best = np.where(hit, sims, -np.inf).max(1)
+        ranks[start : start + chunk] = np.where(np.isfinite(best), (sims > best[:, None]).sum(1) + 1,
+                                                len(gallery_emb))
+    return {"R@1": round(float((ranks <= 1).mean()), 4), "R@10": round(float((ranks <= 10).mean()), 4),
+            "MRR": round(float((1.0 / ranks).mean()), 4)}
+
+
+def catalog_retrieval(image_emb: np.ndarray, text_emb: np.ndarray, titles: list[str], query_rows: np.ndarray,
+                      n_queries: int = CATALOG_QUERIES, seed: int = 0) -> dict:
+    """The whole-catalogue protocol of the public KAGL leaderboard: up to `n_queries` distinct titles of
+    `query_rows` (the test split) each query every photo of the catalogue (t2i), a hit = any product with the same
+    normalised title; i2t: the same products' photos query every title of the catalogue.
+
+    image_emb, text_emb, titles: the whole catalogue, row-aligned. One product stands for each distinct title.
+    """
+    norm = np.array([normalise_title(t) for t in titles], dtype=object)
+    _, first = np.unique(norm[query_rows].astype(str), return_index=True)
+    picks = np.sort(query_rows[first])
+    if len(picks) > n_queries:
+        picks = np.sort(np.random.default_rng(seed).choice(picks, n_queries, replace=False))
+    return {"gallery": "whole catalogue", "n_queries": int(len(picks)), "n_gallery": int(len(image_emb)),
+            "t2i": ranked_hits(text_emb[picks], image_emb, norm[picks], norm),
+            "i2t": ranked_hits(image_emb[picks], text_emb, norm[picks], norm)}
 
 
 def classification_metrics(probs: dict, labels: dict, heads: list[dict]) -> dict:
@@ -119,6 +159,15 @@ def baseline_metrics(prep: Prepared, split: str, heads: list[dict], classificati
             "verdict": {h: verdict(h, f, per[h]) for h, f in fused.items()}}
 
 
+def whole_catalog_retrieval(run, prep: Prepared, split: str, progress: bool = False) -> dict:
+    """`catalog_retrieval` for a run: every product of its catalogue embedded, `split`'s titles as queries."""
+    everything = np.arange(len(prep.catalog.df))
+    if progress:
+        print(f"embedding all {len(everything)} products for the whole-catalogue protocol", file=sys.stderr)
+    image_emb, text_emb = (e.numpy() for e in embed(run.model, prep, everything, torch.device("cpu")))
+    return catalog_retrieval(image_emb, text_emb, prep.catalog.df["title"].tolist(), prep.split(split))
+
+
 def evaluate(run_dir: str | Path, split: str = "test", progress: bool = True, baseline: bool = True) -> dict:
     """Evaluate a run on one split of its catalogue; the figures are also saved in run.json under "metrics".
 
@@ -138,6 +187,7 @@ def evaluate(run_dir: str | Path, split: str = "test", progress: bool = True, ba
         "classification": classification_metrics(pred["probs"], labels, run.heads),
         "retrieval": retrieval_metrics(image_np, text_np, labels[run.leaf], pred["titles"]),
         "modality_gap": {"mean_pair_cosine": round(float((image_np * text_np).sum(1).mean()), 4)},
+        "retrieval_catalog": whole_catalog_retrieval(run, prep, split, progress),
         "leaf": run.leaf,
         "split": split,
     }
@@ -156,9 +206,11 @@ def format_tables(result: dict) -> str:
     """Readable tables of an evaluation result, for the terminal."""
     split = result.get("split", "test")
     base = (result.get("baseline") or {}).get("heads")
-    modalities = ("image", "text", "fused") + (("base",) if base else ())  # base: the TF-IDF title baseline
+    # product: the fusion layer's whole-product vector; base: the TF-IDF title baseline
+    has_layer = any("product" in per for per in result["classification"].values())
+    modalities = ("image", "text") + (("product",) if has_layer else ()) + ("fused",) + (("base",) if base else ())
     lines = [f"{result[f'n_{split}']} {split} products; leaf head: {result['leaf']}", "",
-             f"{'head':<20}" + "".join(f"{f'{m} {k}':>10}" for m in modalities for k in ("acc", "F1"))]
+             f"{'head':<20}" + "".join(f"{f'{SHORT.get(m, m)} {k}':>10}" for m in modalities for k in ("acc", "F1"))]
     for head, per in result["classification"].items():
         per = {**per, "base": base[head]} if base and head in base else per
         cells = [f"{per[m][k] * 100:9.2f}%" if m in per else f"{'-':>10}" for m in modalities
@@ -166,8 +218,15 @@ def format_tables(result: dict) -> str:
         lines.append(f"{head:<20}" + "".join(cells))
     lines += baseline_lines(result)
     for kind in ("class_level", "instance"):
-        lines += ["", f"retrieval, {kind.replace('_', '-')}:", f"{'':<8}{'R@1':>8}{'R@5':>8}{'R@10':>8}"]
+        lines += ["", f"retrieval, {kind.replace('_', '-')} (gallery: {split} split):",
+                  f"{'':<8}{'R@1':>8}{'R@5':>8}{'R@10':>8}"]
         for direction, r in result["retrieval"][kind].items():
             lines.append(f"{direction:<8}" + "".join(f"{r[f'R@{k}']:8.3f}" for k in KS))
+    cat = result.get("retrieval_catalog")
+    if cat:
+        lines += ["", f"retrieval, instance (gallery: whole catalogue, {cat['n_gallery']} products; "
+                      f"{cat['n_queries']} {split} titles as queries, a hit = same title):",
+                  f"{'':<8}{'R@1':>8}{'R@10':>8}{'MRR':>8}"]
+        lines += [f"{d:<8}" + "".join(f"{cat[d][m]:8.3f}" for m in ("R@1", "R@10", "MRR")) for d in ("t2i", "i2t")]
     lines += ["", f"modality gap: mean paired cosine {result['modality_gap']['mean_pair_cosine']:.3f}"]
     return "\n".join(lines)

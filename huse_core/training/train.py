@@ -1,12 +1,12 @@
-"""Training a HUSE run: data prep, the epoch loop with all three losses, checkpoints, resume, early stopping.
+"""Training a HUSE run: data prep, the epoch loop with its losses, checkpoints, resume, early stopping.
 
-Just over 300 lines: the loop, its checkpoints and resume read best in one file (the schedule is schedule.py).
+The schedule is schedule.py; what is chosen on validation (stopping score, fusion, flip TTA) is validation.py;
+training across processes under torchrun (DDP) is distributed.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import platform
 import sys
 import time
@@ -20,10 +20,12 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..artifacts import load_torch, read_json, save_torch, write_json
 from ..config import DataConfig, LossConfig, ModelConfig, TrainConfig, from_dict, to_dict
-from ..data.catalog import load_catalog
-from ..prepare import Prepared, augment, cache_dir_for, embed, prepare
+from ..data.catalog import load_catalog, normalise_title
+from ..prepare import Prepared, augment, cache_dir_for, prepare
+from .distributed import TrainStep, World
 from .losses import HuseLoss, taxonomy_distance
 from .schedule import Schedule, plan_schedule
+from .validation import accuracy_by_modality, choose_flip_tta, selection_score, tune_fusion_weights
 from ..model import build_model
 from ..run import RUN_FORMAT
 
@@ -32,7 +34,6 @@ Callback = Callable[[dict], None]
 # A 1,000-product shop (96 validation products), two runs, last two thirds of the epochs: the raw "mean" score sat
 # below its best in 12/27 and 20/28 epochs (raw fused: 15/27, 19/28), the smoothed one in 10/27 and 11/28.
 SMOOTHING = 0.5
-FUSION_MIN_GAIN = 0.002  # validation accuracy a photo + title mix must add over the better one alone
 
 
 def pick_device(name: str) -> torch.device:
@@ -57,75 +58,24 @@ def training_autocast(precision: str, device: torch.device) -> torch.dtype | Non
     return torch.bfloat16 if device.type == "cpu" and native else None
 
 
-@torch.inference_mode()
-def tune_fusion_weights(model, prep: Prepared, rows: np.ndarray, device: torch.device) -> dict[str, float]:
-    """Per single-label head, the fusion weight w in 0, 0.05, ..., 1 with the best validation accuracy.
-
-    Where one modality knows a head far better (gender from titles, say) the fixed 0.5 average falls below
-    that modality alone; a per-head weight chosen on validation keeps fused at least as good as either.
-    Ties prefer the weight closest to 0.5. A mix that beats the better modality alone by less than
-    FUSION_MIN_GAIN on validation is noise, not signal (on the real catalogue such mixes fell 0.1-0.2 points
-    below text on test), so that head's w goes to the better modality alone: fused then equals it.
-    """
-    image_emb, text_emb = embed(model, prep, rows, device)
-    probs = model.probabilities(image_emb, text_emb)
-    grid = np.round(np.linspace(0, 1, 21), 2)
-    weights = {}
-    for h in prep.heads:
-        y = torch.from_numpy(prep.labels[h["name"]][rows]).to(device)
-        known = y >= 0
-        if h["kind"] != "single" or not known.any():
-            continue
-        p_img, p_txt = probs[h["name"]]["image"][known], probs[h["name"]]["text"][known]
-        acc = [float(((w * p_img + (1 - w) * p_txt).argmax(1) == y[known]).float().mean()) for w in grid]
-        best = max(acc)
-        w = float(min((w for w, a in zip(grid, acc) if a == best), key=lambda w: abs(w - 0.5)))
-        if best - max(acc[0], acc[-1]) < FUSION_MIN_GAIN:
-            w = 1.0 if acc[-1] > acc[0] else 0.0  # grid[0] = text alone, grid[-1] = image alone
-        weights[h["name"]] = w
-    return weights
-
-
-@torch.inference_mode()
-def accuracy_by_modality(model, prep: Prepared, rows: np.ndarray, device: torch.device) -> dict[str, float]:
-    """Leaf-head accuracy of image, text and fused predictions on `rows` (validation during training)."""
-    image_emb, text_emb = embed(model, prep, rows, device)
-    probs = model.probabilities(image_emb, text_emb)[prep.leaf]
-    y = torch.from_numpy(prep.labels[prep.leaf][rows]).to(device)
-    known = y >= 0
-    return {m: float((p.argmax(1) == y)[known].float().mean()) for m, p in probs.items()}
-
-
-def selection_score(val_accuracy: dict[str, float], select_by: str = "mean") -> float:
-    """What early stopping maximises (TrainConfig.select_by) over leaf validation accuracies: "fused" = fused,
-    ties going to the better single modalities; "mean" = the mean of photo, title and fused, ties going to fused.
-
-    On a ~100-product validation set each accuracy moves by whole products from epoch to epoch; the mean of the
-    three, smoothed over epochs (SMOOTHING), is what patience counts against there.
-    """
-    if select_by == "fused":
-        return val_accuracy["fused"] + 1e-3 * (val_accuracy["image"] + val_accuracy["text"])
-    if select_by == "mean":
-        return sum(val_accuracy[m] for m in ("image", "text", "fused")) / 3 + 1e-3 * val_accuracy["fused"]
-    raise ValueError(f"unknown early-stopping score {select_by!r}; choose fused or mean")
-
-
-def plan(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig):
-    """The catalogue's schedule (training.schedule) and the three configs with its values in place of auto (None).
-
-    The catalogue is read once first, without merging rare classes, for its split sizes and class counts.
-    """
+def plan(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, loss_cfg: LossConfig | None = None):
+    """The catalogue's schedule (training.schedule) and the configs (data, model, train, loss) with its values in
+    place of auto (None). The catalogue is read once first, without merging rare classes, for its split sizes and
+    class counts."""
+    loss_cfg = loss_cfg or LossConfig()
     catalog = load_catalog(dataclasses.replace(data_cfg, min_class_count=1), progress=False)
     train_rows = catalog.split_indices("train")
     labels = catalog.labels(train_rows)
     counts = {h.name: [int(c) for c in np.bincount(labels[h.name][labels[h.name] >= 0]) if c]
               for h in catalog.heads if h.kind == "single"}
     schedule = plan_schedule(len(train_rows), counts, train_cfg, n_val=len(catalog.split_indices("val")),
-                             dropout=model_cfg.dropout, min_class_count=data_cfg.min_class_count)
+                             dropout=model_cfg.dropout, min_class_count=data_cfg.min_class_count,
+                             nce_anchor=loss_cfg.nce_anchor)
     train_cfg = dataclasses.replace(train_cfg, batch_size=schedule.batch_size, lr=schedule.lr, epochs=schedule.epochs,
                                     patience=schedule.patience, select_by=schedule.select_by)
     return (dataclasses.replace(data_cfg, min_class_count=schedule.min_class_count),
-            dataclasses.replace(model_cfg, dropout=schedule.dropout), train_cfg, schedule)
+            dataclasses.replace(model_cfg, dropout=schedule.dropout), train_cfg, schedule,
+            dataclasses.replace(loss_cfg, nce_anchor=schedule.nce_anchor))
 
 
 def graph_distance(loss_cfg: LossConfig, prep: Prepared) -> np.ndarray:
@@ -140,13 +90,18 @@ def graph_distance(loss_cfg: LossConfig, prep: Prepared) -> np.ndarray:
     raise ValueError(f"unknown graph distance {loss_cfg.graph_distance!r}; choose tree or names")
 
 
-def make_optimizer(model, cfg: TrainConfig, steps: int):
+def make_optimizer(model, cfg: TrainConfig, steps: int, criterion=None):
+    """The optimiser over the model's trainable weights and the loss's own (the alignment's scale), and its
+    learning-rate schedule. AdamW runs its fused kernel: one pass over all weights instead of a loop per tensor."""
     params = [p for p in model.parameters() if p.requires_grad]
+    extra = [p for p in criterion.parameters() if p.requires_grad] if criterion is not None else []
     if cfg.optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # The loss's scale gets no weight decay (it is a temperature, not a weight).
+        groups = [{"params": params}] + ([{"params": extra, "weight_decay": 0.0}] if extra else [])
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.2)
     elif cfg.optimizer == "rmsprop":
-        opt = torch.optim.RMSprop(params, lr=cfg.lr, momentum=0.9)
+        opt = torch.optim.RMSprop(params + extra, lr=cfg.lr, momentum=0.9)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)  # the paper's constant rate
     else:
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose adamw or rmsprop")
@@ -169,10 +124,16 @@ def train(
     in run.json (with the schedule and its reasons under "schedule"). Every epoch rewrites last.pt (for --resume)
     and run.json atomically; model.pt is the best epoch on validation (`selection_score`). `callback` gets a dict
     per event, for live progress in the app.
+
+    Under torchrun each process trains on its shard of every global batch (`batch_size` products a step in all);
+    rank 0 alone writes, prints, validates and decides, and every process returns its run.json dict.
     """
     run_dir = Path(run_dir)
-    emit = callback or (lambda event: None)
+    world = World.from_env(pick_device(train_cfg.device))
+    emit = callback if callback is not None and world.is_main else (lambda event: None)
+    progress = progress and world.is_main
     last_path, meta_path = run_dir / "last.pt", run_dir / "run.json"
+    resume = resume or (world.restarted and last_path.is_file())  # torchrun --max-restarts: carry on
     if resume:
         if not last_path.is_file():
             raise FileNotFoundError(f"nothing to resume in {run_dir}: no last.pt. Start a new run without --resume.")
@@ -182,26 +143,30 @@ def train(
     elif meta_path.exists() and read_json(meta_path).get("status") == "training" and last_path.exists():
         raise FileExistsError(f"{run_dir} holds an unfinished run; pass --resume to continue it, or choose "
                               f"another --out.")
-    torch.set_num_threads(train_cfg.threads or os.cpu_count() or 1)
+    torch.set_num_threads(train_cfg.threads or world.threads)  # under torchrun: the cores shared by its processes
     torch.manual_seed(train_cfg.seed)
-    device = pick_device(train_cfg.device)
+    device = world.device(pick_device(train_cfg.device))
 
     if model_cfg.text_backbone == "minilm" or loss_cfg.graph_distance == "names":
         from ..model.sentence import load_encoder
 
         load_encoder()  # a missing optional package fails now, not after every photo is decoded
+    from ..model.hub import check_weights
+
+    check_weights(model_cfg)  # hub encoders: missing weights offline fail now, in one line, before any decoding
     emit({"stage": "data", "message": "reading the catalogue"})
     if resume:  # the stored configs hold the resolved values; runs from before schedules had them all given
         schedule = Schedule.from_dict(saved["schedule"]) if saved.get("schedule") else None
     else:
-        data_cfg, model_cfg, train_cfg, schedule = plan(data_cfg, model_cfg, train_cfg)
+        data_cfg, model_cfg, train_cfg, schedule, loss_cfg = plan(data_cfg, model_cfg, train_cfg, loss_cfg)
     if schedule is not None:
         emit({"stage": "schedule", "message": f"schedule: batch {train_cfg.batch_size}, lr {train_cfg.lr:g}, "
               f"up to {train_cfg.epochs} epochs", "schedule": schedule.to_dict()})
         if progress:
             print(("resuming with the stored " if resume else "") + schedule.describe(), file=sys.stderr)
-    prep = prepare(data_cfg, model_cfg, cache_dir_for(data_cfg, run_dir), progress=progress,
-                   tokenizer=None if not resume else saved["tokenizer"])
+    with world.main_first():  # rank 0 fills the decode cache; the others then read it
+        prep = prepare(data_cfg, model_cfg, cache_dir_for(data_cfg, run_dir), progress=progress,
+                       tokenizer=None if not resume else saved["tokenizer"])
     if progress:
         print(prep.catalog.report.summary(), file=sys.stderr)
     model = build_model(model_cfg, prep.heads, prep.tokenizer.n_tokens, idf=prep.tokenizer.idf).to(device)
@@ -209,11 +174,16 @@ def train(
     criterion = HuseLoss(loss_cfg, {h["name"]: h["kind"] for h in prep.heads}, prep.leaf, distance).to(device)
     if model.image.frozen:
         emit({"stage": "features", "message": f"computing {model_cfg.backbone} features once"})
-        prep.compute_features(model, device, progress)
+        with world.main_first():
+            prep.compute_features(model, device, progress)
 
     train_rows, val_rows = prep.split("train"), prep.split("val")
-    steps_per_epoch = max(1, len(train_rows) // train_cfg.batch_size)
-    opt, sched = make_optimizer(model, train_cfg, steps_per_epoch * train_cfg.epochs)
+    per_process = world.per_process_batch(train_cfg.batch_size, len(train_rows))
+    global_batch = per_process * world.world_size  # = batch_size unless it doesn't split evenly
+    steps_per_epoch = max(1, len(train_rows) // global_batch)
+    opt, sched = make_optimizer(model, train_cfg, steps_per_epoch * train_cfg.epochs, criterion)
+    # Products with the same normalised title share an id: the alignment loss does not push them apart.
+    title_group = prep.catalog.df["title"].map(normalise_title).factorize()[0].astype(np.int64)
     meta = {
         "format": RUN_FORMAT, "status": "training", "huse_core": __version__, "torch": torch.__version__,
         "python": platform.python_version(), "data": to_dict(data_cfg), "model": to_dict(model_cfg),
@@ -221,6 +191,8 @@ def train(
         "leaf": prep.leaf, "leaf_paths": prep.leaf_paths, "tokenizer": prep.tokenizer.to_dict(),
         "catalog_size": len(prep.catalog.df), "splits": {s: int(len(prep.split(s))) for s in ("train", "val", "test")},
         "load_report": prep.catalog.report.summary(), "history": [], "best_epoch": None,
+        "encoders": model.encoders(),  # hub encoders' names, versions and weight fingerprints
+        "distributed": world.describe(global_batch, per_process),
         **({"schedule": schedule.to_dict()} if schedule is not None else {}),
     }
     start_epoch, best, stale = 0, -1.0, 0
@@ -228,36 +200,38 @@ def train(
     if resume:
         state = load_torch(last_path)
         model.load_state_dict(state["model"])
+        criterion.load_state_dict(state.get("criterion", criterion.state_dict()))
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start_epoch, best, stale = int(state["epoch"]) + 1, float(state["best"]), int(state["stale"])
         smooth, best_smooth = state.get("smooth"), float(state.get("best_smooth", best))  # older last.pt: raw only
         torch.set_rng_state(state["rng"])
         meta["history"], meta["best_epoch"] = saved["history"][:start_epoch], saved.get("best_epoch")
-    write_json(meta_path, meta)
+    if world.is_main:
+        write_json(meta_path, meta)
+    forward = world.wrap(TrainStep(model, criterion, world.gather if world.enabled else None), loss_cfg.losses)
 
     low_precision = training_autocast(train_cfg.precision, device)
     for epoch in range(start_epoch, train_cfg.epochs):
         model.train()
         model.image.autocast = low_precision
         rng = np.random.default_rng(train_cfg.seed * 1000 + epoch)  # per-epoch order: resumes reproduce it
-        order = rng.permutation(train_rows)
+        order = rng.permutation(train_rows)  # the same on every process; each takes its shard of every batch
+        aug_rng = world.seed_epoch(train_cfg.seed, epoch, rng)
         sums: dict[str, float] = {}
         seen, t0 = 0, time.time()
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{train_cfg.epochs}", disable=not progress,
                    leave=False, file=sys.stderr)
         for step in bar:
-            rows = np.sort(order[step * train_cfg.batch_size : (step + 1) * train_cfg.batch_size])
+            rows = world.shard(order[step * global_batch : (step + 1) * global_batch])
             text_input = prep.text_input(rows).to(device)  # token ids, or cached sentence embeddings (minilm)
             if model.image.frozen:
-                image_emb = model.encode_image_features(torch.from_numpy(prep.features[rows]).to(device))
+                image_input = torch.from_numpy(prep.features[rows]).to(device)
             else:
                 pixels = torch.from_numpy(prep.pixels[rows]).to(device)
-                image_emb = model.encode_image(augment(pixels, rng) if train_cfg.augment else pixels)
-            text_emb = model.encode_text(text_input)
+                image_input = augment(pixels, aug_rng) if train_cfg.augment else pixels
             labels = {h: torch.from_numpy(y[rows]).to(device) for h, y in prep.labels.items()}
-            logits = {"image": model.logits(image_emb), "text": model.logits(text_emb)}
-            terms = criterion(image_emb, text_emb, logits, labels)
+            terms = forward(image_input, text_input, labels, torch.from_numpy(title_group[rows]).to(device))
             opt.zero_grad(set_to_none=True)
             terms["total"].backward()
             opt.step()
@@ -265,43 +239,55 @@ def train(
             seen += len(rows)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(rows)
-            rate = seen / max(time.time() - t0, 1e-9)
+            rate = seen * world.world_size / max(time.time() - t0, 1e-9)  # products/s of all processes
             bar.set_postfix({k: f"{v / seen:.3f}" for k, v in sums.items()} | {"prod/s": f"{rate:.0f}"})
             emit({"stage": "train", "epoch": epoch + 1, "epochs": train_cfg.epochs, "step": step + 1,
                   "steps": steps_per_epoch, "loss": {k: v / seen for k, v in sums.items()}})
-        model.eval()
-        model.image.autocast = None  # validation measures what inference will give: fp32
-        val = accuracy_by_modality(model, prep, val_rows, device)
-        record = {"epoch": epoch + 1, "seconds": round(time.time() - t0, 2), "products_per_s": round(rate, 1),
-                  "loss": {k: round(v / seen, 5) for k, v in sums.items()},
-                  "val_accuracy": {k: round(v, 5) for k, v in val.items()}}
-        meta["history"].append(record)
-        score = selection_score(val, train_cfg.select_by)
-        if score > best:  # model.pt: the best epoch by the score itself
-            best, meta["best_epoch"] = score, epoch + 1
-            save_torch(run_dir / "model.pt", model.state_dict())
-        smooth = score if smooth is None else SMOOTHING * smooth + (1 - SMOOTHING) * score
-        stale = 0 if smooth > best_smooth else stale + 1  # stopping: its smoothed value, steadier on few products
-        best_smooth = max(best_smooth, smooth)
-        save_torch(last_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                               "scheduler": sched.state_dict(), "epoch": epoch, "best": best, "stale": stale,
-                               "smooth": smooth, "best_smooth": best_smooth,
-                               "rng": torch.get_rng_state()})  # dropout draws: a resumed run repeats them
-        write_json(meta_path, meta)
-        emit({"stage": "epoch", **record, "epochs": train_cfg.epochs})
-        if progress:
-            terms_txt = " ".join(f"{k}={v:.4f}" for k, v in record["loss"].items())
-            accs = " ".join(f"{k}={v:.3f}" for k, v in val.items())
-            print(f"epoch {epoch + 1}: {terms_txt} | val {prep.leaf} acc {accs} | {record['seconds']:.0f}s",
-                  file=sys.stderr)
-        if stale >= train_cfg.patience:
+        sums = world.mean(sums)  # loss sums of every process (each saw `seen` products)
+        stop = False
+        if world.is_main:  # validated, recorded and decided once; the others get the decision
+            model.eval()
+            model.image.autocast = None  # validation measures what inference will give: fp32
+            val = accuracy_by_modality(model, prep, val_rows, device)
+            record = {"epoch": epoch + 1, "seconds": round(time.time() - t0, 2), "products_per_s": round(rate, 1),
+                      "loss": {k: round(v / seen, 5) for k, v in sums.items()},
+                      "val_accuracy": {k: round(v, 5) for k, v in val.items()},
+                      **({"nce_scale": round(float(criterion.nce.scale.detach()), 3)} if criterion.nce else {})}
+            meta["history"].append(record)
+            score = selection_score(val, train_cfg.select_by)
+            if score > best:  # model.pt: the best epoch by the score itself
+                best, meta["best_epoch"] = score, epoch + 1
+                save_torch(run_dir / "model.pt", model.state_dict())
+            smooth = score if smooth is None else SMOOTHING * smooth + (1 - SMOOTHING) * score
+            stale = 0 if smooth > best_smooth else stale + 1  # stopping: its smoothed value, steadier on few products
+            best_smooth = max(best_smooth, smooth)
+            save_torch(last_path, {"model": model.state_dict(), "criterion": criterion.state_dict(),
+                                   "optimizer": opt.state_dict(),
+                                   "scheduler": sched.state_dict(), "epoch": epoch, "best": best, "stale": stale,
+                                   "smooth": smooth, "best_smooth": best_smooth,
+                                   "rng": torch.get_rng_state()})  # dropout draws: a resumed run repeats them
+            write_json(meta_path, meta)
+            emit({"stage": "epoch", **record, "epochs": train_cfg.epochs})
             if progress:
+                terms_txt = " ".join(f"{k}={v:.4f}" for k, v in record["loss"].items())
+                accs = " ".join(f"{k}={v:.3f}" for k, v in val.items())
+                print(f"epoch {epoch + 1}: {terms_txt} | val {prep.leaf} acc {accs} | {record['seconds']:.0f}s",
+                      file=sys.stderr)
+            stop = stale >= train_cfg.patience
+            if stop and progress:
                 print(f"early stop: no better smoothed validation score ({train_cfg.select_by}) for {stale} "
                       f"epochs", file=sys.stderr)
+        if world.broadcast(stop):
             break
-    model.load_state_dict(load_torch(run_dir / "model.pt"))  # the best epoch, as saved
-    meta["fusion_weights"] = tune_fusion_weights(model, prep, val_rows, device)
-    meta["status"] = "done"
-    write_json(meta_path, meta)
-    emit({"stage": "done", "best_epoch": meta["best_epoch"]})
+    drift = world.max_drift(model, criterion)  # DDP keeps the copies equal; this checks it (0.0 = identical)
+    if world.is_main:
+        meta["distributed"] |= {"weight_drift": drift} if world.enabled else {}
+        model.load_state_dict(load_torch(run_dir / "model.pt"))  # the best epoch, as saved
+        meta["flip_tta"] = choose_flip_tta(model, prep, val_rows, device, progress)
+        meta["fusion_weights"], meta["fusion_layer_heads"] = tune_fusion_weights(model, prep, val_rows, device)
+        meta["status"] = "done"
+        write_json(meta_path, meta)
+        emit({"stage": "done", "best_epoch": meta["best_epoch"]})
+    meta = world.broadcast(meta)  # every process returns the run's dict
+    world.close()
     return meta

@@ -1,0 +1,90 @@
+"""What training decides on the validation split: the early-stopping score, flip TTA and the fusion weights."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+
+from ..prepare import Prepared, embed
+
+FUSION_MIN_GAIN = 0.002  # validation accuracy a photo + title mix (or flip TTA) must add to be kept
+
+
+@torch.inference_mode()
+def tune_fusion_weights(model, prep: Prepared, rows: np.ndarray, device: torch.device
+                        ) -> tuple[dict[str, float], list[str]]:
+    """Per single-label head, the fusion weight w in 0, 0.05, ..., 1 with the best validation accuracy, and the
+    heads whose fused prediction comes from the fusion layer instead (it beat the best w by FUSION_MIN_GAIN).
+
+    Where one modality knows a head far better (gender from titles, say) the fixed 0.5 average falls below
+    that modality alone; a per-head weight chosen on validation keeps fused at least as good as either.
+    Ties prefer the weight closest to 0.5. A mix that beats the better modality alone by less than
+    FUSION_MIN_GAIN on validation is noise, not signal (on the real catalogue such mixes fell 0.1-0.2 points
+    below text on test), so that head's w goes to the better modality alone: fused then equals it.
+    """
+    image_emb, text_emb = embed(model, prep, rows, device)
+    probs = model.probabilities(image_emb, text_emb)
+    grid = np.round(np.linspace(0, 1, 21), 2)
+    weights, layer_heads = {}, []
+    for h in prep.heads:
+        y = torch.from_numpy(prep.labels[h["name"]][rows]).to(device)
+        known = y >= 0
+        if h["kind"] != "single" or not known.any():
+            continue
+        p_img, p_txt = probs[h["name"]]["image"][known], probs[h["name"]]["text"][known]
+        acc = [float(((w * p_img + (1 - w) * p_txt).argmax(1) == y[known]).float().mean()) for w in grid]
+        best = max(acc)
+        w = float(min((w for w, a in zip(grid, acc) if a == best), key=lambda w: abs(w - 0.5)))
+        if best - max(acc[0], acc[-1]) < FUSION_MIN_GAIN:
+            w = 1.0 if acc[-1] > acc[0] else 0.0  # grid[0] = text alone, grid[-1] = image alone
+        weights[h["name"]] = w
+        if "product" in probs[h["name"]]:
+            layer = float((probs[h["name"]]["product"][known].argmax(1) == y[known]).float().mean())
+            if layer - best >= FUSION_MIN_GAIN:
+                layer_heads.append(h["name"])
+    return weights, layer_heads
+
+
+@torch.inference_mode()
+def accuracy_by_modality(model, prep: Prepared, rows: np.ndarray, device: torch.device) -> dict[str, float]:
+    """Leaf-head accuracy of image, text and fused predictions on `rows` (validation during training)."""
+    image_emb, text_emb = embed(model, prep, rows, device)
+    probs = model.probabilities(image_emb, text_emb)[prep.leaf]
+    y = torch.from_numpy(prep.labels[prep.leaf][rows]).to(device)
+    known = y >= 0
+    return {m: float((p.argmax(1) == y)[known].float().mean()) for m, p in probs.items()}
+
+
+def choose_flip_tta(model, prep: Prepared, rows: np.ndarray, device: torch.device, progress: bool = False) -> bool:
+    """Whether averaging each photo with its mirror image at inference (HuseModel.flip_tta) raises the photo's
+    leaf accuracy on validation by FUSION_MIN_GAIN; sets the model's flag to the answer. Frozen backbones read
+    cached features, so they never flip."""
+    if model.image.frozen:
+        return False
+    model.flip_tta = False
+    plain = accuracy_by_modality(model, prep, rows, device)["image"]
+    model.flip_tta = True
+    flipped = accuracy_by_modality(model, prep, rows, device)["image"]
+    model.flip_tta = flipped - plain >= FUSION_MIN_GAIN
+    if progress:
+        print(f"flip test-time augmentation: validation photo accuracy {plain:.4f} -> {flipped:.4f}: "
+              f"{'kept' if model.flip_tta else 'not kept'}", file=sys.stderr)
+    return model.flip_tta
+
+
+def selection_score(val_accuracy: dict[str, float], select_by: str = "mean") -> float:
+    """What early stopping maximises (TrainConfig.select_by) over leaf validation accuracies: "fused" = fused,
+    ties going to the better single modalities; "mean" = the mean of photo, title and fused, ties going to fused.
+
+    On a ~100-product validation set each accuracy moves by whole products from epoch to epoch; the mean of the
+    three, smoothed over epochs (SMOOTHING), is what patience counts against there.
+    """
+    if select_by == "fused":
+        return val_accuracy["fused"] + 1e-3 * (val_accuracy["image"] + val_accuracy["text"])
+    if select_by == "mean":
+        return sum(val_accuracy[m] for m in ("image", "text", "fused")) / 3 + 1e-3 * val_accuracy["fused"]
+    raise ValueError(f"unknown early-stopping score {select_by!r}; choose fused or mean")
+
+

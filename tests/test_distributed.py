@@ -1,0 +1,253 @@
+"""Training under torchrun (2 gloo processes) equals one process accumulating the same micro-batches; embedding in
+parts (here, and with Ray Data) equals the plain embedding, and a rerun finishes what an interrupted run left."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from huse_core.artifacts import load_torch, read_json
+from huse_core.config import DataConfig, LossConfig, ModelConfig, TrainConfig, from_dict
+from huse_core.data.catalog import normalise_title
+from huse_core.model import build_model
+from huse_core.pipeline import DemoSpec
+from huse_core.prepare import cache_dir_for, prepare
+from huse_core.retrieval.embed import embed_catalog
+from huse_core.retrieval.ray_embed import (RAY_HINT, embed_parts, gather_parts, part_files, parts_dir, parts_ready,
+                                          start_local_ray)
+from huse_core.run import load_run
+from huse_core.training.distributed import TrainStep, World
+from huse_core.training.evaluate import evaluate
+from huse_core.training.losses import HuseLoss
+from huse_core.training.train import graph_distance, make_optimizer, train
+
+WORLD = 2
+# No dropout and no augmentation: the two sides then draw nothing at random and must agree to float rounding.
+MODEL = dataclasses.replace(DemoSpec.tiny().model, dropout=0.0)
+TRAIN = TrainConfig(epochs=2, batch_size=32, lr=2e-3, patience=4, select_by="mean", augment=False, precision="fp32",
+                    threads=1)
+
+
+def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
+           "-m", "huse_core", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=1800)
+
+
+@pytest.fixture(scope="module")
+def resumed_under_torchrun(tiny_demo_csv, tmp_path_factory):
+    """One process trains epoch 1 and is interrupted; torchrun with 2 processes resumes it and trains epoch 2.
+    Returns (run_dir, a copy of the run as the interruption left it, the torchrun result)."""
+    run_dir = tmp_path_factory.mktemp("ddp") / "run"
+
+    def stop_in_epoch_two(event: dict) -> None:
+        if event.get("stage") == "train" and event["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(DataConfig(catalog=str(tiny_demo_csv)), MODEL, LossConfig(), TRAIN, run_dir, progress=False,
+                  callback=stop_in_epoch_two)
+    finally:
+        torch.set_num_threads(threads)
+    before = Path(shutil.copytree(run_dir, run_dir.parent / "before"))
+    done = _torchrun("train", "--out", str(run_dir), "--resume", cwd=run_dir.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir, before, done
+
+
+def _micro_batch_reference(before: Path) -> tuple[dict, dict]:
+    """Epoch 2 in one process: each global batch as WORLD micro-batches, their losses averaged (what DDP's gradient
+    mean does), the graph and alignment terms over the whole batch (what the gathers give). Model and loss state."""
+    saved = read_json(before / "run.json")
+    data_cfg, model_cfg = from_dict(DataConfig, saved["data"]), from_dict(ModelConfig, saved["model"])
+    loss_cfg, train_cfg = from_dict(LossConfig, saved["loss"]), from_dict(TrainConfig, saved["train"])
+    prep = prepare(data_cfg, model_cfg, cache_dir_for(data_cfg, before), progress=False, tokenizer=saved["tokenizer"])
+    model = build_model(model_cfg, prep.heads, prep.tokenizer.n_tokens, idf=prep.tokenizer.idf)
+    criterion = HuseLoss(loss_cfg, {h["name"]: h["kind"] for h in prep.heads}, prep.leaf,
+                         graph_distance(loss_cfg, prep))
+    train_rows = prep.split("train")
+    steps = len(train_rows) // train_cfg.batch_size
+    opt, sched = make_optimizer(model, train_cfg, steps * train_cfg.epochs, criterion)
+    state = load_torch(before / "last.pt")
+    model.load_state_dict(state["model"])
+    criterion.load_state_dict(state["criterion"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    groups = prep.catalog.df["title"].map(normalise_title).factorize()[0].astype(np.int64)
+    step_fn, epoch = TrainStep(model, criterion), int(state["epoch"]) + 1
+    model.train()
+    order = np.random.default_rng(train_cfg.seed * 1000 + epoch).permutation(train_rows)
+    for step in range(steps):
+        batch = order[step * train_cfg.batch_size : (step + 1) * train_cfg.batch_size]
+        micro = [np.sort(part) for part in np.array_split(batch, WORLD)]
+        outs, inputs = [], []
+        for rows in micro:
+            labels = {h: torch.from_numpy(y[rows]) for h, y in prep.labels.items()}
+            outs.append(step_fn.outputs(torch.from_numpy(prep.pixels[rows]), prep.text_input(rows)))
+            inputs.append((labels, torch.from_numpy(groups[rows])))
+        parts = {}  # each micro-batch's tensor -> that tensor of every micro-batch, as World.gather returns
+        for pick in (lambda o, i: o[0], lambda o, i: o[1], lambda o, i: i[0][prep.leaf], lambda o, i: i[1]):
+            column = [pick(o, i) for o, i in zip(outs, inputs)]
+            parts.update({id(t): column for t in column})
+        total = 0.0
+        for (image_emb, text_emb, logits), (labels, group) in zip(outs, inputs):
+            terms = criterion(image_emb, text_emb, logits, labels, group,
+                              gather=lambda t, parts=parts: torch.cat(parts[id(t)]))
+            total = total + terms["total"] / WORLD
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        sched.step()
+    return model.state_dict(), criterion.state_dict()
+
+
+def test_two_processes_train_like_one_accumulating_the_same_micro_batches(resumed_under_torchrun):
+    run_dir, before, _ = resumed_under_torchrun
+    expected_model, expected_loss = _micro_batch_reference(before)
+    state = load_torch(run_dir / "last.pt")
+    assert int(state["epoch"]) == 1  # epoch 2 ran under torchrun
+    model = build_model(from_dict(ModelConfig, read_json(run_dir / "run.json")["model"]),
+                        read_json(run_dir / "run.json")["heads"], 1, load_weights=False)
+    trained = {name for name, _ in model.named_parameters()}
+    # A Linear's bias right before BatchNorm (MLP blocks: Linear, BatchNorm, ...) has no gradient in exact arithmetic
+    # (the norm subtracts the batch mean); AdamW divides its rounding noise by the noise's own RMS, so on either side
+    # it takes lr-sized steps of random sign. It changes nothing the model computes in training; every other weight
+    # must agree to float rounding.
+    noise = {k for k in trained if re.search(r"blocks\.\d+\.0\.bias$", k)}
+    differs = {k: float((state["model"][k] - expected_model[k]).abs().max()) for k in trained - noise}
+    assert max(differs.values()) < 1e-5, sorted(differs.items(), key=lambda kv: -kv[1])[:5]
+    moved = load_torch(before / "last.pt")["model"]
+    assert max(float((state["model"][k] - moved[k]).abs().max()) for k in trained) > 1e-3  # it did train
+    scale = state["criterion"]["nce.log_scale"]  # the alignment's temperature is synced like a weight
+    assert torch.allclose(scale, expected_loss["nce.log_scale"], atol=1e-5)
+
+
+def test_both_ranks_hold_the_same_weights_and_rank_zero_alone_wrote_and_spoke(resumed_under_torchrun):
+    run_dir, _, done = resumed_under_torchrun
+    meta = read_json(run_dir / "run.json")
+    assert meta["status"] == "done" and [r["epoch"] for r in meta["history"]] == [1, 2]
+    dist = meta["distributed"]
+    assert dist["world_size"] == WORLD and dist["backend"] == "gloo"
+    assert dist["global_batch"] == TRAIN.batch_size and dist["per_process_batch"] == TRAIN.batch_size // WORLD
+    assert dist["weight_drift"] == 0.0  # every weight equal on both processes at the end
+    out = done.stdout + done.stderr
+    assert out.count("run saved to") == 1 and out.count("epoch 2:") == 1
+    assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")]  # no second writer's leftovers
+
+
+def test_a_torchrun_run_loads_and_evaluates_like_a_single_process_run(resumed_under_torchrun, tiny_trained_run,
+                                                                       tmp_path):
+    run_dir, _, _ = resumed_under_torchrun
+    run = load_run(run_dir)
+    emb = run.encode_texts(["red striped shirt"])
+    assert emb.shape == (1, MODEL.dim) and np.isclose(np.linalg.norm(emb), 1, atol=1e-5)
+    assert set(run.classify(text="blue jeans")) == {h["name"] for h in run.heads}
+    result = evaluate(run_dir, progress=False, baseline=False)
+    single = evaluate(shutil.copytree(tiny_trained_run, tmp_path / "single"), progress=False, baseline=False)
+    assert set(result) == set(single) and set(result["classification"]) == set(single["classification"])
+    for per in result["classification"].values():
+        assert all(0.0 <= figures["accuracy"] <= 1.0 for figures in per.values())
+
+
+def test_one_process_world_changes_nothing():
+    world = World()
+    rows = np.array([5, 3, 9, 1])
+    assert not world.enabled and world.is_main and world.per_process_batch(32, 10) == 32
+    assert list(world.shard(rows)) == [1, 3, 5, 9] and world.broadcast({"a": 1}) == {"a": 1}
+    assert world.mean({"cls": 2.0}) == {"cls": 2.0} and world.max_drift(torch.nn.Linear(2, 2)) == 0.0
+    rng = np.random.default_rng(0)
+    assert world.seed_epoch(0, 3, rng) is rng  # a plain run draws its augmentation exactly as before
+
+
+def test_shards_of_a_batch_are_disjoint_and_cover_it():
+    batch = np.random.default_rng(1).permutation(64)[:32]
+    shards = [World(rank=r, world_size=4, backend="gloo").shard(batch) for r in range(4)]
+    assert all(len(s) == 8 for s in shards) and sorted(np.concatenate(shards)) == sorted(batch)
+
+
+# ---- embedding in parts ---------------------------------------------------------------------------------------
+
+def _plain(run_dir: Path, out: Path):
+    products = embed_catalog(load_run(run_dir), None, out, progress=False)
+    return products, np.load(out / "image_emb.npy"), np.load(out / "text_emb.npy")
+
+
+def _gathered(run_dir: Path, out: Path):
+    products = gather_parts(load_run(run_dir), out)
+    return products, np.load(out / "image_emb.npy"), np.load(out / "text_emb.npy")
+
+
+def _assert_same(a, b) -> None:
+    pd.testing.assert_frame_equal(a[0], b[0])
+    assert np.allclose(a[1], b[1], atol=1e-5) and np.allclose(a[2], b[2], atol=1e-5)
+
+
+def test_parts_embedded_here_equal_the_plain_embedding_and_a_rerun_does_only_the_missing(tiny_trained_run,
+                                                                                           tmp_path):
+    run_dir = Path(shutil.copytree(tiny_trained_run, tmp_path / "run"))
+    first = embed_parts(run_dir, engine="local", part_size=64, progress=False)
+    assert first["embedded"] == [0, 1, 2, 3] and parts_ready(run_dir)
+    plain = _plain(run_dir, tmp_path / "plain")
+    _assert_same(_gathered(run_dir, tmp_path / "parts"), plain)
+    folder = parts_dir(run_dir)
+    part_files(folder, 1)[0].unlink()  # killed after part 1's embeddings, before its products file
+    for path in part_files(folder, 2):
+        path.unlink()  # never started
+    kept = part_files(folder, 0)[1].stat().st_mtime_ns
+    assert not parts_ready(run_dir)
+    again = embed_parts(run_dir, engine="local", part_size=64, progress=False)
+    assert again["embedded"] == [1, 2] and again["skipped"] == 2
+    assert part_files(folder, 0)[1].stat().st_mtime_ns == kept
+    gathered = _gathered(run_dir, tmp_path / "parts2")
+    _assert_same(gathered, plain)
+    assert gathered[0]["id"].is_unique  # every product once
+
+
+def test_ray_missing_is_named_with_the_install_command(tiny_trained_run, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(RuntimeError, match="requirements-ray.txt"):
+        embed_parts(tiny_trained_run, engine="ray")
+    assert "pip install -r requirements-ray.txt" in RAY_HINT
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray", reason="Ray is optional: pip install -r requirements-ray.txt")
+    try:  # started once for both runs below (embed_parts uses a Ray it finds running)
+        start_local_ray(WORLD)
+    except Exception as err:  # noqa: BLE001 - Ray raises a bare Exception when its raylet misses its start-up window
+        ray.shutdown()
+        pytest.skip(f"a local Ray did not start on this machine ({str(err)[:200]}): its raylet gives its agents 15 s, "
+                    f"more than a starved, busy CPU gave them")
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_with_two_workers_embeds_like_the_plain_path_and_a_rerun_finishes_once(local_ray, tiny_trained_run,
+                                                                                     tmp_path):
+    run_dir = Path(shutil.copytree(tiny_trained_run, tmp_path / "run"))
+    result = embed_parts(run_dir, engine="ray", workers=WORLD, part_size=64, progress=False)
+    assert result["embedded"] == [0, 1, 2, 3] and result["peak_rss_mb"]  # an actor may take every part
+    plain = _plain(run_dir, tmp_path / "plain")
+    _assert_same(_gathered(run_dir, tmp_path / "parts"), plain)
+    for path in part_files(parts_dir(run_dir), 3):
+        path.unlink()  # an interrupted run
+    part_files(parts_dir(run_dir), 1)[0].unlink()
+    again = embed_parts(run_dir, engine="ray", workers=WORLD, part_size=64, progress=False)
+    assert again["embedded"] == [1, 3]
+    gathered = _gathered(run_dir, tmp_path / "parts2")
+    _assert_same(gathered, plain)
+    assert gathered[0]["id"].is_unique and len(gathered[0]) == len(plain[0])
