@@ -237,8 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Annoy trees per modality (default 16; more: slower build, slightly better recall)")
     p.add_argument("--no-map", action="store_true", help="skip the 2-D map (UMAP, the slow part)")
     p.add_argument("--backend", choices=["auto", "annoy", "faiss", "exact"], default="auto",
-                   help="auto: faiss from 1M products on when installed (pip install -r requirements-faiss.txt), "
-                        "else Annoy; exact: embeddings only, searched exactly")
+                   help="auto: faiss from 100,000 products on when installed (pip install -r "
+                        "requirements-faiss.txt), else Annoy; exact: embeddings only, searched exactly")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_index)
 

@@ -200,19 +200,21 @@ def embed_parts(run_dir: str | Path, engine: str = "ray", address: str | None = 
     items = [{"part": k, "folder": str(folder), "images": [str(x) for x in df["image"].iloc[k * size:(k + 1) * size]],
               "titles": [str(x) for x in df["title"].iloc[k * size:(k + 1) * size]]} for k in todo]
     rows = _ray_parts(run, items, address, workers, progress) if engine == "ray" else _local_parts(run, items)
-    done, workers_rss = [], {}
+    done, workers_rss, busy = [], {}, 0.0
     for out in rows:  # the driver commits each part: its products file, written last
         k = int(out["part"])
         part = df.iloc[k * size:(k + 1) * size][np.asarray(out["ok"], bool)]
         atomic_write(part_files(folder, k)[0], lambda tmp, p=part: products_frame(p, run.heads, added=False)
                      .to_parquet(tmp, index=False))
         done.append(k)
+        busy += float(out["embed_s"])
         for pid, rss in ((out["pid"], out["rss_mb"]), (out["decode_pid"], out["decode_rss_mb"])):
             workers_rss[int(pid)] = max(workers_rss.get(int(pid), 0.0), float(rss))
         if progress:
             print(f"part {k + 1}/{n_parts} embedded ({len(part):,} products)", file=sys.stderr)
     return {"engine": engine, "n_parts": n_parts, "embedded": sorted(done), "skipped": n_parts - len(todo),
-            "n_products": len(df), "seconds": round(time.time() - t0, 2), "peak_rss_mb": workers_rss}
+            "n_products": len(df), "seconds": round(time.time() - t0, 2), "busy_seconds": round(busy, 2),
+            "peak_rss_mb": workers_rss}
 
 
 def gather_parts(run: Run, out_dir: str | Path, added: tuple | None = None) -> pd.DataFrame:
