@@ -15,6 +15,7 @@ from ..run import load_run
 from .adding import refresh_added
 from .annoy_index import N_TREES, RECALL_QUERIES, AnnoyIndex
 from .embed import embed_catalog
+from .ray_embed import gather_parts, parts_ready
 from .faiss_index import FaissIndex, faiss_available, require_faiss
 from .index import EXACT_BELOW
 from .map import build_map
@@ -83,7 +84,9 @@ def build_index(run_dir: str | Path, n_trees: int = N_TREES, with_map: bool = Tr
     build_id = uuid.uuid4().hex[:12]
     stage = new_build_folder(out, build_id)
     t = time.time()
-    products = embed_catalog(run, None, stage, progress=progress, added=added)
+    # Parts written by `embed --engine ray|local` for this model and catalogue are read instead of re-embedding.
+    products = (gather_parts(run, stage, added=added) if parts_ready(run)
+                else embed_catalog(run, None, stage, progress=progress, added=added))
     seconds["embed"] = round(time.time() - t, 2)
     _, image_emb, text_emb = load_embeddings(stage)
     kind = choose_backend(backend, len(products))
