@@ -15,6 +15,8 @@ import os
 import re
 import sqlite3
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,20 +218,28 @@ def count_added(out_dir: str | Path) -> int:
         con.close()
 
 
-def write_added(out_dir: str | Path, df: pd.DataFrame, image_emb: np.ndarray, text_emb: np.ndarray) -> Path:
-    """Write these products (rows of read_added's table, with their embeddings) in one transaction: a product
-    whose id is stored is replaced in place (keeping its place in the order), others are appended."""
+@contextmanager
+def _write(out_dir: str | Path) -> Iterator[sqlite3.Connection]:
+    """The store opened for one write transaction: BEGIN IMMEDIATE (the write lock), COMMIT when the block ends,
+    ROLLBACK on any error (a crash leaves nothing half-written either: SQLite's journal), closed either way."""
     con = open_store(out_dir, create=True)
     try:
         con.execute("BEGIN IMMEDIATE")
         try:
-            con.executemany(_UPSERT, _rows(df, image_emb, text_emb, Path(out_dir) / DELTA))
+            yield con
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
     finally:
         con.close()
+
+
+def write_added(out_dir: str | Path, df: pd.DataFrame, image_emb: np.ndarray, text_emb: np.ndarray) -> Path:
+    """Write these products (rows of read_added's table, with their embeddings) in one transaction: a product
+    whose id is stored is replaced in place (keeping its place in the order), others are appended."""
+    with _write(out_dir) as con:
+        con.executemany(_UPSERT, _rows(df, image_emb, text_emb, Path(out_dir) / DELTA))
     return added_path(out_dir)
 
 
@@ -243,32 +253,23 @@ def insert_added(out_dir: str | Path, products: list[dict], image_emb: np.ndarra
     store an id twice; each photo is renamed to delta/images/<id>.png before its row is written, and none of the
     rows exist until COMMIT.
     """
-    con = open_store(out_dir, create=True)
     out: list[tuple[str | None, str | None]] = []
-    try:
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            stored_max = con.execute("SELECT MAX(auto_n) FROM added").fetchone()[0] or 0
-            next_n = max(index.max_auto, stored_max) + 1
-            for p, image, text, photo in zip(products, image_emb, text_emb, photos):
-                pid = p["id"]
-                if pid is None:
-                    pid, next_n = f"new-{next_n}", next_n + 1
-                elif pid in index.ids or con.execute("SELECT 1 FROM added WHERE id = ?", (pid,)).fetchone():
-                    out.append((None, f"id {pid!r} is already used by another product; give a new id or none"))
-                    continue
-                else:  # automatic ids continue past a given new-N, as the ids in use decide
-                    next_n = max(next_n, (auto_number(pid) or 0) + 1)
-                final = added_photo_path(out_dir, pid)
-                os.replace(photo, final)
-                product = {"id": pid, "title": p["title"], "image": final, "fingerprint": p["fingerprint"],
-                           **p["labels"]}
-                con.execute(_INSERT, _params(product, image, text, Path(out_dir) / DELTA))
-                out.append((pid, None))
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-    finally:
-        con.close()
+    with _write(out_dir) as con:
+        stored_max = con.execute("SELECT MAX(auto_n) FROM added").fetchone()[0] or 0
+        next_n = max(index.max_auto, stored_max) + 1
+        for p, image, text, photo in zip(products, image_emb, text_emb, photos):
+            pid = p["id"]
+            if pid is None:
+                pid, next_n = f"new-{next_n}", next_n + 1
+            elif pid in index.ids or con.execute("SELECT 1 FROM added WHERE id = ?", (pid,)).fetchone():
+                out.append((None, f"id {pid!r} is already used by another product; give a new id or none"))
+                continue
+            else:  # automatic ids continue past a given new-N, as the ids in use decide
+                next_n = max(next_n, (auto_number(pid) or 0) + 1)
+            final = added_photo_path(out_dir, pid)
+            os.replace(photo, final)
+            product = {"id": pid, "title": p["title"], "image": final, "fingerprint": p["fingerprint"],
+                       **p["labels"]}
+            con.execute(_INSERT, _params(product, image, text, Path(out_dir) / DELTA))
+            out.append((pid, None))
     return out
