@@ -13,7 +13,7 @@ import torch
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default="ViT-B-32", help="open_clip architecture (random weights)")
+    parser.add_argument("--model", default="ViT-B-32", help="open_clip architecture, or timm:NAME (random weights)")
     parser.add_argument("--products", type=int, default=256, help="photos to embed")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
@@ -27,13 +27,20 @@ def main() -> None:
 
     from huse_core.model.encoders import HubImage
 
-    net = open_clip.create_model(args.model).eval().requires_grad_(False)
-    size = net.visual.preprocess_cfg["size"]
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    backbone = HubImage(net.visual, {"encoder": args.model, "sha256": "random"}, size, net.visual.output_dim,
-                        "bicubic").to(args.device)
-    mean = torch.tensor(net.visual.preprocess_cfg["mean"], device=args.device).view(1, 3, 1, 1)
-    std = torch.tensor(net.visual.preprocess_cfg["std"], device=args.device).view(1, 3, 1, 1)
+    if args.model.startswith("timm:"):  # timm's own input size and normalisation, as encoders.py reads them
+        import timm
+
+        net = timm.create_model(args.model[5:], pretrained=False, num_classes=0).eval().requires_grad_(False)
+        data = timm.data.resolve_model_data_config(net)
+        size, out_dim, norm = tuple(data["input_size"][1:]), int(net.num_features), (data["mean"], data["std"])
+    else:
+        clip = open_clip.create_model(args.model.removeprefix("openclip:")).eval().requires_grad_(False)
+        net, pre = clip.visual, clip.visual.preprocess_cfg
+        size = (pre["size"], pre["size"]) if isinstance(pre["size"], int) else tuple(pre["size"])
+        out_dim, norm = net.output_dim, (pre["mean"], pre["std"])
+    backbone = HubImage(net, {"encoder": args.model, "sha256": "random"}, size, out_dim, "bicubic").to(args.device)
+    mean = torch.tensor(norm[0], device=args.device).view(1, 3, 1, 1)
+    std = torch.tensor(norm[1], device=args.device).view(1, 3, 1, 1)
     pixels = torch.randint(0, 256, (args.batch_size, *size, 3), dtype=torch.uint8, device=args.device)
 
     def batch() -> None:  # ImageTower.features: uint8 NHWC -> normalised NCHW -> encoder

@@ -102,7 +102,7 @@ PREPARE = ("import sys; from huse_core.config import DataConfig, ModelConfig; fr
 
 
 def run_size(n: int, real_csv: Path, work: Path, epochs: int, code: Path | None, label: str, steps: list[str],
-             save) -> dict:
+             save, max_steps: int = 0) -> dict:
     """`steps` (prepare, train, index) on one catalogue size with one version of the code; save(partial) after each.
     prepare alone is data.prepare in a process of its own (decode or open the cache, tokenise): the data's memory
     without a model's."""
@@ -124,8 +124,10 @@ def run_size(n: int, real_csv: Path, work: Path, epochs: int, code: Path | None,
     if "train" in steps:
         shutil.rmtree(run_dir, ignore_errors=True)  # a run left by an earlier bench
         print(f"[{label}] {n:,} products: train --epochs {epochs}", file=sys.stderr, flush=True)
+        cap = ["--max-steps", str(max_steps)] if max_steps else []
         out["train"] = measure(py + ["train", "--catalog", str(csv), "--out", str(run_dir), "--epochs", str(epochs),
-                                     "--quiet"], work / f"train-{n}-{label}.log", env, work)
+                                     *cap, "--quiet"], work / f"train-{n}-{label}.log", env, work)
+        out["train"] |= _trained(run_dir)
         print(f"  {out['train']}", file=sys.stderr, flush=True)
         save(out)
     if out.get("train", {}).get("rc") == 0 and "index" in steps:
@@ -135,6 +137,21 @@ def run_size(n: int, real_csv: Path, work: Path, epochs: int, code: Path | None,
         print(f"  {out['index']}", file=sys.stderr, flush=True)
     out["cache_gb"] = round(sum(p.stat().st_size for p in cache.glob("*.npy")) / GB, 3) if cache.is_dir() else 0
     return out
+
+
+def _trained(run_dir: Path) -> dict:
+    """What the run did: optimiser steps, global batch, training seconds and products/s of its epochs (run.json)."""
+    try:
+        meta = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    hist, batch = meta.get("history", []), meta["train"]["batch_size"]
+    seconds = sum(h["seconds"] for h in hist)
+    rate = sum(h["products_per_s"] * h["seconds"] for h in hist) / max(seconds, 1e-9)
+    per_epoch = meta["splits"]["train"] // batch
+    return {"batch_size": batch, "steps_per_epoch": per_epoch, "train_products": meta["splits"]["train"],
+            "epoch_seconds_incl_validation": round(seconds, 1), "train_products_per_s": round(rate, 1),
+            "full_epoch_estimate_s": round(meta["splits"]["train"] / max(rate, 1e-9), 1)}
 
 
 def table(results: list[dict]) -> str:
@@ -158,6 +175,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="44000,200000", help="products per catalogue, comma-separated")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--steps", default="prepare,train,index", help="which of prepare,train,index to measure")
+    ap.add_argument("--max-steps", type=int, default=0, help="train --max-steps: cap each training run's optimiser "
+                    "steps (a 1M-product epoch is ~3,900 steps, hours on 2 cores); 0 = the whole epoch")
     ap.add_argument("--work", type=Path, default=Path("/tmp/huse-scale"), help="catalogues, caches, runs, logs")
     ap.add_argument("--baseline", type=Path, help="a copy of older code (its huse_core/) to measure as well")
     ap.add_argument("--out", type=Path, help="results JSON (default bench/results/scale-<date>.json)")
@@ -178,7 +197,8 @@ def main() -> None:
 
     for n in (int(s) for s in args.sizes.split(",")):
         for code, label in [(None, "current")] + ([(args.baseline, "baseline")] if args.baseline else []):
-            results.append(run_size(n, real_csv, args.work, args.epochs, code, label, args.steps.split(","), save))
+            results.append(run_size(n, real_csv, args.work, args.epochs, code, label, args.steps.split(","), save,
+                                    args.max_steps))
             save()
     print(json.dumps(meta))
     print(table(results))

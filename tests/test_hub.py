@@ -156,6 +156,44 @@ def test_zero_shot_model_classifies_by_class_name_prompts(clip_weights):
         build_model(ModelConfig(backbone=CLIP, image_weights=str(clip_weights), zero_shot=True), HEADS, 10)
 
 
+def test_zero_shot_run_with_no_training_evaluates_indexes_and_searches_from_the_cli(clip_weights, tiny_demo_csv,
+                                                                                    tmp_path, capsys):
+    """`train --zero-shot --epochs 0`: the CLIP pair as downloaded becomes a run `evaluate`, `index` and `search`
+    take like any other, to compare with one trained on the shop."""
+    run_dir = tmp_path / "as-downloaded"
+    flags = ["--catalog", str(tiny_demo_csv), "--out", str(run_dir), "--backbone", CLIP, "--text-backbone", CLIP,
+             "--image-weights", str(clip_weights), "--text-weights", str(clip_weights), "--dim", "32",
+             "--image-size", "32", "--quiet"]
+    threads = torch.get_num_threads()
+    try:
+        assert main(["train", *flags, "--epochs", "0"]) == 2  # an untrained model without --zero-shot: refused
+        assert "--epochs 0" in capsys.readouterr().err and not (run_dir / "run.json").exists()
+        assert main(["train", *flags, "--zero-shot", "--epochs", "0"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["status"] == "done" and meta["best_epoch"] == 0 and meta["history"] == []
+    assert meta["model"]["zero_shot"] and not meta["model"]["fusion_layer"]
+    run = load_run(run_dir)
+    encoder = titles.title_encoder(clip_config(clip_weights))
+    names = ["Black Watch", "Blue Jeans"]
+    assert np.allclose(run.encode_texts(names), encoder.encode(names), atol=1e-5)  # CLIP's own space, untrained
+    leaf = next(h for h in meta["heads"] if h["name"] == meta["leaf"])
+    prompts = encoder.encode([titles.PROMPT.format(c) for c in leaf["classes"]])
+    weight = run.model.classifier[[h["name"] for h in meta["heads"]].index(meta["leaf"])].weight.detach().numpy()
+    real = [i for i, c in enumerate(leaf["classes"]) if c != "other"]
+    assert np.allclose(weight[real] * meta["model"]["logit_scale"] / encoder.logit_scale, prompts[real], atol=1e-5)
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run_dir), "--json", "--no-baseline"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert 0.0 <= result["classification"][meta["leaf"]]["fused"]["accuracy"] <= 1.0
+    assert main(["index", "--run", str(run_dir), "--no-map", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["search", "--run", str(run_dir), "--text", "Black Watch", "-k", "3", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert len(hits) == 3 and all(np.isfinite(h["score"]) for h in hits)
+
+
 def test_fine_tuning_the_last_block_keeps_only_it_in_the_state(clip_weights):
     cfg = clip_config(clip_weights, freeze_backbone=False)
     model = build_model(cfg, HEADS, n_tokens=10)

@@ -92,7 +92,9 @@ def test_impossible_settings_are_refused_with_the_choices():
     with pytest.raises(ValueError, match="fused or mean"):
         plan_schedule(800, {}, TrainConfig(select_by="loss"))
     with pytest.raises(ValueError, match="epochs"):
-        plan_schedule(800, {}, TrainConfig(epochs=0))
+        plan_schedule(800, {}, TrainConfig(epochs=-1))  # 0 passes here: train allows it for a --zero-shot run
+    with pytest.raises(ValueError, match="batch_size"):
+        plan_schedule(800, {}, TrainConfig(batch_size=0))
     with pytest.raises(ValueError, match="training products"):
         plan_schedule(0, {}, TrainConfig())
 

