@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -12,9 +11,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..artifacts import atomic_write, write_json
+from ..artifacts import atomic_write
 from .knn import exact_search
-from .layout import INDEX_FORMAT, IndexMissingError, StaleIndexError, rebuild_hint
+from .layout import INDEX_FORMAT, rebuild_hint
+from .sidecar import SidecarIndex, read_checked
 
 METRIC = "angular"  # Annoy's angular distance on unit rows: d = sqrt(2 - 2 cos)
 # 16 trees: build time grows with every tree (1M x 512: 2-4 min for 16 on 2 cores) while recall is bought more
@@ -42,7 +42,7 @@ def _annoy():
     return annoy
 
 
-class AnnoyIndex:
+class AnnoyIndex(SidecarIndex):
     """An Annoy forest over unit rows, the row -> product id map, and the JSON sidecar `<name>.ann.json`.
 
     The forest lives in a uniquely named `<name>.<build>.ann`; the sidecar names it, so writing the sidecar is
@@ -51,16 +51,8 @@ class AnnoyIndex:
     """
 
     def __init__(self, ann, meta: dict, sidecar: Path):
-        self._ann, self.meta, self.sidecar = ann, meta, sidecar
-        self.ids = np.asarray(meta["ids"], dtype=object)
-
-    @property
-    def n_items(self) -> int:
-        return int(self.meta["n_items"])
-
-    @property
-    def dim(self) -> int:
-        return int(self.meta["dim"])
+        super().__init__(meta, sidecar)
+        self._ann = ann
 
     @property
     def search_k(self) -> int:
@@ -132,13 +124,7 @@ class AnnoyIndex:
         recall = index.tune(emb, queries)
         index.meta.update(recall_at_10=round(recall, 4), recall_queries=len(queries),
                           build_seconds=round(time.time() - t0, 2))
-        write_json(index.sidecar, index.meta)  # the commit point: readers now open this build
-        for old in path.parent.glob(f"{path.stem}.*.ann"):
-            if old.name != data.name:
-                try:
-                    old.unlink()  # an app still serving the old build keeps its mmap (POSIX)
-                except OSError:
-                    pass
+        index.commit(data)  # readers now open this build
         return index
 
     @classmethod
@@ -146,24 +132,9 @@ class AnnoyIndex:
         """Open `<name>.ann` (memory-mapped) after checking its sidecar: Annoy crashes the process on a file of
         another dimension, so nothing is loaded unless dim, model fingerprint and file size all match."""
         sidecar = Path(f"{path}.json")
-        if not sidecar.is_file():
-            raise IndexMissingError(f"no search index at {sidecar.parent}: {rebuild_hint(run_dir)}")
-        try:
-            meta = json.loads(sidecar.read_text(encoding="utf-8"))
-            data = sidecar.parent / meta["file"]
-            stale = [(what, meta.get(key), want) for what, key, want in (
-                ("format", "format", INDEX_FORMAT), ("dimension", "dim", dim),
-                ("model fingerprint", "fingerprint", fingerprint), ("metric", "metric", METRIC))
-                if meta.get(key) != want]
-            size = data.stat().st_size if data.is_file() else None
-            if size != meta["file_bytes"]:
-                stale.append(("file size", size, meta["file_bytes"]))
-        except (ValueError, KeyError, TypeError, OSError) as err:
-            raise StaleIndexError(f"{sidecar} is damaged ({err}); {rebuild_hint(run_dir)}") from None
-        if stale:
-            what = "; ".join(f"{w} {got!r} != expected {want!r}" for w, got, want in stale)
-            raise StaleIndexError(f"the index {sidecar.with_suffix('')} does not match this run ({what}); it was "
-                                  f"built for another model or is incomplete: {rebuild_hint(run_dir)}")
+        meta, data = read_checked(sidecar, {
+            "dim": ("dimension", dim), "fingerprint": ("model fingerprint", fingerprint), "metric": ("metric", METRIC)},
+            rebuild_hint(run_dir), "search index")
         ann = _annoy().AnnoyIndex(dim, METRIC)
         ann.load(os.fspath(data), False)  # prefault=False: pages load on demand, so opening is instant
         return cls(ann, meta, sidecar)

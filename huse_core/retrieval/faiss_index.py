@@ -10,7 +10,6 @@ by its sub-quantisers. Its codes take 512 bytes a vector at dim 512, a quarter o
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -20,10 +19,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..artifacts import atomic_write, write_json
+from ..artifacts import atomic_write
 from .annoy_index import RECALL_QUERIES, TARGET_RECALL  # one recall promise, measured the same way, for both
 from .knn import exact_search
-from .layout import INDEX_FORMAT, IndexMissingError, StaleIndexError, rebuild_hint
+from .layout import INDEX_FORMAT, StaleIndexError, rebuild_hint
+from .sidecar import SidecarIndex, read_checked
 
 FAISS = "faiss"  # the backend name, as `index --backend faiss` spells it
 METRIC = "inner_product"  # on unit rows: the cosine, which the exact re-ranking returns
@@ -65,7 +65,7 @@ def n_lists(n: int) -> int:
     return max(1, min(round(LISTS_PER_SQRT_N * math.sqrt(n)), n // MIN_ROWS_PER_LIST))
 
 
-class FaissIndex:
+class FaissIndex(SidecarIndex):
     """An IVF-SQ8 faiss index over unit rows, the float32 rows it re-ranks with, the row -> product id map and the
     JSON sidecar `<name>.faiss.json` (dim, nlist, nprobe, rerank, n_items, model fingerprint, recall@10 measured
     against exact search, bytes, build seconds, ids).
@@ -76,16 +76,8 @@ class FaissIndex:
     """
 
     def __init__(self, index, meta: dict, sidecar: Path, emb: np.ndarray):
-        self._index, self.meta, self.sidecar, self.emb = index, meta, sidecar, emb
-        self.ids = np.asarray(meta["ids"], dtype=object)
-
-    @property
-    def n_items(self) -> int:
-        return int(self.meta["n_items"])
-
-    @property
-    def dim(self) -> int:
-        return int(self.meta["dim"])
+        super().__init__(meta, sidecar)
+        self._index, self.emb = index, emb
 
     @property
     def nprobe(self) -> int:
@@ -209,36 +201,17 @@ class FaissIndex:
         recall = built.tune(queries)
         built.meta.update(recall_at_10=round(recall, 4), recall_queries=len(queries),
                           build_seconds=round(time.time() - t0, 2))
-        write_json(built.sidecar, built.meta)  # the commit point: readers now open this build
-        for old in path.parent.glob(f"{path.stem}.*.faiss"):
-            if old.name != data.name:
-                old.unlink(missing_ok=True)  # a process still serving it keeps its mmap (POSIX)
+        built.commit(data)  # readers now open this build
         return built
 
     @classmethod
     def load(cls, path: str | Path, emb: np.ndarray, fingerprint: str, run_dir: str | Path = "RUN") -> FaissIndex:
         """Open `<name>.faiss` (read into memory) beside the rows `emb` it re-ranks with, after checking its sidecar:
         dim, model fingerprint, metric, row count and file size must match, else StaleIndexError names the fix."""
-        sidecar = Path(f"{path}.json")
-        if not sidecar.is_file():
-            raise IndexMissingError(f"no faiss index at {sidecar.parent}: {rebuild_hint(run_dir, FAISS)}")
         dim = emb.shape[1] if emb.ndim == 2 else None
-        try:
-            meta = json.loads(sidecar.read_text(encoding="utf-8"))
-            data = sidecar.parent / meta["file"]
-            stale = [(what, meta.get(key), want) for what, key, want in (
-                ("format", "format", INDEX_FORMAT), ("dimension", "dim", dim),
-                ("model fingerprint", "fingerprint", fingerprint), ("metric", "metric", METRIC),
-                ("rows", "n_items", len(emb))) if meta.get(key) != want]
-            size = data.stat().st_size if data.is_file() else None
-            if size != meta["file_bytes"]:
-                stale.append(("file size", size, meta["file_bytes"]))
-        except (ValueError, KeyError, TypeError, OSError) as err:
-            raise StaleIndexError(f"{sidecar} is damaged ({err}); {rebuild_hint(run_dir, FAISS)}") from None
-        if stale:
-            what = "; ".join(f"{w} {got!r} != expected {want!r}" for w, got, want in stale)
-            raise StaleIndexError(f"the index {sidecar.with_suffix('')} does not match this run ({what}); it was "
-                                  f"built for another model or is incomplete: {rebuild_hint(run_dir, FAISS)}")
+        meta, data = read_checked(Path(f"{path}.json"), {
+            "dim": ("dimension", dim), "fingerprint": ("model fingerprint", fingerprint), "metric": ("metric", METRIC),
+            "n_items": ("rows", len(emb))}, rebuild_hint(run_dir, FAISS), "faiss index")
         faiss = _faiss()
         # Read into memory (the codes: ~dim bytes a row). Memory-mapped (IO_FLAG_MMAP) faiss serves the lists from
         # OnDiskInvertedLists, which searched 3-7x slower here (0.8-1.8 ms against 0.25 ms a query at 20k rows).
@@ -246,4 +219,4 @@ class FaissIndex:
         if index.d != dim or index.ntotal != len(emb):
             raise StaleIndexError(f"{data} holds {index.ntotal} rows of dimension {index.d}, its sidecar says "
                                   f"{len(emb)} of {dim}: {rebuild_hint(run_dir, FAISS)}")
-        return cls(index, meta, sidecar, emb)
+        return cls(index, meta, Path(f"{path}.json"), emb)
