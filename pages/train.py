@@ -306,6 +306,12 @@ def evaluation(run_dir: Path) -> None:
         st.markdown("**Retrieval, instance** — a hit is the product itself (or the same title)")
         table = pd.DataFrame(test["retrieval"]["instance"]).T.rename(index=ui.DIRECTIONS)
         st.dataframe(table.style.format("{:.1%}"), key="eval_inst_rk")
+    catalog = test.get("retrieval_catalog")  # runs evaluated before the whole-catalogue protocol lack it
+    if catalog:
+        st.markdown(f"**Retrieval, whole catalogue** — {catalog['n_queries']:,} test titles (and their photos) "
+                    f"searched among all {catalog['n_gallery']:,} products; a hit has the same title")
+        table = pd.DataFrame({d: catalog[d] for d in ("t2i", "i2t")}).T.rename(index=ui.DIRECTIONS)
+        st.dataframe(table.style.format("{:.3f}"), key="eval_catalog_rk")
 
     history = meta.get("history") or []
     if history:

@@ -7,7 +7,10 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from ..config import DEFAULT_DROPOUT, TrainConfig
+import numpy as np
+
+from ..config import DEFAULT_DROPOUT, DataConfig, LossConfig, ModelConfig, TrainConfig
+from ..data.catalog import load_catalog
 
 SMALL_SHOP, MID_SHOP, LARGE_SHOP = 2_000, 10_000, 100_000  # training products: where the size bands start
 BASE_BATCH, BASE_LR = 128, 2e-3  # the 44k catalogue's tuned pair; other batch sizes scale the rate by sqrt
@@ -148,3 +151,23 @@ def plan_schedule(n_train: int, class_counts: dict[str, list[int]], cfg: TrainCo
             raise ValueError(f"{name} must be at least {0 if name == 'epochs' else 1}, got {value}")
     return Schedule(n_train=n_train, n_val=n_val, batch_size=batch, lr=lr, epochs=epochs, patience=patience,
                     select_by=select_by, dropout=dropout, min_class_count=min_count, nce_anchor=anchor, why=why)
+
+
+def plan(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, loss_cfg: LossConfig | None = None):
+    """The catalogue's schedule (training.schedule) and the configs (data, model, train, loss) with its values in
+    place of auto (None). The catalogue is read once first, without merging rare classes, for its split sizes and
+    class counts."""
+    loss_cfg = loss_cfg or LossConfig()
+    catalog = load_catalog(dataclasses.replace(data_cfg, min_class_count=1), progress=False)
+    train_rows = catalog.split_indices("train")
+    labels = catalog.labels(train_rows)
+    counts = {h.name: [int(c) for c in np.bincount(labels[h.name][labels[h.name] >= 0]) if c]
+              for h in catalog.heads if h.kind == "single"}
+    schedule = plan_schedule(len(train_rows), counts, train_cfg, n_val=len(catalog.split_indices("val")),
+                             dropout=model_cfg.dropout, min_class_count=data_cfg.min_class_count,
+                             nce_anchor=loss_cfg.nce_anchor)
+    train_cfg = dataclasses.replace(train_cfg, batch_size=schedule.batch_size, lr=schedule.lr, epochs=schedule.epochs,
+                                    patience=schedule.patience, select_by=schedule.select_by)
+    return (dataclasses.replace(data_cfg, min_class_count=schedule.min_class_count),
+            dataclasses.replace(model_cfg, dropout=schedule.dropout), train_cfg, schedule,
+            dataclasses.replace(loss_cfg, nce_anchor=schedule.nce_anchor))

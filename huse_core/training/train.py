@@ -20,11 +20,11 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..artifacts import load_torch, read_json, save_torch, write_json
 from ..config import DataConfig, LossConfig, ModelConfig, TrainConfig, from_dict, to_dict
-from ..data.catalog import load_catalog, normalise_title
+from ..data.catalog import normalise_title
 from ..prepare import Prepared, augment, cache_dir_for, prepare
 from .distributed import TrainStep, World
 from .losses import HuseLoss, taxonomy_distance
-from .schedule import Schedule, plan_schedule
+from .schedule import Schedule, plan
 from .validation import accuracy_by_modality, choose_flip_tta, selection_score, tune_fusion_weights
 from ..model import build_model
 from ..run import RUN_FORMAT
@@ -56,26 +56,6 @@ def training_autocast(precision: str, device: torch.device) -> torch.dtype | Non
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, so looked up defensively
     native = any(getattr(torch.cpu, name, lambda: False)() for name in checks)
     return torch.bfloat16 if device.type == "cpu" and native else None
-
-
-def plan(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, loss_cfg: LossConfig | None = None):
-    """The catalogue's schedule (training.schedule) and the configs (data, model, train, loss) with its values in
-    place of auto (None). The catalogue is read once first, without merging rare classes, for its split sizes and
-    class counts."""
-    loss_cfg = loss_cfg or LossConfig()
-    catalog = load_catalog(dataclasses.replace(data_cfg, min_class_count=1), progress=False)
-    train_rows = catalog.split_indices("train")
-    labels = catalog.labels(train_rows)
-    counts = {h.name: [int(c) for c in np.bincount(labels[h.name][labels[h.name] >= 0]) if c]
-              for h in catalog.heads if h.kind == "single"}
-    schedule = plan_schedule(len(train_rows), counts, train_cfg, n_val=len(catalog.split_indices("val")),
-                             dropout=model_cfg.dropout, min_class_count=data_cfg.min_class_count,
-                             nce_anchor=loss_cfg.nce_anchor)
-    train_cfg = dataclasses.replace(train_cfg, batch_size=schedule.batch_size, lr=schedule.lr, epochs=schedule.epochs,
-                                    patience=schedule.patience, select_by=schedule.select_by)
-    return (dataclasses.replace(data_cfg, min_class_count=schedule.min_class_count),
-            dataclasses.replace(model_cfg, dropout=schedule.dropout), train_cfg, schedule,
-            dataclasses.replace(loss_cfg, nce_anchor=schedule.nce_anchor))
 
 
 def graph_distance(loss_cfg: LossConfig, prep: Prepared) -> np.ndarray:
