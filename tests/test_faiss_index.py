@@ -112,7 +112,7 @@ def faiss_run(tiny_indexed_run, tmp_path_factory):
 
 def test_the_manifest_records_the_backend_and_the_tuned_parameters(faiss_run):
     manifest = read_json(faiss_run / "index" / MANIFEST)
-    assert manifest["backend"] == "faiss" and set(manifest["indexes"]) == {"image", "text"}
+    assert manifest["backend"] == "faiss" and set(manifest["indexes"]) == {"image", "text", "product"}
     for ix in manifest["indexes"].values():
         assert ix["recall_at_10"] >= TARGET_RECALL and 1 <= ix["nprobe"] <= ix["nlist"] and ix["rerank"] >= 10
     searcher = Searcher.open(faiss_run, backend="faiss")

@@ -137,6 +137,22 @@ def test_whole_product_search_uses_the_fusion_layer_vectors(searcher):
         searcher.search(text="x", target="everything")
 
 
+
+def test_the_build_stores_and_indexes_the_whole_product_vectors(searchers):
+    from huse_core.retrieval.layout import load_product_emb
+
+    searcher = searchers["annoy"]
+    stored = load_product_emb(searcher.index_dir)
+    assert stored is not None and stored.shape == searcher._emb["image"].shape
+    assert np.allclose(stored, searcher.run.encode_products(searcher._emb["image"], searcher._emb["text"]), atol=1e-6)
+    assert set(searcher.manifest["indexes"]) == {"image", "text", "product"}
+    assert "product" in searcher._forests and "product" not in searchers["exact"]._forests
+    assert searcher.manifest["indexes"]["product"]["recall_at_10"] >= 0.95  # tuned against exact search
+    for pid in searcher.products["id"][:5]:  # (this toy run's product vectors sit within cosine 0.003 of each other)
+        via_forest, scanned = (searchers[b].search(product=pid, target="product", k=10) for b in BACKENDS)
+        assert via_forest[0].score == pytest.approx(scanned[0].score, abs=1e-4)
+
+
 def test_classify_gives_ranked_probabilities_and_taxonomy_paths(searcher):
     product = searcher.products.iloc[0]
     result = searcher.classify(image=product["image"], text=product["title"], top=3)

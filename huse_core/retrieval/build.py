@@ -14,17 +14,17 @@ from ..artifacts import write_json
 from ..run import load_run
 from .adding import refresh_added
 from .annoy_index import N_TREES, RECALL_QUERIES, AnnoyIndex
-from .embed import embed_catalog
+from .embed import embed_catalog, embed_products
 from .ray_embed import gather_parts, parts_ready
 from .faiss_index import FaissIndex, faiss_available, require_faiss
 from .index import EXACT_BELOW
 from .map import build_map
 from .layout import (INDEX_FORMAT, MANIFEST, build_folder, faiss_path, forest_path, index_dir, load_embeddings,
-                     new_build_folder, remove_other_builds)
+                     load_product_emb, new_build_folder, remove_other_builds)
 
 # A build's steps and their rough shares of its time, for one progress bar (demo shop on 2 cores: embedding 6.5 s,
 # each forest 0.2 s, the map 10 s; at 44k products embedding takes a larger share, the map is sampled).
-BUILD_STEPS = {"embed": 0.4, "index_image": 0.05, "index_text": 0.05, "map": 0.5}
+BUILD_STEPS = {"embed": 0.4, "index_image": 0.05, "index_text": 0.05, "index_product": 0.05, "map": 0.45}
 Progress = Callable[[dict], None]
 BACKENDS = ("auto", "annoy", "faiss", "exact")
 # `--backend auto` builds faiss (when installed) from this many products on, Annoy below. Measured at dim 512 on
@@ -89,13 +89,19 @@ def build_index(run_dir: str | Path, n_trees: int = N_TREES, with_map: bool = Tr
                 else embed_catalog(run, None, stage, progress=progress, added=added))
     seconds["embed"] = round(time.time() - t, 2)
     _, image_emb, text_emb = load_embeddings(stage)
+    if run.model.fusion is not None:  # whole products: a third kind of vector, stored and indexed like the others
+        embed_products(run, image_emb, text_emb, stage)
+    product_emb = load_product_emb(stage)
     kind = choose_backend(backend, len(products))
     pick = np.sort(np.random.default_rng(0).choice(len(products), min(RECALL_QUERIES, len(products)), replace=False))
     forests = {}
-    modalities = (("image", image_emb, text_emb), ("text", text_emb, image_emb)) if kind != "exact" else ()
+    modalities = [("image", image_emb, text_emb), ("text", text_emb, image_emb)] if kind != "exact" else []
+    if product_emb is not None and kind != "exact":
+        modalities.append(("product", product_emb, product_emb))  # queried by products (search --product)
     for name, emb, other in modalities:
         t = time.time()
-        report(f"index_{name}", f"building the {'photo' if name == 'image' else 'title'} search index ({kind})")
+        what = {"image": "photo", "text": "title", "product": "whole-product"}[name]
+        report(f"index_{name}", f"building the {what} search index ({kind})")
         # Recall is measured with the other modality's rows as queries: a title searching photos is the app's case.
         queries = np.asarray(other[pick])
         if kind == "faiss":

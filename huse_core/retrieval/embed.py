@@ -16,7 +16,7 @@ from ..data.images import decode_many
 from ..data.rowfile import write_rows
 from ..prepare import Prepared, cache_dir_for, embed, prepare
 from ..run import Run
-from .layout import IMAGE_EMB, PRODUCTS, TEXT_EMB, index_dir
+from .layout import IMAGE_EMB, PRODUCT_EMB, PRODUCTS, TEXT_EMB, index_dir
 
 ADDED_SPLIT = "added"  # the `split` value of added products
 
@@ -118,3 +118,14 @@ def embed_catalog(run: Run, prep_or_catalog: Prepared | Catalog | None = None, o
     atomic_write(out / PRODUCTS, lambda tmp: products.to_parquet(tmp, index=False))
     return products
 
+
+def embed_products(run: Run, image_emb: np.ndarray, text_emb: np.ndarray, out_dir: str | Path,
+                   chunk: int = 65_536) -> None:
+    """Write `product_emb.npy`: the whole-product vectors (the run's fusion layer) of row-aligned photo and title
+    embeddings, a chunk at a time (memory holds one chunk); it appears under its name only once complete."""
+
+    def fill(put) -> None:
+        for start in range(0, len(image_emb), chunk):
+            put(start, run.encode_products(image_emb[start : start + chunk], text_emb[start : start + chunk]))
+
+    write_rows(Path(out_dir) / PRODUCT_EMB, (len(image_emb), run.dim), np.float32, fill)

@@ -11,7 +11,7 @@ from .annoy_index import AnnoyIndex
 from .faiss_index import FaissIndex
 from .knn import exact_search
 from .layout import (INDEX_FORMAT, MANIFEST, IndexMissingError, StaleIndexError, build_folder, faiss_path, forest_path,
-                     index_dir, load_embeddings, rebuild_hint)
+                     index_dir, load_embeddings, load_product_emb, rebuild_hint)
 
 # Below this many products the Searcher scans exactly by default: at 512 dims that is ~0.1-0.3 ms a query on an
 # idle 2-core CPU (BENCHMARKS.md) and never misses; the forests are built anyway, so growing past it needs no flag.
@@ -73,7 +73,10 @@ def load_index(run, backend: str = "auto") -> tuple:
         raise IndexMissingError(f"the index in {out} was built with --backend {built}, not {backend}: "
                                 f"{rebuild_hint(run_dir, backend)}")
     forests = {}
-    for name, emb in (("image", image_emb), ("text", text_emb)) if backend in ("annoy", "faiss") else ():
+    kinds = [("image", image_emb), ("text", text_emb)]
+    if "product" in manifest.get("indexes", {}):  # builds since whole-product vectors are stored and indexed
+        kinds.append(("product", load_product_emb(folder)))
+    for name, emb in kinds if backend in ("annoy", "faiss") else ():
         if backend == "faiss":
             forests[name] = FaissIndex.load(faiss_path(folder, name), emb, run.fingerprint, run_dir)
         else:

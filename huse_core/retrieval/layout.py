@@ -14,6 +14,7 @@ from ..artifacts import file_sha, read_json
 
 INDEX_FORMAT = 1  # bump when the sidecar or the index folder changes incompatibly
 PRODUCTS, IMAGE_EMB, TEXT_EMB = "products.parquet", "image_emb.npy", "text_emb.npy"
+PRODUCT_EMB = "product_emb.npy"  # whole products (the fusion layer), in builds of runs that have one
 DELTA = "delta"  # products added after the build: delta/added.sqlite and delta/images/<id>.png
 MAP = "map.parquet"  # the 2-D map of a build (huse_core.retrieval.map)
 MANIFEST = "index.json"  # written last by build_index: the index folder is complete when it exists
@@ -101,6 +102,13 @@ def load_embeddings(out_dir: str | Path) -> tuple[pd.DataFrame, np.ndarray, np.n
     image_emb = np.load(out / IMAGE_EMB, mmap_mode="r")
     text_emb = np.load(out / TEXT_EMB, mmap_mode="r")
     return products, image_emb, text_emb
+
+
+def load_product_emb(out_dir: str | Path) -> np.ndarray | None:
+    """The whole-product vectors of an index folder's current build (memory-mapped, read-only), or None: a run
+    without a fusion layer, or a build from before they were stored."""
+    path = build_folder(out_dir) / PRODUCT_EMB
+    return np.load(path, mmap_mode="r") if path.is_file() else None
 
 
 def load_map(out_dir: str | Path) -> pd.DataFrame | None:

@@ -15,7 +15,7 @@ from .adding import add_products
 from .embed import products_frame
 from .index import load_index, top_matches
 from .knn import exact_search
-from .layout import IndexMissingError, StaleIndexError, build_folder, index_dir, load_map
+from .layout import IndexMissingError, StaleIndexError, build_folder, index_dir, load_map, load_product_emb
 from .map import extend_map
 from .store import IndexIds, read_added
 
@@ -100,16 +100,19 @@ class Searcher:
         return _State(products, len(self._index_products), delta, len(table))
 
     def _product_vectors(self) -> None:
-        """The catalogue's whole-product vectors, computed once from the index's photo and title embeddings (the
-        fusion layer is one small MLP: ~2 s for 44k products on 2 CPU cores), searched exactly."""
+        """The catalogue's whole-product vectors: the build's (memory-mapped, searched through its product index
+        when it has one), or for a build from before they were stored, computed once from its photo and title
+        embeddings (the fusion layer is one small MLP: ~2 s for 44k products on 2 CPU cores) and searched exactly."""
         if "product" in self._emb:
             return
         if self.run.model.fusion is None:
             raise ValueError(f"{self.run.run_dir} was trained without the fusion layer, so it has no whole-product "
                              f"vectors: retrain it with `python -m huse_core train` to search whole products")
         with self._lock:
-            if "product" not in self._emb:
-                self._emb["product"] = self.run.encode_products(self._emb["image"], self._emb["text"])
+            if "product" not in self._emb:  # stored by the build (builds before them: computed here)
+                stored = load_product_emb(self._build_dir)
+                self._emb["product"] = (stored if stored is not None and len(stored) == len(self._emb["image"])
+                                        else self.run.encode_products(self._emb["image"], self._emb["text"]))
 
     def refresh(self) -> bool:
         """Take in the products added since this Searcher last read the store, by this process or another (the
