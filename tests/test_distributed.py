@@ -1,5 +1,6 @@
-"""Training under torchrun (2 gloo processes) equals one process accumulating the same micro-batches; embedding in
-parts (here, and with Ray Data) equals the plain embedding, and a rerun finishes what an interrupted run left."""
+"""Training under torchrun (2 gloo processes) equals one process accumulating the same micro-batches, resumes a run
+with --resume, and with --max-restarts carries on from last.pt after a rank is killed. (Embedding in parts, with
+and without Ray: test_ray_embed.py.)"""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import dataclasses
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -22,9 +25,6 @@ from huse_core.data.catalog import normalise_title
 from huse_core.model import build_model
 from huse_core.pipeline import DemoSpec
 from huse_core.prepare import cache_dir_for, prepare
-from huse_core.retrieval.embed import embed_catalog
-from huse_core.retrieval.ray_embed import (RAY_HINT, embed_parts, gather_parts, part_files, parts_dir, parts_ready,
-                                          start_local_ray)
 from huse_core.run import load_run
 from huse_core.training.distributed import TrainStep, World
 from huse_core.training.evaluate import evaluate
@@ -38,11 +38,14 @@ TRAIN = TrainConfig(epochs=2, batch_size=32, lr=2e-3, patience=4, select_by="mea
                     threads=1)
 
 
+def _torchrun_cmd(*args: str, max_restarts: int = 0) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
+            "--max-restarts", str(max_restarts), "-m", "huse_core", *args]
+
+
 def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
-           "-m", "huse_core", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=1800)
+    return subprocess.run(_torchrun_cmd(*args), capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=1800)
 
 
 @pytest.fixture(scope="module")
@@ -191,76 +194,76 @@ def test_shards_of_a_batch_are_disjoint_and_cover_it():
     assert all(len(s) == 8 for s in shards) and sorted(np.concatenate(shards)) == sorted(batch)
 
 
-# ---- embedding in parts ---------------------------------------------------------------------------------------
+# ---- torchrun --max-restarts ------------------------------------------------------------------------------------
 
-def _plain(run_dir: Path, out: Path):
-    products = embed_catalog(load_run(run_dir), None, out, progress=False)
-    return products, np.load(out / "image_emb.npy"), np.load(out / "text_emb.npy")
+RESTART_EPOCHS = 4  # rank 1 dies once epoch 1 is recorded: three epochs (~1 s each) still to train
 
 
-def _gathered(run_dir: Path, out: Path):
-    products = gather_parts(load_run(run_dir), out)
-    return products, np.load(out / "image_emb.npy"), np.load(out / "text_emb.npy")
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir():
+        try:  # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces and parentheses
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(entry.name))
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+    return kids
 
 
-def _assert_same(a, b) -> None:
-    pd.testing.assert_frame_equal(a[0], b[0])
-    assert np.allclose(a[1], b[1], atol=1e-5) and np.allclose(a[2], b[2], atol=1e-5)
+def _rank(pid: int) -> int | None:
+    """The RANK torchrun gave worker `pid` (from the environment it started with), None if it has none."""
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return next((int(v[5:]) for v in env if v.startswith(b"RANK=")), None)
 
 
-def test_parts_embedded_here_equal_the_plain_embedding_and_a_rerun_does_only_the_missing(tiny_trained_run,
-                                                                                           tmp_path):
-    run_dir = Path(shutil.copytree(tiny_trained_run, tmp_path / "run"))
-    first = embed_parts(run_dir, engine="local", part_size=64, progress=False)
-    assert first["embedded"] == [0, 1, 2, 3] and parts_ready(run_dir)
-    plain = _plain(run_dir, tmp_path / "plain")
-    _assert_same(_gathered(run_dir, tmp_path / "parts"), plain)
-    folder = parts_dir(run_dir)
-    part_files(folder, 1)[0].unlink()  # killed after part 1's embeddings, before its products file
-    for path in part_files(folder, 2):
-        path.unlink()  # never started
-    kept = part_files(folder, 0)[1].stat().st_mtime_ns
-    assert not parts_ready(run_dir)
-    again = embed_parts(run_dir, engine="local", part_size=64, progress=False)
-    assert again["embedded"] == [1, 2] and again["skipped"] == 2
-    assert part_files(folder, 0)[1].stat().st_mtime_ns == kept
-    gathered = _gathered(run_dir, tmp_path / "parts2")
-    _assert_same(gathered, plain)
-    assert gathered[0]["id"].is_unique  # every product once
+def _kill_rank_one_after_an_epoch(launcher: subprocess.Popen, run_dir: Path, killed: dict) -> None:
+    """SIGKILL the rank-1 worker (a child of the torchrun process) once run.json records an epoch."""
+    while launcher.poll() is None:
+        try:
+            meta = read_json(run_dir / "run.json")
+        except (OSError, ValueError):  # not written yet
+            meta = {}
+        if meta.get("history") and (run_dir / "last.pt").is_file():
+            rank_one = [pid for pid in _children(launcher.pid) if _rank(pid) == 1]
+            if rank_one:
+                os.kill(rank_one[0], signal.SIGKILL)
+                killed.update(pid=rank_one[0], status=meta["status"], history=meta["history"])
+                return
+        time.sleep(0.05)
 
 
-def test_ray_missing_is_named_with_the_install_command(tiny_trained_run, monkeypatch):
-    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
-    with pytest.raises(RuntimeError, match="requirements-ray.txt"):
-        embed_parts(tiny_trained_run, engine="ray")
-    assert "pip install -r requirements-ray.txt" in RAY_HINT
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray", reason="Ray is optional: pip install -r requirements-ray.txt")
-    try:  # started once for both runs below (embed_parts uses a Ray it finds running)
-        start_local_ray(WORLD)
-    except Exception as err:  # noqa: BLE001 - Ray raises a bare Exception when its raylet misses its start-up window
-        ray.shutdown()
-        pytest.skip(f"a local Ray did not start on this machine ({str(err)[:200]}): its raylet gives its agents 15 s, "
-                    f"more than a starved, busy CPU gave them")
-    yield ray
-    ray.shutdown()
-
-
-def test_ray_with_two_workers_embeds_like_the_plain_path_and_a_rerun_finishes_once(local_ray, tiny_trained_run,
-                                                                                     tmp_path):
-    run_dir = Path(shutil.copytree(tiny_trained_run, tmp_path / "run"))
-    result = embed_parts(run_dir, engine="ray", workers=WORLD, part_size=64, progress=False)
-    assert result["embedded"] == [0, 1, 2, 3] and result["peak_rss_mb"]  # an actor may take every part
-    plain = _plain(run_dir, tmp_path / "plain")
-    _assert_same(_gathered(run_dir, tmp_path / "parts"), plain)
-    for path in part_files(parts_dir(run_dir), 3):
-        path.unlink()  # an interrupted run
-    part_files(parts_dir(run_dir), 1)[0].unlink()
-    again = embed_parts(run_dir, engine="ray", workers=WORLD, part_size=64, progress=False)
-    assert again["embedded"] == [1, 3]
-    gathered = _gathered(run_dir, tmp_path / "parts2")
-    _assert_same(gathered, plain)
-    assert gathered[0]["id"].is_unique and len(gathered[0]) == len(plain[0])
+def test_torchrun_max_restarts_resumes_from_last_pt_after_rank_one_is_killed(tiny_demo_csv, tmp_path):
+    """`torchrun --max-restarts 1`, rank 1 SIGKILLed after epoch 1: torchrun stops rank 0 and starts both again
+    with TORCHELASTIC_RESTART_COUNT=1; World.restarted makes train() resume from last.pt without --resume."""
+    run_dir = tmp_path / "run"
+    tiny = DemoSpec.tiny().model
+    model_flags = [f"--{name.replace('_', '-')}={getattr(tiny, name)}"
+                   for name in ("cnn_width", "hidden", "dim", "conv_channels", "word_dim")]
+    cmd = _torchrun_cmd("train", "--catalog", str(tiny_demo_csv), "--out", str(run_dir), "--epochs",
+                        str(RESTART_EPOCHS), "--patience", str(RESTART_EPOCHS), "--batch-size", "32", "--threads", "1",
+                        *model_flags, max_restarts=1)
+    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    killed: dict = {}
+    watcher = threading.Thread(target=_kill_rank_one_after_an_epoch, args=(launcher, run_dir, killed), daemon=True)
+    watcher.start()
+    try:
+        out, _ = launcher.communicate(timeout=600)
+    finally:
+        if launcher.poll() is None:  # timed out: torchrun and its workers, all in the session started for them
+            os.killpg(launcher.pid, signal.SIGKILL)
+        watcher.join()
+    assert killed, f"rank 1 was never killed (torchrun exited {launcher.returncode}):\n{out[-3000:]}"
+    assert killed["status"] == "training" and 1 <= len(killed["history"]) < RESTART_EPOCHS  # killed mid-training
+    assert launcher.returncode == 0, out[-3000:]
+    assert f"(pid: {killed['pid']})" in out  # torchrun reports the killed worker's failure, then restarts
+    assert out.count("resuming with the stored") == 1  # the restarted workers resumed from last.pt, once
+    meta = read_json(run_dir / "run.json")
+    assert meta["status"] == "done" and meta["distributed"]["world_size"] == WORLD
+    assert [r["epoch"] for r in meta["history"]] == list(range(1, RESTART_EPOCHS + 1))  # none lost, none twice
+    assert meta["history"][:len(killed["history"])] == killed["history"]  # the epochs before the kill were kept
+    printed = [int(k) for k in re.findall(r"(?m)^epoch (\d+): ", out)]
+    assert printed == sorted(set(printed)) and printed[-1] == RESTART_EPOCHS  # each epoch reported once, in order

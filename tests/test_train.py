@@ -104,8 +104,12 @@ def test_resume_continues_an_interrupted_run(shop, tmp_path):
     assert json.loads((run_dir / "run.json").read_text())["status"] == "training"
     with pytest.raises(FileExistsError, match="--resume"):
         train(*cfgs, run_dir, progress=False)  # never silently overwrite an unfinished run
+    # A kill after last.pt but before run.json took epoch 1's record: the record kept in last.pt restores it.
+    saved = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**saved, "history": [], "best_epoch": None}))
     meta = train(*cfgs, run_dir, resume=True, progress=False)
     assert meta["status"] == "done" and [r["epoch"] for r in meta["history"]] == [1, 2, 3]
+    assert meta["history"][0] == saved["history"][0]
     assert load_run(run_dir).meta["status"] == "done"
 
 

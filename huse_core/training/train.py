@@ -199,7 +199,9 @@ def train(
         start_epoch, best, stale = int(state["epoch"]) + 1, float(state["best"]), int(state["stale"])
         smooth, best_smooth = state.get("smooth"), float(state.get("best_smooth", best))  # older last.pt: raw only
         torch.set_rng_state(state["rng"])
-        meta["history"], meta["best_epoch"] = saved["history"][:start_epoch], saved.get("best_epoch")
+        # last.pt is written before run.json: its own copy of the history survives a kill between the two
+        meta["history"] = state.get("history", saved["history"][:start_epoch])
+        meta["best_epoch"] = state.get("best_epoch", saved.get("best_epoch"))
     if world.is_main:
         write_json(meta_path, meta)
     if train_cfg.epochs == 0 and world.is_main:  # saved as built; validation still picks flip TTA and fusion
@@ -262,6 +264,7 @@ def train(
                                    "optimizer": opt.state_dict(),
                                    "scheduler": sched.state_dict(), "epoch": epoch, "best": best, "stale": stale,
                                    "smooth": smooth, "best_smooth": best_smooth,
+                                   "history": meta["history"], "best_epoch": meta["best_epoch"],
                                    "rng": torch.get_rng_state()})  # dropout draws: a resumed run repeats them
             write_json(meta_path, meta)
             emit({"stage": "epoch", **record, "epochs": train_cfg.epochs})
