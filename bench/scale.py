@@ -92,6 +92,7 @@ def measure(cmd: list[str], log: Path, env: dict, cwd: Path) -> dict:
     proc.returncode = os.waitstatus_to_exitcode(status)
     maxrss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     return {"cmd": " ".join(cmd), "rc": proc.returncode, "wall_s": round(time.time() - t0, 1),
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),  # under load, what the step itself cost
             "peak_rss_gb": round(maxrss / GB, 3), "peak_anon_gb": round(peaks.get("RssAnon", 0) / GB, 3),
             "peak_file_gb": round(peaks.get("RssFile", 0) / GB, 3), "log": str(log)}
 

@@ -253,7 +253,10 @@ def test_a_run_whose_encoder_is_missing_or_different_is_refused(clip_run, clip_w
 
 def test_a_sentence_transformers_folder_encodes_titles_and_caches_them(tmp_path, monkeypatch):
     st = pytest.importorskip("sentence_transformers", reason="optional: pip install -r requirements-pretrained.txt")
-    from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+    try:  # sentence-transformers 6 moved its modules; 3-5 keep them in .models
+        from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+    except ImportError:
+        from sentence_transformers.models import StaticEmbedding
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["[UNK]", "black", "watch", "blue", "jeans"])},
