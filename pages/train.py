@@ -162,6 +162,9 @@ def train_form() -> None:
         st.warning(f"No ImageNet weights for {backbone} on this machine ({missing_weights[backbone]} is not in "
                    "torch's cache). Use cnn, or copy the weights file there.")
         return
+    encoders = hub_encoders()
+    if encoders is None:
+        return
     with st.expander("Loss weights (L = α·classification + β·semantic graph + γ·modality gap)",
                      icon=":material/tune:"):
         c1, c2, c3 = st.columns(3)
@@ -191,16 +194,48 @@ def train_form() -> None:
                "Resume (here) carries on from the last finished epoch.")
     if not st.button("Train", type="primary", key="train_start", icon=":material/play_arrow:"):
         return
+    backbone = encoders.get("backbone", backbone)  # a hub photo encoder replaces the picked backbone
     data_cfg = DataConfig(catalog=str(csv), images_root=st.session_state.get("train_images_root", ""),
                           text_col=text_col, id_col="" if id_col.startswith("(") else id_col,
                           image_col="" if image_col.startswith("(") else image_col, levels=levels, attributes=attrs,
                           image_size=default_image_size(backbone))
-    model_cfg = ModelConfig(backbone=backbone)
+    model_cfg = ModelConfig(**{**encoders, "backbone": backbone})
     loss_cfg = LossConfig(losses=losses, alpha=alpha, beta=beta, gamma=gamma)
     train_cfg = TrainConfig(epochs=epochs or None, batch_size=None if batch == "auto" else batch,
                             lr=None if lr == "auto" else lr)  # None: the size-aware schedule chooses
     run_training(run_dir, lambda callback: _train(data_cfg, model_cfg, loss_cfg, train_cfg, run_dir, callback),
                  build_index)
+
+
+def hub_encoders() -> dict | None:
+    """The optional hub encoders typed in (ModelConfig fields: backbone, text_backbone and their weights), {} for
+    none, or None after showing why the names can't be used (unknown form, package or weights missing)."""
+    from huse_core.model import hub
+
+    with st.expander("Pretrained encoders from a model hub (optional)", icon=":material/cloud_download:"):
+        st.caption("open_clip, timm or sentence-transformers encoders under the towers, frozen, their features "
+                   "computed once (`pip install -r requirements-pretrained.txt`). Weights come from the Hugging "
+                   "Face hub cache, or from a file or folder given here.")
+        c1, c2 = st.columns(2)
+        names = {"backbone": c1.text_input("Photo encoder", key="train_hub_photo",
+                                           placeholder="openclip:ViT-B-32/laion2b_s34b_b79k or timm:NAME"),
+                 "text_backbone": c2.text_input("Title encoder", key="train_hub_title",
+                                                placeholder="openclip:ViT-B-32/laion2b_s34b_b79k or st:NAME")}
+        weights = {"image_weights": c1.text_input("Photo encoder weights (empty: the hub cache)",
+                                                  key="train_hub_photo_weights"),
+                   "text_weights": c2.text_input("Title encoder weights (empty: the hub cache)",
+                                                 key="train_hub_title_weights")}
+    chosen = {k: v.strip() for k, v in {**names, **weights}.items() if v.strip()}
+    try:
+        for field, role in (("backbone", "image"), ("text_backbone", "text")):
+            if field in chosen:
+                hub.parse(chosen[field], role=role)
+        if "backbone" in chosen:
+            default_image_size(chosen["backbone"])  # the package is installed and knows the model
+    except (ValueError, FileNotFoundError) as err:  # weights are looked for (or fetched) when training starts
+        st.error(ui.describe(err))
+        return None
+    return chosen
 
 
 def _train(data_cfg, model_cfg, loss_cfg, train_cfg, run_dir: Path, callback, resume: bool = False):

@@ -6,6 +6,7 @@ The app reads HUSE_RUNS_DIR / HUSE_DATA_DIR, so the tests point it at the tiny i
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import stat
@@ -269,6 +270,29 @@ def test_train_page_trains_a_new_run_that_becomes_selectable(app, app_root):
     assert any("tiny-ui" in s.value.replace("\\", "") for s in app.success)
     assert str(app_root / "runs" / "tiny-ui") in [str(p) for p in ui_runs()], "selectable in the sidebar"
     assert app.session_state["_select_run"].endswith("tiny-ui"), "and selected"
+
+
+def test_train_page_trains_with_hub_encoders_typed_in(app, app_root, tmp_path):
+    hub_tests = pytest.importorskip("test_hub", reason="optional: pip install -r requirements-pretrained.txt")
+    weights = str(hub_tests.make_tiny_clip(tmp_path))
+    app.switch_page("pages/train.py").run()
+    app.text_input(key="train_hub_photo").input("resnet50").run()  # not a hub name: said, and no Train button
+    assert any("hub encoders are named" in e.value for e in app.error)
+    assert not [b for b in app.button if b.key == "train_start"]
+    for key, value in (("train_hub_photo", hub_tests.CLIP), ("train_hub_title", hub_tests.CLIP),
+                       ("train_hub_photo_weights", weights), ("train_hub_title_weights", weights)):
+        app.text_input(key=key).input(value)
+    app.run()
+    app.slider(key="train_epochs").set_value(1)
+    app.text_input(key="train_name").input("tiny-clip-ui")
+    app.checkbox(key="train_build_index").uncheck()
+    app.run()
+    assert not app.error, [e.value for e in app.error]
+    app.button(key="train_start").click().run(timeout=180)
+    no_exception(app)
+    meta = json.loads((app_root / "runs" / "tiny-clip-ui" / "run.json").read_text())
+    assert meta["status"] == "done" and meta["model"]["backbone"] == meta["model"]["text_backbone"] == hub_tests.CLIP
+    assert meta["encoders"]["image"]["weights"] == weights and meta["data"]["image_size"] == 32
 
 
 def ui_runs():

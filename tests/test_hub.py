@@ -32,8 +32,12 @@ TRAIN = TrainConfig(epochs=2, batch_size=32, threads=1)
 
 @pytest.fixture(scope="module")
 def clip_weights(tmp_path_factory):
-    """A random tiny CLIP saved as a weights file, its config registered with open_clip."""
-    folder = tmp_path_factory.mktemp("clip")
+    return make_tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+def make_tiny_clip(folder):
+    """A random tiny CLIP saved as a weights file in `folder`, its config registered with open_clip (also used by
+    the app's test)."""
     (folder / "configs").mkdir()
     (folder / "configs" / "huse-test-clip.json").write_text(json.dumps(CLIP_CFG))
     open_clip.add_model_config(folder / "configs")
