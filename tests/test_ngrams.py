@@ -83,10 +83,12 @@ def test_typos_and_plurals_share_most_of_their_ngrams():
 def test_encode_pads_truncates_and_keeps_word_grams_first():
     s = NgramSettings(n_buckets=1 << 16, max_features=6)
     ids, counts = s.encode(["blue blue shirt", ""])
-    assert ids.shape == counts.shape == (2, 6) and ids.dtype == np.int32 and counts.dtype == np.float32
+    assert ids.shape == counts.shape == (2, 6) and ids.dtype == np.uint16 and counts.dtype == np.uint8
     assert ids[0].tolist()[:3] == [bucket("w|blue", s.n_buckets), bucket("w|shirt", s.n_buckets),
                                    bucket("w|blue blue", s.n_buckets)]
     assert counts[0, 0] == 2 and (ids[0] > 0).all() and not ids[1].any() and not counts[1].any()
+    wide, _ = NgramSettings(n_buckets=1 << 18, max_features=6).encode(["blue blue shirt"])
+    assert wide.dtype == np.int32 and wide[0, 0] == bucket("w|blue", 1 << 18)  # past uint16: int32
     fitted = NgramSettings(max_features=512).fitted(TITLES)
     assert fitted.max_features == max(len(SMALL.title_buckets(t)) for t in TITLES)
     assert NgramSettings.from_dict(json.loads(json.dumps(fitted.to_dict()))) == fitted

@@ -78,17 +78,21 @@ class NgramSettings:
         return counts
 
     def encode(self, titles: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, counts): (N, max_features) int32 buckets and float32 term counts, padded with 0 / 0.0.
+        """(ids, counts): (N, max_features) buckets and term counts, padded with 0, in the smallest types that
+        hold them: uint16 ids up to 65,536 buckets (else int32) and uint8 counts (a title repeats no n-gram 255
+        times). A catalogue keeps these rows in memory for training: 3 bytes an n-gram instead of 8 (at 1M
+        products, ~1 GB less). TextInput.from_numpy widens a batch to int32 / float32.
 
         A title with more distinct buckets keeps the first `max_features` (char grams of its last words go
         first); a title without words has none (all padding)."""
         titles = list(titles)
-        ids = np.zeros((len(titles), self.max_features), np.int32)
-        counts = np.zeros((len(titles), self.max_features), np.float32)
+        ids = np.zeros((len(titles), self.max_features), np.uint16 if self.n_buckets <= 1 << 16 else np.int32)
+        counts = np.zeros((len(titles), self.max_features), np.uint8)
         for row, title in enumerate(titles):
             items = list(self.title_buckets(title).items())[: self.max_features]
             if items:
-                ids[row, : len(items)], counts[row, : len(items)] = zip(*items)
+                grams, n = zip(*items)
+                ids[row, : len(items)], counts[row, : len(items)] = grams, np.minimum(n, 255)
         return ids, counts
 
     def fitted(self, titles: list[str]) -> NgramSettings:

@@ -25,7 +25,9 @@ class TextInput(NamedTuple):
 
     @classmethod
     def from_numpy(cls, tokens: np.ndarray, ids: np.ndarray, counts: np.ndarray) -> TextInput:
-        return cls(torch.from_numpy(tokens), torch.from_numpy(ids), torch.from_numpy(counts))
+        """A batch from Tokenizer rows: n-gram ids widened to int32 and counts to float32 (stored narrower)."""
+        return cls(torch.from_numpy(np.asarray(tokens)), torch.from_numpy(np.asarray(ids, np.int32)),
+                   torch.from_numpy(np.asarray(counts, np.float32)))
 
 
 class NgramBag(nn.Module):
