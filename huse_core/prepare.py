@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ class Prepared:
 
     catalog: Catalog
     pixels: RowView  # (N, S, S, 3) uint8: the cache file's rows whose photo decoded
-    tokens: np.ndarray  # (N, L) int64
+    tokens: np.ndarray  # (N, L) int64, memory-mapped from the cache (encoded_titles)
     labels: dict[str, np.ndarray]  # head -> (N,) int64 (-1 = missing) or (N, C) multi-hot
     heads: list[dict]  # name, kind, classes, level: JSON-able, stored in run.json
     levels: list[str]
@@ -39,8 +40,8 @@ class Prepared:
     cache_dir: Path
     features: RowView | None = None  # (N, F) float16 frozen-backbone features (a cache file), when used
     text_features: np.ndarray | None = None  # (N, 384) float16 sentence embeddings (text_backbone minilm)
-    ngram_ids: np.ndarray | None = None  # (N, G) int32 hashed n-gram ids (text_backbone ngram, conv+ngram)
-    ngram_counts: np.ndarray | None = None  # (N, G) float32 their counts per title (0 = padding)
+    ngram_ids: np.ndarray | None = None  # (N, G) uint16/int32 hashed n-gram ids (ngram, conv+ngram), mapped
+    ngram_counts: np.ndarray | None = None  # (N, G) uint8 their counts per title (0 = padding), mapped
 
     def split(self, name: str) -> np.ndarray:
         return self.catalog.split_indices(name)
@@ -150,9 +151,7 @@ def prepare(
     tok = Tokenizer.from_dict(tokenizer) if tokenizer else Tokenizer.fit(
         catalog.df["title"].iloc[catalog.split_indices("train")], model_cfg.vocab_size, model_cfg.max_len,
         settings_for(model_cfg))
-    ngram_ids = ngram_counts = None
-    if tok.ngrams is not None:
-        ngram_ids, ngram_counts = tok.encode_ngrams(catalog.df["title"])
+    tokens, ngram_ids, ngram_counts = encoded_titles(tok, list(catalog.df["title"]), cache_dir)
     head_dicts = [{"name": h.name, "kind": h.kind, "classes": list(h.classes), "level": h.level}
                   for h in catalog.heads]
     leaf = next(h for h in head_dicts if h["name"] == catalog.leaf)
@@ -162,11 +161,48 @@ def prepare(
 
         text_features = cached_title_features(model_cfg, list(catalog.df["title"]), cache_dir, progress)
     return Prepared(
-        catalog=catalog, pixels=RowView(pixels, kept), tokens=tok.encode(catalog.df["title"]), labels=catalog.labels(),
+        catalog=catalog, pixels=RowView(pixels, kept), tokens=tokens, labels=catalog.labels(),
         heads=head_dicts, levels=list(catalog.levels), leaf=catalog.leaf,
         leaf_paths=leaf_paths(catalog, leaf, list(catalog.levels)), tokenizer=tok, cache_dir=cache_dir,
         text_features=text_features, ngram_ids=ngram_ids, ngram_counts=ngram_counts,
     )
+
+
+TITLE_CHUNK = 65_536  # titles tokenised at a time when their rows are written to the cache
+
+
+def encoded_titles(tok: Tokenizer, titles: list[str], cache_dir: Path
+                   ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(tokens, ngram_ids, ngram_counts) of `titles` (the n-gram pair None without n-gram settings), read
+    memory-mapped from `.npy` files in the cache, keyed by the tokenizer's settings and the titles. A miss
+    tokenises a chunk at a time straight into the files: memory holds a chunk, never the catalogue's rows, and the
+    mapped pages are page cache the kernel may drop (~0.8 KB a product with n-grams)."""
+    key = hashlib.sha1(json.dumps(tok.to_dict(), sort_keys=True).encode())
+    for t in titles:
+        key.update(str(t).encode("utf-8", "surrogatepass") + b"\x00")
+    stem = Path(cache_dir) / f"tokens-{len(titles)}-{key.hexdigest()[:16]}"
+    names = ("tokens", "ngram_ids", "ngram_counts") if tok.ngrams is not None else ("tokens",)
+    paths = [Path(f"{stem}-{name}.npy") for name in names]
+    if not all(p.is_file() for p in paths):
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        probe = (tok.encode(titles[:1]), *(tok.encode_ngrams(titles[:1]) if tok.ngrams is not None else ()))
+
+        def fill(puts) -> None:
+            for start in range(0, len(titles), TITLE_CHUNK):
+                chunk = titles[start : start + TITLE_CHUNK]
+                rows = (tok.encode(chunk), *(tok.encode_ngrams(chunk) if tok.ngrams is not None else ()))
+                for put, block in zip(puts, rows):
+                    put(start, block)
+
+        def write(i: int, puts: tuple):  # one file per array, nested so that one pass fills them all
+            if i == len(paths):
+                return fill(puts)
+            shape = (len(titles), *probe[i].shape[1:])
+            write_rows(paths[i], shape, probe[i].dtype, lambda put: write(i + 1, (*puts, put)))
+
+        write(0, ())
+    arrays = [np.load(p, mmap_mode="r") for p in paths]
+    return arrays[0], *(arrays[1:] if len(arrays) == 3 else (None, None))
 
 
 def augment(pixels: torch.Tensor, rng: np.random.Generator, shift: int = 4) -> torch.Tensor:

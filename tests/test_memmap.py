@@ -105,9 +105,20 @@ def test_prepare_reuses_the_memory_mapped_cache_and_drops_failed_photos_without_
     assert np.array_equal(prep.pixels[::20], np.stack([decode_image(root / f"{kept[r]}.png", 16) for r in (0, 20, 40)]))
     assert list(prep.catalog.df["id"].iloc[rows]) == [str(kept[r]) for r in rows]
 
-    _no_decoding(monkeypatch)  # a second prepare reads the cache: nothing is decoded
+    # Token and n-gram rows: memory-mapped from the cache, equal to tokenising the kept titles now
+    titles = list(prep.catalog.df["title"])
+    assert all(isinstance(a, np.memmap) for a in (prep.tokens, prep.ngram_ids, prep.ngram_counts))
+    assert np.array_equal(prep.tokens, prep.tokenizer.encode(titles))
+    for got, want in zip((prep.ngram_ids, prep.ngram_counts), prep.tokenizer.encode_ngrams(titles)):
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+
+    _no_decoding(monkeypatch)  # a second prepare reads the cache: nothing is decoded, no title tokenised
+    from huse_core.data.text import Tokenizer
+
+    monkeypatch.setattr(Tokenizer, "encode_ngrams", lambda *a: pytest.fail("n-grams hashed again"))
     again = prepare(cfg, ModelConfig(), cache, progress=False)
     assert np.array_equal(again.pixels[rows], expect) and len(again.pixels) == 57
+    assert np.array_equal(again.ngram_ids, prep.ngram_ids) and np.array_equal(again.tokens, prep.tokens)
 
 
 def test_caches_written_before_chunked_writing_still_open(tmp_path, monkeypatch):
