@@ -107,12 +107,10 @@ class TrainConfig:
     which prints each choice and why; run.json stores the values used (and the schedule under "schedule")."""
 
     # The 44k catalogue gets 14 epochs of batch 128: ~27 min on 2 CPU cores.
-    # upper bound (early stopping may end sooner); auto: ~3,800 optimiser steps, 4-40 epochs. 0 (--zero-shot only):
-    # the CLIP pair as downloaded, saved untrained so `evaluate` can compare it with a run trained on the shop.
-    epochs: int | None = None
-    # A huge catalogue in bounded time: training stops after this many optimiser steps in all (the last epoch cut
-    # short, then validated as usual) and the learning rate decays over them. 0 = the epochs decide.
-    max_steps: int = 0
+    # 0 (--zero-shot only): the CLIP pair as downloaded, saved untrained, to compare in `evaluate` with a trained run.
+    epochs: int | None = None  # upper bound (early stopping may end sooner); auto: ~3,800 steps, 4-40; 0: --zero-shot
+    # A huge catalogue in bounded time: the last epoch is cut short, then validated as usual.
+    max_steps: int = 0  # stop after this many optimiser steps in all (the rate decays over them); 0 = epochs decide
     batch_size: int | None = None  # products per step; auto: 32 / 64 / 128 / 256 from 2k / 10k / 100k training products
     optimizer: str = "adamw"  # adamw (default, trains best here) | rmsprop (paper: lr 1.6192e-5, momentum 0.9)
     lr: float | None = None  # peak learning rate (OneCycle for adamw); auto: 2e-3 at batch 128, scaled by sqrt(batch)
