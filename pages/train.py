@@ -209,7 +209,8 @@ def train_form() -> None:
 
 def hub_encoders() -> dict | None:
     """The optional hub encoders typed in (ModelConfig fields: backbone, text_backbone and their weights), {} for
-    none, or None after showing why the names can't be used (unknown form, package or weights missing)."""
+    none, or None after showing why the names can't be used (an unknown form, or the package missing; weights are
+    looked for when training starts, whose error shows the same way)."""
     from huse_core.model import hub
 
     with st.expander("Pretrained encoders from a model hub (optional)", icon=":material/cloud_download:"):
