@@ -70,6 +70,15 @@ def save_npy(path: str | Path, array) -> Path:
     return atomic_write(path, write)
 
 
+def texts_key(prefix: str, texts) -> str:
+    """16 hex digits naming a cache of these exact texts, in this order, under `prefix` (the encoder or settings):
+    SHA-1 over the prefix and each text's UTF-8 bytes, NUL-separated."""
+    key = hashlib.sha1(prefix.encode())
+    for t in texts:
+        key.update(str(t).encode("utf-8", "surrogatepass") + b"\x00")
+    return key.hexdigest()[:16]
+
+
 def file_sha(path: str | Path, n_chars: int = 16) -> str:
     """The first `n_chars` hex digits of a file's SHA-256: a model fingerprint for indexes and caches."""
     h = hashlib.sha256()

