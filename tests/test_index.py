@@ -60,6 +60,21 @@ def test_exact_search_returns_the_expected_order_and_cosines():
     assert len(exact_search(query, emb, k=100)[0]) == 7  # k past the gallery: every row once
 
 
+def test_exact_search_streams_a_gallery_larger_than_one_block_and_matches_brute_force():
+    # 5,000 queries make the gallery block 8,192 rows, so 20,000 rows take three blocks and two query chunks;
+    # the best rows sit in the last block, where a merge that dropped earlier blocks' winners would show.
+    rng = np.random.default_rng(3)
+    emb = rng.normal(size=(20_000, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    queries = emb[-5_000:] + 0.05 * rng.normal(size=(5_000, 8)).astype(np.float32)
+    rows, scores = exact_search(queries, emb, 5)
+    sims = queries @ emb.T
+    brute = np.sort(sims, axis=1)[:, ::-1][:, :5]
+    assert np.allclose(scores, brute, atol=1e-6)
+    assert np.allclose(np.take_along_axis(sims, rows, 1), scores, atol=1e-6)
+    assert (rows[:, 0] == np.arange(15_000, 20_000)).mean() > 0.99  # each query's own (last-block) row first
+
+
 def test_annoy_returns_the_expected_order_on_toy_vectors(tmp_path):
     emb, ids, query = toy_gallery()
     index = AnnoyIndex.build(emb, ids, tmp_path / "toy.ann", "fp", n_trees=4, progress=False)
