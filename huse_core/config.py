@@ -111,6 +111,10 @@ class TrainConfig:
     epochs: int | None = None  # upper bound (early stopping may end sooner); auto: ~3,800 steps, 4-40; 0: --zero-shot
     # A huge catalogue in bounded time: the last epoch is cut short, then validated as usual.
     max_steps: int = 0  # stop after this many optimiser steps in all (the rate decays over them); 0 = epochs decide
+    # Validation runs every epoch (and flip TTA + fusion weights at the end): a seeded sample keeps a 1M-product
+    # catalogue's 100k validation products from costing more than its training steps; 10,000 products put
+    # accuracy within about +-0.3 points, enough to pick the epoch and the weights.
+    val_max: int = 10_000  # validation products used; a seeded sample past this; 0 = the whole validation split
     batch_size: int | None = None  # products per step; auto: 32 / 64 / 128 / 256 from 2k / 10k / 100k training products
     optimizer: str = "adamw"  # adamw (default, trains best here) | rmsprop (paper: lr 1.6192e-5, momentum 0.9)
     lr: float | None = None  # peak learning rate (OneCycle for adamw); auto: 2e-3 at batch 128, scaled by sqrt(batch)
@@ -140,7 +144,7 @@ def to_dict(cfg) -> dict:
 # a run from before them reloads, and resumes, with its own settings.
 LEGACY_VALUES = {"ModelConfig": {"text_backbone": "conv", "fusion_layer": False},
                  "LossConfig": {"gap_anchor": "none", "nce_anchor": "none"},
-                 "TrainConfig": {"precision": "fp32", "select_by": "fused"}}
+                 "TrainConfig": {"precision": "fp32", "select_by": "fused", "val_max": 0}}
 
 
 def from_dict(cls, data: dict):

@@ -14,7 +14,7 @@ from huse_core.pipeline import DemoSpec
 from huse_core.training.evaluate import evaluate, split_predictions
 from huse_core.run import RunError, load_run
 from huse_core.training.train import train
-from huse_core.training.validation import selection_score
+from huse_core.training.validation import selection_score, validation_rows
 
 TINY_MODEL = DemoSpec.tiny().model
 
@@ -185,16 +185,19 @@ def test_runs_saved_before_a_setting_existed_reload_with_what_they_were_trained_
 
     assert from_dict(LossConfig, {"beta": 1.0}).gap_anchor == "none"  # the paper's gap loss, as trained then
     assert from_dict(TrainConfig, {"epochs": 12}).precision == "fp32"
+    assert from_dict(TrainConfig, {"epochs": 12}).val_max == 0  # validated on its whole split, and resumes so
     assert from_dict(LossConfig, to_dict(LossConfig())) == LossConfig()  # today's runs keep today's values
     assert from_dict(TrainConfig, to_dict(TrainConfig())) == TrainConfig()
 
 
 def test_max_steps_cuts_the_last_epoch_and_decays_the_rate_over_the_steps_taken(shop, tmp_path):
     events = []
-    cfg = TrainConfig(epochs=5, batch_size=32, max_steps=8)  # 240 products: 6 steps an epoch -> 6 + 2
+    # 240 products: 6 steps an epoch -> 6 + 2; validation on a 10-product sample of the validation split
+    cfg = TrainConfig(epochs=5, batch_size=32, max_steps=8, val_max=10)
     meta = train(DataConfig(catalog=str(shop)), TINY_MODEL, LossConfig(), cfg, tmp_path / "run", progress=False,
                  callback=events.append)
     assert meta["status"] == "done" and [r["epoch"] for r in meta["history"]] == [1, 2]
+    assert meta["val_used"] == 10 < meta["splits"]["val"]
     steps = [(e["epoch"], e["step"], e["steps"]) for e in events if e["stage"] == "train"]
     assert steps[-1] == (2, 2, 2) and len(steps) == 8
     sched = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["scheduler"]
@@ -202,3 +205,16 @@ def test_max_steps_cuts_the_last_epoch_and_decays_the_rate_over_the_steps_taken(
     with pytest.raises(ValueError, match="--max-steps"):
         train(DataConfig(catalog=str(shop)), TINY_MODEL, LossConfig(), TrainConfig(epochs=1, max_steps=-1),
               tmp_path / "bad", progress=False)
+
+
+def test_validation_sample_is_seeded_sorted_and_capped():
+    rows = np.arange(100, 400)
+    picked = validation_rows(rows, TrainConfig(val_max=50, seed=1))
+    assert len(picked) == 50 and len(set(picked)) == 50 and set(picked) <= set(rows)
+    assert np.all(np.diff(picked) > 0)  # catalogue order
+    assert np.array_equal(picked, validation_rows(rows, TrainConfig(val_max=50, seed=1)))  # same every epoch
+    assert not np.array_equal(picked, validation_rows(rows, TrainConfig(val_max=50, seed=2)))
+    assert np.array_equal(validation_rows(rows, TrainConfig(val_max=0)), rows)
+    assert np.array_equal(validation_rows(rows, TrainConfig(val_max=300)), rows)
+    with pytest.raises(ValueError, match="--val-max"):
+        validation_rows(rows, TrainConfig(val_max=-1))

@@ -25,7 +25,8 @@ from ..prepare import Prepared, augment, cache_dir_for, prepare
 from .distributed import TrainStep, World
 from .losses import HuseLoss, taxonomy_distance
 from .schedule import Schedule, plan
-from .validation import accuracy_by_modality, choose_flip_tta, selection_score, tune_fusion_weights
+from .validation import (accuracy_by_modality, choose_flip_tta, selection_score, tune_fusion_weights,
+                         validation_rows)
 from ..model import build_model
 from ..run import RUN_FORMAT
 
@@ -162,7 +163,7 @@ def train(
         with world.main_first():
             prep.compute_features(model, device, progress)
 
-    train_rows, val_rows = prep.split("train"), prep.split("val")
+    train_rows, val_rows = prep.split("train"), validation_rows(prep.split("val"), train_cfg, progress)
     per_process = world.per_process_batch(train_cfg.batch_size, len(train_rows))
     global_batch = per_process * world.world_size  # = batch_size unless it doesn't split evenly
     steps_per_epoch = max(1, len(train_rows) // global_batch)
@@ -183,6 +184,7 @@ def train(
         "loss": to_dict(loss_cfg), "train": to_dict(train_cfg), "heads": prep.heads, "levels": prep.levels,
         "leaf": prep.leaf, "leaf_paths": prep.leaf_paths, "tokenizer": prep.tokenizer.to_dict(),
         "catalog_size": len(prep.catalog.df), "splits": {s: int(len(prep.split(s))) for s in ("train", "val", "test")},
+        "val_used": int(len(val_rows)),
         "load_report": prep.catalog.report.summary(), "history": [], "best_epoch": None,
         "encoders": model.encoders(),  # hub encoders' names, versions and weight fingerprints
         "distributed": world.describe(global_batch, per_process),

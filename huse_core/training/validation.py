@@ -12,6 +12,22 @@ from ..prepare import Prepared, embed
 FUSION_MIN_GAIN = 0.002  # validation accuracy a photo + title mix (or flip TTA) must add to be kept
 
 
+def validation_rows(rows: np.ndarray, train_cfg, progress: bool = False) -> np.ndarray:
+    """The validation rows training reads: all of them, or a seeded sample of train_cfg.val_max in catalogue
+    order when there are more (0 = no cap). Every epoch's score, flip TTA and the fusion weights read the same
+    sample, so the epochs stay comparable."""
+    cap = int(train_cfg.val_max or 0)
+    if cap < 0:
+        raise ValueError(f"--val-max must be 0 (the whole validation split) or more, got {cap}")
+    if not cap or len(rows) <= cap:
+        return rows
+    picked = np.sort(np.random.default_rng(train_cfg.seed).choice(rows, cap, replace=False))
+    if progress:
+        print(f"validation: a seeded sample of {cap:,} of the {len(rows):,} validation products "
+              f"(--val-max; 0 uses all)", file=sys.stderr)
+    return picked
+
+
 @torch.inference_mode()
 def tune_fusion_weights(model, prep: Prepared, rows: np.ndarray, device: torch.device
                         ) -> tuple[dict[str, float], list[str]]:
