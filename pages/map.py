@@ -16,12 +16,13 @@ ui.page_setup("pages/map.py")
 
 PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#EECA3B", "#B279A2", "#FF9DA6", "#9D755D",
            "#BAB0AC", "#1F77B4", "#2CA02C", "#D62728", "#9467BD", "#8C564B", "#17BECF", "#BCBD22", "#7F7F7F"]
-SYMBOLS = {"image": "circle", "text": "diamond"}
+SYMBOLS = {"image": "circle", "text": "diamond", "product": "square"}
 MAX_THUMBS = 150  # thumbnails in the selection table; more rows are listed without a photo
 
 st.title("Map of the shared space")
 st.caption("Every product appears twice: its photo (circle) and its title (diamond), placed by the model so that "
-           "similar things sit together. Drag a box or lasso to select products; click a point to see it.")
+           "similar things sit together; with a fusion layer, also as a whole product (square: photo and title "
+           "read together). Drag a box or lasso to select products; click a point to see it.")
 searcher = ui.searcher_or_stop()
 heads = searcher.heads
 
@@ -44,14 +45,19 @@ c1, c2, c3, c4 = st.columns([2, 2, 2, 1])
 colour_opts = ["modality"] + [h["name"] for h in heads if h["kind"] == "single"]
 leaf = searcher.run.leaf_head["name"]  # coloured by the model's leaf head at first
 colour = c1.selectbox("Colour by", colour_opts, index=colour_opts.index(leaf), key="map_colour")
-show = c2.segmented_control("Show", ["photos", "titles", "both"], default="both", key="map_show", required=True)
+SHOW = {"photos": ["image"], "titles": ["text"], "both": ["image", "text"], "whole products": ["product"],
+        "all": ["image", "text", "product"]}
+has_product = bool((frame["modality"] == "product").any())
+show = c2.segmented_control("Show", list(SHOW) if has_product else list(SHOW)[:3], default="both", key="map_show",
+                            required=True, help="both = photos and titles; whole products: the fusion layer's "
+                            "vector of each product's photo and title together")
 n_lines = c3.slider("Photo–title lines", 0, 300, 40, step=10, key="map_lines",
                     help="Joins a sample of products' photo and title points: the modality gap.")
 size = c4.select_slider("Point size", [3, 4, 5, 6, 8, 10], value=6, key="map_size")
 
-shown = frame if show == "both" else frame[frame["modality"] == ("image" if show == "photos" else "text")]
+shown = frame[frame["modality"].isin(SHOW[show])]
 fig = go.Figure()
-categories = (["image", "text"] if colour == "modality" else
+categories = (SHOW[show] if colour == "modality" else
               sorted(shown[colour].astype(str).unique(), key=lambda c: (-(shown[colour] == c).sum(), c)))
 for i, cat in enumerate(categories):
     part = shown[shown[colour].astype(str) == cat] if colour != "modality" else shown[shown["modality"] == cat]
@@ -66,7 +72,7 @@ for i, cat in enumerate(categories):
         customdata=np.stack([part["id"], part["modality"]], axis=1), text=hover,
         hovertemplate="%{text}<br><i>%{customdata[1]}</i> · id %{customdata[0]}<extra></extra>"))
 
-if n_lines and show == "both":
+if n_lines and {"image", "text"} <= set(SHOW[show]):
     both = frame.pivot_table(index="id", columns="modality", values=["x", "y"], aggfunc="first").dropna()
     sample = both.sample(min(n_lines, len(both)), random_state=0) if len(both) else both
     xs, ys = [], []

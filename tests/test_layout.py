@@ -155,5 +155,5 @@ def test_a_run_and_index_in_the_earlier_layout_open_with_this_code(indexed_run_c
     reopened = huse_core.Searcher.open(run_dir)
     assert [h.id for h in reopened.search(text=title, k=5)] == first
     assert "later-1" in set(reopened.products["id"])
-    assert len(reopened.map_frame()) == 2 * len(reopened.products)
+    assert len(reopened.map_frame()) == 3 * len(reopened.products)  # photo, title and whole-product points
     assert np.isfinite(reopened.map_frame()[["x", "y"]].to_numpy()).all()

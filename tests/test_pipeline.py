@@ -34,7 +34,7 @@ def test_build_makes_a_complete_run_with_metrics_index_and_map(built):
     searcher = Searcher.open(run_dir)
     assert len(searcher.products) > 0
     frame = searcher.map_frame()
-    assert set(frame["modality"]) == {"image", "text"}
+    assert set(frame["modality"]) == {"image", "text", "product"}  # the demo trains a fusion layer
     assert frame[["x", "y"]].notna().all().all()
 
 

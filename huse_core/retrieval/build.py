@@ -116,8 +116,9 @@ def build_index(run_dir: str | Path, n_trees: int = N_TREES, with_map: bool = Tr
         forests[name] = {k: built.meta[k] for k in keys}
     if with_map:
         t = time.time()
-        report("map", f"laying out the map of {2 * len(products):,} points (UMAP)")
-        build_map(products, image_emb, text_emb, run.heads, stage, progress=progress)
+        report("map", f"laying out the map of {2 * len(products):,} points (UMAP)"
+               + (", then placing the whole products" if product_emb is not None else ""))
+        build_map(products, image_emb, text_emb, run.heads, stage, progress=progress, product_emb=product_emb)
         seconds["map"] = round(time.time() - t, 2)
     seconds["total"] = round(time.time() - t_start, 2)
     manifest = {"format": INDEX_FORMAT, "fingerprint": run.fingerprint, "build_id": build_id, "dir": stage.name,

@@ -1,5 +1,8 @@
 """The 2-D map of a catalogue: one UMAP over image and text embeddings together, saved as map.parquet.
 
+With a fusion layer, each product's whole-product vector is placed on the same map (never fitted: the photo and
+title layout stays the one UMAP found), so the Map page can show where whole products sit between the two.
+
 Points past the fit sample, and products added later, are placed at the mean map position of their 5 nearest
 fitted points (cosine). We keep no fitted UMAP object: storing one means a pickle, and loading a pickle can run
 code; and `UMAP.transform` measured ~20 ms a point on 2 cores (99 s for 5,000), slower than the fit itself.
@@ -35,6 +38,7 @@ NEIGHBOURS = 5  # fitted points whose positions place one extra point
 # map took 7.3 s instead of 4.5 s for the same picture (98% of each point's 10 map neighbours share its class).
 UMAP_ARGS = {"n_neighbors": 15, "min_dist": 0.1, "metric": "cosine", "n_epochs": 200}
 MAP_COLUMNS = ["id", "modality", "x", "y", "title", "image"]
+MAP_KINDS = np.array(["image", "text", "product"])  # a map's kinds, in row-block order
 
 
 def _umap():
@@ -80,13 +84,17 @@ def knn_graph(points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return rows.astype(np.int32), np.maximum(0.0, 1.0 - cos).astype(np.float32)
 
 
-def fit_xy(points: np.ndarray, seed: int = 0, fit_limit: int = FIT_LIMIT, progress: bool = True) -> np.ndarray:
-    """(P, 2) map positions of unit rows: UMAP on all of them, or on a seeded sample of `fit_limit` + placement."""
+def fit_xy(points: np.ndarray, seed: int = 0, fit_limit: int = FIT_LIMIT, progress: bool = True,
+           n_fit: int | None = None) -> np.ndarray:
+    """(P, 2) map positions of unit rows: UMAP on all of them, or on a seeded sample of `fit_limit` + placement.
+    Only the first `n_fit` rows (default: all) may be fitted; the rows after them are always placed."""
     points = np.asarray(points, np.float32)
     n = len(points)
-    if n < 4:  # too few for a neighbour graph: spread them on a line
+    n_fit = n if n_fit is None else min(int(n_fit), n)
+    if n_fit < 4:  # too few for a neighbour graph: spread them on a line
         return np.stack([np.arange(n, dtype=np.float32), np.zeros(n, np.float32)], axis=1)
-    fit = np.arange(n) if n <= fit_limit else np.sort(np.random.default_rng(seed).choice(n, fit_limit, replace=False))
+    fit = (np.arange(n_fit) if n_fit <= fit_limit
+           else np.sort(np.random.default_rng(seed).choice(n_fit, fit_limit, replace=False)))
     t0 = time.time()
     if progress:
         print(f"map: fitting UMAP on {len(fit):,} of {n:,} points", file=sys.stderr)
@@ -111,13 +119,12 @@ def fit_xy(points: np.ndarray, seed: int = 0, fit_limit: int = FIT_LIMIT, progre
 
 
 def map_frame(products: pd.DataFrame, xy: np.ndarray, heads: list[dict]) -> pd.DataFrame:
-    """Map rows: every product's image point, then its text point: id, modality, x, y, title, image, heads, added.
-
-    `xy` is (2N, 2): image points first, then text points, both in `products` order.
-    """
+    """Map rows: every product's image point, then its text point (then its product point when `xy` has 3N rows):
+    id, modality, x, y, title, image, heads, added. `xy` is (2N or 3N, 2), each kind in `products` order."""
     n = len(products)
-    both = pd.concat([products, products], ignore_index=True)
-    frame = pd.DataFrame({"id": both["id"].to_numpy(), "modality": ["image"] * n + ["text"] * n,
+    kinds = MAP_KINDS[: len(xy) // n] if n else MAP_KINDS[:2]
+    both = pd.concat([products] * len(kinds), ignore_index=True)
+    frame = pd.DataFrame({"id": both["id"].to_numpy(), "modality": np.repeat(kinds, n),
                           "x": xy[:, 0], "y": xy[:, 1], "title": both["title"].to_numpy(),
                           "image": both["image"].to_numpy()})
     for h in heads:
@@ -127,23 +134,25 @@ def map_frame(products: pd.DataFrame, xy: np.ndarray, heads: list[dict]) -> pd.D
 
 
 def build_map(products: pd.DataFrame, image_emb: np.ndarray, text_emb: np.ndarray, heads: list[dict],
-              out_dir: str | Path, seed: int = 0, progress: bool = True) -> pd.DataFrame:
-    """Fit the map of all products (image and text points together) and save `map.parquet` atomically."""
-    xy = fit_xy(np.concatenate([image_emb, text_emb]), seed=seed, progress=progress)
+              out_dir: str | Path, seed: int = 0, progress: bool = True,
+              product_emb: np.ndarray | None = None) -> pd.DataFrame:
+    """Fit the map of all products (image and text points together), place their whole-product points when
+    `product_emb` is given, and save `map.parquet` atomically."""
+    parts = [image_emb, text_emb] + ([product_emb] if product_emb is not None else [])
+    xy = fit_xy(np.concatenate(parts), seed=seed, progress=progress, n_fit=2 * len(products))
     frame = map_frame(products, xy, heads)
     atomic_write(Path(out_dir) / MAP, lambda tmp: frame.to_parquet(tmp, index=False))
     return frame
 
 
-def extend_map(base: pd.DataFrame, image_emb: np.ndarray, text_emb: np.ndarray, added: pd.DataFrame,
-               added_image: np.ndarray, added_text: np.ndarray, heads: list[dict]) -> pd.DataFrame:
+def extend_map(base: pd.DataFrame, ref: list[np.ndarray], added: pd.DataFrame,
+               added_vectors: list[np.ndarray], heads: list[dict]) -> pd.DataFrame:
     """The saved map plus points for products added since: each at the mean of its 5 nearest mapped points.
 
-    `base` lists image points then text points in the order of `image_emb` / `text_emb` (as build_map wrote it).
+    `ref` holds the embeddings of `base`'s kinds in its order (image, text[, product], as build_map wrote them);
+    `added_vectors` the added products' embeddings of the same kinds.
     """
     if len(added) == 0:
         return base
-    ref_emb = np.concatenate([image_emb, text_emb])
-    xy = place_points(np.concatenate([added_image, added_text]), ref_emb, base[["x", "y"]].to_numpy(np.float32))
+    xy = place_points(np.concatenate(added_vectors), np.concatenate(ref), base[["x", "y"]].to_numpy(np.float32))
     return pd.concat([base, map_frame(added, xy, heads)], ignore_index=True)
-

@@ -280,19 +280,23 @@ class Searcher:
     # -- map -------------------------------------------------------------------------------------------------
 
     def map_frame(self) -> pd.DataFrame:
-        """The 2-D map: id, modality ("image"|"text"), x, y, title, image, one column per head, added.
+        """The 2-D map: id, modality ("image"|"text"|"product"), x, y, title, image, one column per head, added.
 
+        "product" rows (whole-product vectors) are there when the run has a fusion layer and the build placed them.
         Products added since the build sit at the mean position of their 5 nearest mapped points.
         """
+        n = len(self._index_products)
         if self._map is None:
             base = load_map(self._build_dir)
-            if base is None or len(base) != 2 * len(self._index_products):
+            if base is None or len(base) not in (2 * n, 3 * n):
                 raise IndexMissingError(f"the index of {self.run.run_dir} has no map, or an outdated one: run "
                                         f"`python -m huse_core index --run {self.run.run_dir}` (without --no-map)")
             self._map = base
+        kinds = ["image", "text"] + (["product"] if len(self._map) == 3 * n and n else [])
+        if "product" in kinds:
+            self._product_vectors()
         state = self._current()
         if state.map_frame is None:  # added products are placed once per snapshot
-            state.map_frame = extend_map(self._map, self._emb["image"], self._emb["text"],
-                                         state.products.iloc[state.n_index :], state.delta_emb["image"],
-                                         state.delta_emb["text"], self.heads)
+            state.map_frame = extend_map(self._map, [self._emb[k] for k in kinds], state.products.iloc[state.n_index :],
+                                         [state.delta_emb[k] for k in kinds], self.heads)
         return state.map_frame
