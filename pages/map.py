@@ -41,16 +41,16 @@ except Exception as err:  # noqa: BLE001 - e.g. the map was never built
     st.stop()
 frame = frame.assign(id=frame["id"].astype(str))
 
-c1, c2, c3, c4 = st.columns([2, 2, 2, 1])
+has_product = bool((frame["modality"] == "product").any())
+c1, c2, c3, c4 = st.columns([2, 3, 2, 1] if has_product else [2, 2, 2, 1])
 colour_opts = ["modality"] + [h["name"] for h in heads if h["kind"] == "single"]
 leaf = searcher.run.leaf_head["name"]  # coloured by the model's leaf head at first
 colour = c1.selectbox("Colour by", colour_opts, index=colour_opts.index(leaf), key="map_colour")
-SHOW = {"photos": ["image"], "titles": ["text"], "both": ["image", "text"], "whole products": ["product"],
+SHOW = {"photos": ["image"], "titles": ["text"], "both": ["image", "text"], "products": ["product"],
         "all": ["image", "text", "product"]}
-has_product = bool((frame["modality"] == "product").any())
 show = c2.segmented_control("Show", list(SHOW) if has_product else list(SHOW)[:3], default="both", key="map_show",
-                            required=True, help="both = photos and titles; whole products: the fusion layer's "
-                            "vector of each product's photo and title together")
+                            required=True, help="both = photos and titles; products = whole products, the "
+                            "fusion layer's vector of each product's photo and title read together; all = the three")
 n_lines = c3.slider("Photo–title lines", 0, 300, 40, step=10, key="map_lines",
                     help="Joins a sample of products' photo and title points: the modality gap.")
 size = c4.select_slider("Point size", [3, 4, 5, 6, 8, 10], value=6, key="map_size")

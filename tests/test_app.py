@@ -166,7 +166,7 @@ def test_map_page_draws_the_scatter(app):
     no_exception(app)
     names = {t.get("name") for t in json.loads(app.get("plotly_chart")[0].proto.spec)["data"]}
     assert {"photos", "titles"} <= names and "whole products" not in names  # "both" = photos and titles
-    app.get("button_group")[0].set_value("whole products").run()  # the fusion layer's points (squares)
+    app.get("button_group")[0].set_value("products").run()  # the fusion layer's points (squares)
     no_exception(app)
     traces = json.loads(app.get("plotly_chart")[0].proto.spec)["data"]
     assert [t["name"] for t in traces] == ["whole products"] and set(traces[0]["marker"]["symbol"]) == {"square"}
