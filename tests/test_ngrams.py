@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from huse_core.config import DataConfig, LossConfig, ModelConfig, TrainConfig, from_dict
+from huse_core.data import ngrams
 from huse_core.data.ngrams import NgramSettings, bucket, char_grams, inverse_document_frequency, word_grams
 from huse_core.data.text import Tokenizer, words
 from huse_core.model.ngram import NgramBag
@@ -212,3 +213,12 @@ def test_ngram_towers_give_unit_vectors_ignore_padding_and_keep_the_idf_in_their
         assert torch.allclose(model.encode_text(wider), emb, atol=1e-6)
     with pytest.raises(ValueError, match="buckets"):
         build_model(cfg, heads, tok.n_tokens, idf=tok.idf[:-1])
+
+
+def test_idf_learned_in_chunks_equals_the_idf_of_all_rows_at_once(monkeypatch):
+    titles = [*TITLES, "Blue blue blue shoes shoes", "red shoes", "", "nike nike"] * 3
+    whole = inverse_document_frequency(SMALL.encode(titles)[0], SMALL.n_buckets)
+    monkeypatch.setattr(ngrams, "IDF_CHUNK", 4)  # 4 chunks and a short last one
+    chunked = ngrams.titles_idf(SMALL, titles)
+    assert chunked.dtype == np.float32 and np.array_equal(chunked, whole)
+    assert chunked.min() >= 1.0 and chunked.max() > chunked.min()  # seen buckets weigh less than unseen ones

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .ngrams import NgramSettings, inverse_document_frequency, words
+from .ngrams import NgramSettings, titles_idf, words
 
 __all__ = ["PAD", "UNK", "Tokenizer", "words"]
 PAD, UNK = 0, 1  # reserved ids: padding and out-of-vocabulary words
@@ -39,7 +39,7 @@ class Tokenizer:
         idf = None
         if ngrams is not None:
             ngrams = ngrams.fitted(titles)
-            idf = inverse_document_frequency(ngrams.encode(titles)[0], ngrams.n_buckets)
+            idf = titles_idf(ngrams, titles)
         return cls([w for w, _ in ranked[:vocab_size]], max_len, ngrams, idf)
 
     @property
