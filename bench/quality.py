@@ -275,7 +275,7 @@ def tuned_fusion(run_dir: Path) -> dict:
 
 
 def run_ablation(cfgs: tuple, out: Path, epochs: int | None, progress: bool, main: dict | None) -> list[dict]:
-    """The four loss settings; reuses the main run for "cls,graph,gap" when its settings match."""
+    """The ABLATIONS loss settings; reuses the main run where its settings match."""
     data_cfg, model_cfg, loss_cfg, train_cfg = cfgs
     rows = []
     for losses in ABLATIONS:
@@ -297,6 +297,7 @@ def run_ablation(cfgs: tuple, out: Path, epochs: int | None, progress: bool, mai
         rows.append({"losses": name, "epochs": res["config"]["train"]["epochs"], "epochs_run": res["epochs_run"],
                      "best_epoch": res["best_epoch"], "train_seconds": res["train_seconds"],
                      **{m: acc[m]["accuracy"] for m in ("image", "text", "fused")},
+                     "fusion_layer": acc["product"]["accuracy"] if "product" in acc else None,
                      "mean_pair_cosine": res["test"]["modality_gap"]["mean_pair_cosine"],
                      "class_R@1_i2t": res["test"]["retrieval"]["class_level"]["i2t"]["R@1"],
                      "instance_R@10_t2i": res["test"]["retrieval"]["instance"]["t2i"]["R@10"],

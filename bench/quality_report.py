@@ -134,12 +134,13 @@ def markdown(res: dict) -> str:
         lines += [f"| {a} | {b} | {c} | {'yes' if ok else '**no**'} |" for a, b, c, ok in targets(huse)]
     if res.get("ablation"):
         lines += ["", "## Ablation (articleType, test)", "",
-                  "| losses | epochs (run / max) | image % | text % | fused % | class R@1 i2t | whole-catalogue "
-                  "t2i R@10 / R@1 | train s |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+                  "| losses | epochs (run / max) | image % | text % | fusion layer % | fused % | class R@1 i2t | "
+                  "whole-catalogue t2i R@10 / R@1 | train s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in res["ablation"]:
             cat = f"{r['catalog_t2i_R@10']:.3f} / {r['catalog_t2i_R@1']:.3f}" if r.get("catalog_t2i_R@10") else "–"
+            layer = _pct(r["fusion_layer"]) if r.get("fusion_layer") is not None else "–"
             lines.append(f"| {r['losses']} | {r['epochs_run']} / {r['epochs']} | {_pct(r['image'])} | "
-                         f"{_pct(r['text'])} | {_pct(r['fused'])} | {r['class_R@1_i2t']:.4f} | {cat} | "
+                         f"{_pct(r['text'])} | {layer} | {_pct(r['fused'])} | {r['class_R@1_i2t']:.4f} | {cat} | "
                          f"{r['train_seconds']:.0f} |")
     for shop in (res.get("small_shops") or {}).values():
         lines += ["", shop["table"]]
