@@ -61,6 +61,21 @@ def test_the_alignment_moves_titles_only_where_there_are_enough_products():
     assert given.nce_anchor == "none" and given.why["nce_anchor"] == "given"
 
 
+def test_a_cuda_device_gets_the_longer_schedule_and_a_given_epoch_count_still_wins():
+    def on(device, n=44_000, **given):
+        n_train = int(n * 0.8)
+        return plan_schedule(n_train, {"leaf": [n_train // 117] * 117}, TrainConfig(**given), n_val=n // 10,
+                             device=device)
+
+    cpu, gpu = on("cpu"), on("cuda")
+    assert (cpu.epochs, gpu.epochs) == (14, 35) and gpu.batch_size == cpu.batch_size and gpu.lr == cpu.lr
+    assert gpu.total_steps >= S.GPU_STEPS_FACTOR * S.TARGET_STEPS and gpu.device == "cuda"
+    assert "CUDA" in gpu.why["epochs"] and "CUDA" not in cpu.why["epochs"]
+    assert on("cuda", n=3_000).epochs == S.MAX_EPOCHS  # capped like any auto choice
+    assert on("cuda", epochs=6).epochs == 6  # --epochs wins
+    assert Schedule.from_dict(gpu.to_dict()) == gpu
+
+
 def test_300000_products_get_few_epochs_but_enough_steps():
     huge = plan(300_000, classes=200)
     assert huge.batch_size >= 128 and S.MIN_EPOCHS <= huge.epochs < 14

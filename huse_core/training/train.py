@@ -144,7 +144,8 @@ def train(
     if resume:  # the stored configs hold the resolved values; runs from before schedules had them all given
         schedule = Schedule.from_dict(saved["schedule"]) if saved.get("schedule") else None
     else:
-        data_cfg, model_cfg, train_cfg, schedule, loss_cfg = plan(data_cfg, model_cfg, train_cfg, loss_cfg)
+        data_cfg, model_cfg, train_cfg, schedule, loss_cfg = plan(data_cfg, model_cfg, train_cfg, loss_cfg,
+                                                                  device=device.type)
     if schedule is not None:
         emit({"stage": "schedule", "message": f"schedule: batch {train_cfg.batch_size}, lr {train_cfg.lr:g}, "
               f"up to {train_cfg.epochs} epochs", "schedule": schedule.to_dict()})
