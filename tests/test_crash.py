@@ -154,7 +154,8 @@ def assert_consistent(run: Path, n_products: int, expected: dict) -> dict:
                 searcher.map_frame()
             continue
         frame = searcher.map_frame()
-        assert len(frame) == 2 * n_products and set(frame["id"]) == set(searcher.products["id"])
+        assert len(frame) == 3 * n_products and set(frame["id"]) == set(searcher.products["id"])  # photo, title,
+        assert set(frame["modality"]) == {"image", "text", "product"}  # whole-product points (fusion layer)
     return searcher.manifest
 
 

@@ -1,4 +1,4 @@
-"""The 2-D map: both modalities of every product, seeded layouts, sampling past the fit limit, safe placement."""
+"""The 2-D map: photo, title and whole-product points of every product, seeded layouts, sampling past the fit limit, safe placement."""
 
 import os
 
@@ -9,12 +9,12 @@ from huse_core.retrieval.layout import MAP, build_folder, load_map
 from huse_core.retrieval.map import fit_xy, place_points
 
 
-def test_map_file_has_both_modalities_of_every_product(tiny_indexed_run):
+def test_map_file_has_every_kind_of_point_of_every_product(tiny_indexed_run):
     index_dir = build_folder(tiny_indexed_run / "index")  # the current build's files
     products = pd.read_parquet(index_dir / "products.parquet")
     frame = load_map(index_dir)
-    assert (index_dir / MAP).is_file() and len(frame) == 2 * len(products)
-    for modality in ("image", "text"):
+    assert (index_dir / MAP).is_file() and len(frame) == 3 * len(products)  # + whole products (fusion layer)
+    for modality in ("image", "text", "product"):
         points = frame[frame["modality"] == modality]
         assert list(points["id"]) == list(products["id"])  # one point per product and modality, in order
         assert list(points["articleType"]) == list(products["articleType"])
