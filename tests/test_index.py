@@ -75,6 +75,25 @@ def test_exact_search_streams_a_gallery_larger_than_one_block_and_matches_brute_
     assert (rows[:, 0] == np.arange(15_000, 20_000)).mean() > 0.99  # each query's own (last-block) row first
 
 
+def test_stacked_rows_read_like_their_concatenation_and_search_like_it():
+    from huse_core.retrieval.knn import StackedRows
+
+    rng = np.random.default_rng(4)
+    parts = [rng.normal(size=(n, 6)).astype(np.float32) for n in (5, 0, 9, 3)]
+    whole, stacked = np.concatenate(parts), StackedRows(parts)
+    assert len(stacked) == 17 and stacked.shape == (17, 6)
+    for a, b in ((0, 17), (3, 7), (4, 15), (14, 17), (16, 40), (8, 8)):
+        assert np.array_equal(stacked[a:b], whole[a:b])
+    rows = np.array([16, 0, 5, 5, 13, 4])
+    assert np.array_equal(stacked[rows], whole[rows])
+    with pytest.raises(IndexError):
+        stacked[np.array([17])]
+    unit = whole / np.linalg.norm(whole, axis=1, keepdims=True)
+    split = StackedRows([unit[:5], unit[5:14], unit[14:]])
+    for a, b in zip(exact_search(unit[:4], split, 5), exact_search(unit[:4], unit, 5), strict=True):
+        assert np.array_equal(a, b)
+
+
 def test_annoy_returns_the_expected_order_on_toy_vectors(tmp_path):
     emb, ids, query = toy_gallery()
     index = AnnoyIndex.build(emb, ids, tmp_path / "toy.ann", "fp", n_trees=4, progress=False)

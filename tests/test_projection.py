@@ -44,3 +44,21 @@ def test_fit_is_seeded_and_points_past_the_fit_limit_are_placed_near_their_neigh
     for c in range(3):  # every cluster, fitted and placed points alike, stays together on the map
         cluster = xy[c * 40 : (c + 1) * 40]
         assert np.ptp(cluster, axis=0).max() < 0.6 * spread
+
+
+def test_a_map_of_several_stacked_arrays_equals_the_map_of_their_concatenation(monkeypatch):
+    # build_map hands photo, title and whole-product rows as one StackedRows (never concatenated: 6 GB at 1M
+    # products); points past the fit sample are read, projected and placed PLACE_CHUNK rows at a time.
+    from huse_core.retrieval import map as map_module
+    from huse_core.retrieval.knn import StackedRows
+
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(3, 160)) * 3  # 160 dims: over PCA_DIMS, so the projection runs too
+    points = centres.repeat(50, axis=0) + rng.normal(size=(150, 160))
+    points = (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+    whole = fit_xy(points, seed=2, fit_limit=70, progress=False, n_fit=100)
+    monkeypatch.setattr(map_module, "PLACE_CHUNK", 16)
+    stacked = fit_xy(StackedRows([points[:40], points[40:100], points[100:]]), seed=2, fit_limit=70,
+                     progress=False, n_fit=100)
+    assert np.allclose(stacked, whole, atol=1e-5)
+    assert np.isfinite(stacked).all() and np.ptp(stacked[100:], axis=0).min() > 0  # rows past n_fit were placed

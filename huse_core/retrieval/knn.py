@@ -50,3 +50,40 @@ def exact_search(query: np.ndarray, emb: np.ndarray, k: int) -> tuple[np.ndarray
         order = np.argsort(-best_s, axis=1, kind="stable")
         best_s, best_r = np.take_along_axis(best_s, order, 1), np.take_along_axis(best_r, order, 1)
     return (best_r[0], best_s[0]) if single else (best_r, best_s)
+
+
+class StackedRows:
+    """Several (N_i, D) arrays (memory-mapped ones too) read as one (sum N_i, D) array without copying them
+    together: `len`, `shape`, and rows by slice (step 1) or integer indices, returned as a new ndarray. What
+    exact_search and the map need to treat photo, title and whole-product embeddings as one gallery: at 1M products
+    np.concatenate of the three would hold 6 GB."""
+
+    def __init__(self, parts):
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self), int(self.parts[0].shape[1])
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step != 1:
+                raise IndexError("StackedRows slices take step 1")
+            pieces = [np.asarray(p[max(start - a, 0) : max(min(stop - a, len(p)), 0)])
+                      for p, a in zip(self.parts, self.offsets[:-1], strict=True) if start < a + len(p) and stop > a]
+            return np.concatenate(pieces) if pieces else np.zeros((0, self.shape[1]), np.float32)
+        rows = np.asarray(key, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"rows out of range for {len(self)} rows")
+        part = np.searchsorted(self.offsets, rows, side="right") - 1
+        out = np.empty((len(rows), self.shape[1]), np.float32)
+        for i, p in enumerate(self.parts):
+            at = np.flatnonzero(part == i)
+            if len(at):
+                out[at] = p[rows[at] - self.offsets[i]]
+        return out

@@ -21,7 +21,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..artifacts import atomic_write
-from .knn import exact_search
+from .knn import StackedRows, exact_search
 from .layout import MAP
 
 # Points UMAP is fitted on; the rest are placed (place_points). Its exact neighbour graph grows with the square of
@@ -34,6 +34,7 @@ FIT_LIMIT = 20_000
 # CPU time (73 -> 55 s), with as many same-class neighbours on the map as before.
 PCA_DIMS = 128
 NEIGHBOURS = 5  # fitted points whose positions place one extra point
+PLACE_CHUNK = 65_536  # points read, projected and placed at a time (~128 MB at dim 512)
 # n_epochs 200: umap-learn's default for graphs over 10k points; below that it runs 500, which on the 6k-point demo
 # map took 7.3 s instead of 4.5 s for the same picture (98% of each point's 10 map neighbours share its class).
 UMAP_ARGS = {"n_neighbors": 15, "min_dist": 0.1, "metric": "cosine", "n_epochs": 200}
@@ -65,12 +66,18 @@ def place_points(emb: np.ndarray, ref_emb: np.ndarray, ref_xy: np.ndarray, k: in
     return out
 
 
-def reduce_dims(points: np.ndarray, fit: np.ndarray, dims: int = PCA_DIMS) -> np.ndarray:
-    """Unit rows projected on the top `dims` right singular vectors of `points[fit]` and made unit again."""
-    if points.shape[1] <= dims:
+def principal_axes(fit_points: np.ndarray, dims: int = PCA_DIMS) -> np.ndarray | None:
+    """(dims, D) top right singular vectors of the fitted rows; None when D <= dims (nothing to reduce)."""
+    if fit_points.shape[1] <= dims:
+        return None
+    return np.linalg.svd(fit_points, full_matrices=False)[2][:dims]
+
+
+def project(points: np.ndarray, axes: np.ndarray | None) -> np.ndarray:
+    """Rows projected on `axes` (principal_axes) and made unit again; unchanged when axes is None."""
+    if axes is None:
         return points
-    _, _, vt = np.linalg.svd(points[fit], full_matrices=False)
-    reduced = points @ vt[:dims].T
+    reduced = points @ axes.T
     return reduced / np.maximum(np.linalg.norm(reduced, axis=1, keepdims=True), 1e-12)
 
 
@@ -84,11 +91,11 @@ def knn_graph(points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return rows.astype(np.int32), np.maximum(0.0, 1.0 - cos).astype(np.float32)
 
 
-def fit_xy(points: np.ndarray, seed: int = 0, fit_limit: int = FIT_LIMIT, progress: bool = True,
+def fit_xy(points, seed: int = 0, fit_limit: int = FIT_LIMIT, progress: bool = True,
            n_fit: int | None = None) -> np.ndarray:
     """(P, 2) map positions of unit rows: UMAP on all of them, or on a seeded sample of `fit_limit` + placement.
-    Only the first `n_fit` rows (default: all) may be fitted; the rows after them are always placed."""
-    points = np.asarray(points, np.float32)
+    Only the first `n_fit` rows (default: all) may be fitted; the rows after them are always placed. `points`: an
+    array, memory-mapped or not, or a knn.StackedRows of several."""
     n = len(points)
     n_fit = n if n_fit is None else min(int(n_fit), n)
     if n_fit < 4:  # too few for a neighbour graph: spread them on a line
@@ -99,22 +106,30 @@ def fit_xy(points: np.ndarray, seed: int = 0, fit_limit: int = FIT_LIMIT, progre
     if progress:
         print(f"map: fitting UMAP on {len(fit):,} of {n:,} points", file=sys.stderr)
     args = {**UMAP_ARGS, "n_neighbors": min(UMAP_ARGS["n_neighbors"], len(fit) - 1)}
-    points = reduce_dims(points, fit)
-    knn = knn_graph(points[fit], args["n_neighbors"])
+    fit_raw = np.asarray(points[fit], np.float32)
+    axes = principal_axes(fit_raw)
+    fit_points = project(fit_raw, axes)
+    knn = knn_graph(fit_points, args["n_neighbors"])
     reducer = _umap().UMAP(n_components=2, random_state=seed, precomputed_knn=(*knn, None), **args)
     with warnings.catch_warnings():
         # "n_jobs overridden by random_state": seeded is single-threaded by design; "no NNDescent object":
         # UMAP.transform is unavailable, and we never call it (module docstring)
         warnings.simplefilter("ignore")
-        fit_xy_ = reducer.fit_transform(points[fit]).astype(np.float32)
+        fit_xy_ = reducer.fit_transform(fit_points).astype(np.float32)
     if progress:
         print(f"map: UMAP fit took {time.time() - t0:.1f}s", file=sys.stderr)
     if len(fit) == n:
         return fit_xy_
     xy = np.zeros((n, 2), np.float32)
     xy[fit] = fit_xy_
-    rest = np.setdiff1d(np.arange(n), fit)
-    xy[rest] = place_points(points[rest], points[fit], fit_xy_, progress=progress)
+    placed = np.ones(n, dtype=bool)
+    placed[fit] = False
+    # The other points, PLACE_CHUNK rows at a time: read, projected, placed; never all of them in memory at 512 dims.
+    for start in tqdm(range(0, n, PLACE_CHUNK), desc="placing map points", disable=not progress, file=sys.stderr):
+        rows = np.flatnonzero(placed[start : start + PLACE_CHUNK])
+        if len(rows):
+            block = np.asarray(points[start : start + PLACE_CHUNK], np.float32)[rows]
+            xy[start + rows] = place_points(project(block, axes), fit_points, fit_xy_)
     return xy
 
 
@@ -139,7 +154,7 @@ def build_map(products: pd.DataFrame, image_emb: np.ndarray, text_emb: np.ndarra
     """Fit the map of all products (image and text points together), place their whole-product points when
     `product_emb` is given, and save `map.parquet` atomically."""
     parts = [image_emb, text_emb] + ([product_emb] if product_emb is not None else [])
-    xy = fit_xy(np.concatenate(parts), seed=seed, progress=progress, n_fit=2 * len(products))
+    xy = fit_xy(StackedRows(parts), seed=seed, progress=progress, n_fit=2 * len(products))
     frame = map_frame(products, xy, heads)
     atomic_write(Path(out_dir) / MAP, lambda tmp: frame.to_parquet(tmp, index=False))
     return frame
@@ -154,5 +169,5 @@ def extend_map(base: pd.DataFrame, ref: list[np.ndarray], added: pd.DataFrame,
     """
     if len(added) == 0:
         return base
-    xy = place_points(np.concatenate(added_vectors), np.concatenate(ref), base[["x", "y"]].to_numpy(np.float32))
+    xy = place_points(np.concatenate(added_vectors), StackedRows(ref), base[["x", "y"]].to_numpy(np.float32))
     return pd.concat([base, map_frame(added, xy, heads)], ignore_index=True)
