@@ -1,4 +1,4 @@
-"""The 2-D map: photo, title and whole-product points of every product, seeded layouts, sampling past the fit limit, safe placement."""
+"""The 2-D map: photo, title and whole-product points, seeded layouts, sampling past the fit limit, placement."""
 
 import os
 
