@@ -131,7 +131,8 @@ def run_size(n: int, real_csv: Path, work: Path, epochs: int, code: Path | None,
         out["train"] |= _trained(run_dir)
         print(f"  {out['train']}", file=sys.stderr, flush=True)
         save(out)
-    if out.get("train", {}).get("rc") == 0 and "index" in steps:
+    trained = out["train"]["rc"] == 0 if "train" in out else (run_dir / "model.pt").is_file()  # or an earlier bench's
+    if trained and "index" in steps:
         print(f"[{label}] {n:,} products: index", file=sys.stderr, flush=True)
         out["index"] = measure(py + ["index", "--run", str(run_dir), "--quiet"], work / f"index-{n}-{label}.log",
                                env, work)
