@@ -202,6 +202,10 @@ def test_max_steps_cuts_the_last_epoch_and_decays_the_rate_over_the_steps_taken(
     assert steps[-1] == (2, 2, 2) and len(steps) == 8
     sched = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["scheduler"]
     assert sched["total_steps"] == 8 and sched["last_epoch"] == 8  # one cycle over the 8 steps, finished
+    for few in (1, 3, 5):  # a handful of steps still trains (torch's one-cycle divided by zero at 5)
+        short = train(DataConfig(catalog=str(shop)), TINY_MODEL, LossConfig(), TrainConfig(epochs=1, batch_size=32,
+                      max_steps=few), tmp_path / f"run-{few}", progress=False)
+        assert short["status"] == "done"
     with pytest.raises(ValueError, match="--max-steps"):
         train(DataConfig(catalog=str(shop)), TINY_MODEL, LossConfig(), TrainConfig(epochs=1, max_steps=-1),
               tmp_path / "bad", progress=False)

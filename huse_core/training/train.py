@@ -80,7 +80,11 @@ def make_optimizer(model, cfg: TrainConfig, steps: int, criterion=None):
         # The loss's scale gets no weight decay (it is a temperature, not a weight).
         groups = [{"params": params}] + ([{"params": extra, "weight_decay": 0.0}] if extra else [])
         opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.2)
+        if steps >= 4:  # warm-up: a fifth of the steps, at least 2 (torch's one-cycle divides by zero below that)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps,
+                                                        pct_start=max(0.2, 2 / steps))
+        else:  # 1-3 steps (--max-steps 3): too few for a cycle, the peak rate throughout
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     elif cfg.optimizer == "rmsprop":
         opt = torch.optim.RMSprop(params + extra, lr=cfg.lr, momentum=0.9)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)  # the paper's constant rate
