@@ -114,6 +114,7 @@ def build_index(run_dir: str | Path, n_trees: int = N_TREES, with_map: bool = Tr
             keys = ("n_trees", "search_k", "recall_at_10", "file_bytes")
         seconds[f"{kind}_{name}"] = round(time.time() - t, 2)
         forests[name] = {k: built.meta[k] for k in keys}
+        del built  # its codes (faiss: 512 MB at 1M rows) leave memory before the next build and the map
     if with_map:
         t = time.time()
         report("map", f"laying out the map of {2 * len(products):,} points (UMAP)"

@@ -35,7 +35,7 @@ def exact_search(query: np.ndarray, emb: np.ndarray, k: int) -> tuple[np.ndarray
     best_r = np.zeros((len(queries), k), dtype=np.int64)
     if k and len(queries):
         q_chunk = min(len(queries), 4096)
-        block = max(k, (1 << 25) // q_chunk)
+        block = max(k, min(1 << 16, (1 << 25) // q_chunk))  # <= 64k gallery rows (128 MB at dim 512) a block
         for g0 in range(0, n, block):
             gallery = np.asarray(emb[g0 : g0 + block], dtype=np.float32)
             kk = min(k, len(gallery))
