@@ -5,13 +5,11 @@ import json
 import shutil
 
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image
 
 from huse_core.cli import main
 from huse_core.retrieval.build import build_index
-from huse_core.retrieval.map import build_map
 from huse_core.retrieval.search import IndexMissingError, Searcher, StaleIndexError
 
 BACKENDS = ["annoy", "exact"]
@@ -215,52 +213,6 @@ def test_added_products_are_searchable_persist_and_survive_a_rebuild(indexed_run
     assert set(added["id"]) == {"new-1", "sku-2", "new-2"} and len(rebuilt.products) == len(searcher.products)
     assert rebuilt._state.n_index == len(rebuilt.products)  # nothing left in the delta
     assert "sku-2" in ids(rebuilt.search(product="new-1", image_weight=1.0, k=3))
-
-
-def test_the_map_places_added_products_near_their_neighbours(indexed_run_copy):
-    searcher = Searcher.open(indexed_run_copy)
-    before = searcher.map_frame()
-    n = len(searcher.products)
-    assert list(before["modality"].value_counts().sort_index()) == [n, n, n]  # image, product, text: one each
-    source = searcher.products.iloc[7]
-    searcher.add_products([{"title": source["title"], "image": source["image"], "id": "twin"}])
-    after = searcher.map_frame()
-    assert len(after) == len(before) + 3 and set(after[after["id"] == "twin"]["modality"]) == {"image", "text",
-                                                                                                 "product"}
-    spread = np.ptp(before[["x", "y"]].to_numpy(), axis=0)
-    for kind in ("image", "product"):
-        twin = after[(after["id"] == "twin") & (after["modality"] == kind)][["x", "y"]].to_numpy()[0]
-        near = before[before["id"] == source["id"]][["x", "y"]].to_numpy()
-        assert np.abs(near - twin).min(axis=0).max() < 0.25 * spread.max()  # by its own product, not elsewhere
-
-
-def test_whole_product_points_land_among_their_class_and_older_maps_still_open(indexed_run_copy, tmp_path):
-    # Hand-made space: 4 classes; a product's photo and title scatter around its class centre, its whole-product
-    # vector is their normalised mean. Placed (never fitted), it must land among its own class's points.
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(4, 16))
-    labels = np.repeat(np.arange(4), 30)
-
-    def unit(x):
-        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-    image, text = (unit(centres[labels] + 0.4 * rng.normal(size=(120, 16))) for _ in range(2))
-    products = pd.DataFrame({"id": [f"p{i}" for i in range(120)], "title": "t", "image": "i.jpg", "cls": labels})
-    frame = build_map(products, image, text, [{"name": "cls"}], tmp_path, progress=False,
-                      product_emb=unit(image + text))
-    assert list(frame["modality"]) == ["image"] * 120 + ["text"] * 120 + ["product"] * 120
-    assert pd.read_parquet(tmp_path / "map.parquet").equals(frame)
-    xy = frame[["x", "y"]].to_numpy()
-    fitted, placed = xy[:240], xy[240:]
-    nearest = np.linalg.norm(placed[:, None] - fitted[None], axis=2).argsort(axis=1)[:, :5]
-    assert (np.tile(labels, 2)[nearest] == labels[:, None]).mean() > 0.9
-    # A build from before whole-product points (photo and title rows only) still opens, without them.
-    build = next(p for p in (indexed_run_copy / "index").iterdir() if (p / "map.parquet").is_file())
-    old = pd.read_parquet(build / "map.parquet")
-    old[old["modality"] != "product"].to_parquet(build / "map.parquet", index=False)
-    reopened = Searcher.open(indexed_run_copy)
-    assert set(reopened.map_frame()["modality"]) == {"image", "text"}
-    assert len(reopened.map_frame()) == 2 * len(reopened.products)
 
 
 def test_opening_without_an_index_or_with_a_stale_one_says_to_run_index(tiny_trained_run, indexed_run_copy, tmp_path):
