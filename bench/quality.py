@@ -10,6 +10,8 @@ defaults: 80/10/10, seed 0). Choices (C, fusion weight) are made on VAL; every r
     python bench/quality.py --data CSV --out runs/abl --skip-peers --skip-huse --ablation --ablation-epochs 6
 
 Any training flag of `python -m huse_core train` passes through (--epochs, --losses, --image-size, --beta, ...).
+Over 300 lines: one benchmark whose parts (peers, HUSE, ablation, small shops) share one split, its configs
+and --reuse; the report it writes is bench/quality_report.py.
 Results: a markdown table on stdout, and bench/results/quality-<date>.json and .md.
 """
 

@@ -173,11 +173,11 @@ TITLE_CHUNK = 65_536  # titles tokenised at a time when their rows are written t
 
 
 def encoded_titles(tok: Tokenizer, titles: list[str], cache_dir: Path
-                   ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """(tokens, ngram_ids, ngram_counts) of `titles` (the n-gram pair None without n-gram settings), read
-    memory-mapped from `.npy` files in the cache, keyed by the tokenizer's settings and the titles. A miss
-    tokenises a chunk at a time straight into the files: memory holds a chunk, never the catalogue's rows, and the
-    mapped pages are page cache the kernel may drop (~0.8 KB a product with n-grams)."""
+                   ) -> tuple[RowView, RowView | None, RowView | None]:
+    """(tokens, ngram_ids, ngram_counts) of `titles` (the n-gram pair None without n-gram settings): rows of `.npy`
+    files in the cache, keyed by the tokenizer's settings and the titles, read on demand (RowView). A miss
+    tokenises a chunk at a time straight into the files: memory holds a chunk, never the catalogue's rows
+    (~0.8 KB a product with n-grams stays on disk)."""
     stem = Path(cache_dir) / f"tokens-{len(titles)}-{texts_key(json.dumps(tok.to_dict(), sort_keys=True), titles)}"
     names = ("tokens", "ngram_ids", "ngram_counts") if tok.ngrams is not None else ("tokens",)
     paths = [Path(f"{stem}-{name}.npy") for name in names]

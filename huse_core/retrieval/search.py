@@ -1,4 +1,7 @@
-"""The Searcher: cross-modal search, classification, zero-shot labels, neighbours, added products and the map."""
+"""The Searcher: cross-modal search, classification, zero-shot labels, neighbours, added products and the map.
+
+Over 300 lines: one class whose methods all read the same snapshot (_State) of the index and added products.
+"""
 
 from __future__ import annotations
 
