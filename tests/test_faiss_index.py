@@ -39,11 +39,12 @@ def test_faiss_agrees_with_exact_search_at_the_recorded_recall(tmp_path):
     emb, fresh = np.split(clustered(5300, 64, seed=2), [5000])  # fresh: queries the tuning never saw
     index = FaissIndex.build(emb, [f"p{i}" for i in range(5000)], tmp_path / "c.faiss", "fp", progress=False)
     meta = json.loads((tmp_path / "c.faiss.json").read_text())
-    assert meta["recall_at_10"] >= TARGET_RECALL and meta["n_items"] == 5000 and meta["dim"] == 64
+    assert meta["recall_at_10_low"] >= TARGET_RECALL and meta["n_items"] == 5000 and meta["dim"] == 64
+    assert meta["recall_at_10"] >= meta["recall_at_10_low"]
     assert meta["nlist"] == n_lists(5000) and 1 <= meta["nprobe"] < meta["nlist"]  # tuned, not a full scan
     assert meta["rerank"] >= 10 and meta["build_seconds"] >= 0 and meta["recall_queries"] == 200
     assert meta["file_bytes"] < emb.nbytes / 2  # 8-bit codes: about a quarter of the float32 rows
-    assert index.recall(fresh, 10) >= 0.96  # the promised 0.97, less the noise of 300 queries
+    assert index.recall(fresh, 10) >= 0.97  # the promised 0.98, less the noise of 300 queries
     rows, scores = index.query(fresh[0], 10)
     exact_rows, _ = exact_search(fresh[0], emb, 10)
     assert len(set(rows) & set(exact_rows)) >= 8 and np.all(np.diff(scores) <= 0)

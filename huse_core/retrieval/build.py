@@ -107,11 +107,11 @@ def build_index(run_dir: str | Path, n_trees: int = N_TREES, with_map: bool = Tr
         if kind == "faiss":
             built = FaissIndex.build(emb, products["id"], faiss_path(stage, name), run.fingerprint, queries=queries,
                                      progress=progress)
-            keys = ("nlist", "nprobe", "rerank", "recall_at_10", "file_bytes")
+            keys = ("nlist", "nprobe", "rerank", "recall_at_10", "recall_at_10_low", "file_bytes")
         else:
             built = AnnoyIndex.build(emb, products["id"], forest_path(stage, name), run.fingerprint, n_trees,
                                      queries=queries, progress=progress)
-            keys = ("n_trees", "search_k", "recall_at_10", "file_bytes")
+            keys = ("n_trees", "search_k", "recall_at_10", "recall_at_10_low", "file_bytes")
         seconds[f"{kind}_{name}"] = round(time.time() - t, 2)
         forests[name] = {k: built.meta[k] for k in keys}
         del built  # its codes (faiss: 512 MB at 1M rows) leave memory before the next build and the map

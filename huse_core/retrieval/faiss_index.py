@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..artifacts import atomic_write
 from ..data.rowfile import RowView
-from .annoy_index import RECALL_QUERIES, TARGET_RECALL  # one recall promise, measured the same way, for both
+from .annoy_index import RECALL_QUERIES, TARGET_RECALL, recall_bound  # one recall promise, tuned alike, for both
 from .knn import exact_search
 from .layout import INDEX_FORMAT, StaleIndexError, rebuild_hint
 from .sidecar import SidecarIndex, read_checked
@@ -129,42 +129,51 @@ class FaissIndex(SidecarIndex):
         keep = rows[0] >= 0
         return rows[0][keep], scores[0][keep]
 
-    def recall(self, queries: np.ndarray, k: int = 10, nprobe: int | None = None, rerank: int | None = None,
-               truth: np.ndarray | None = None) -> float:
-        """Share of the exact top k found, averaged over `queries`; a hit whose cosine reaches the exact k-th one
-        counts (ties among identical vectors, as AnnoyIndex.recall). `truth`: exact top-k cosines (Q, k)."""
+    def recalls(self, queries: np.ndarray, k: int = 10, nprobe: int | None = None, rerank: int | None = None,
+                truth: np.ndarray | None = None) -> np.ndarray:
+        """Each query's share of the exact top k found, (Q,); a hit whose cosine reaches the exact k-th one counts
+        (ties among identical vectors, as AnnoyIndex.recalls). `truth`: exact top-k cosines (Q, k)."""
         if truth is None:
             _, truth = exact_search(queries, self.emb, k)
         _, scores = self.search(queries, k, nprobe, rerank)
         found = np.minimum(k, np.sum(scores >= truth[:, -1:] - 1e-5, axis=1))
-        return float(found.sum() / truth.size) if truth.size else 1.0
+        return found.astype(np.float64) / max(1, truth.shape[1])
 
-    def tune(self, queries: np.ndarray) -> float:
-        """Set nprobe, then rerank, to about the smallest values whose recall@10 on `queries` reaches TARGET_RECALL;
-        return that recall. nprobe doubles from 1 (re-ranking RERANK_START candidates) until the target is met,
-        then bisects; rerank then halves while the target holds. If even every list misses (codes too coarse
-        for this geometry), rerank doubles instead."""
+    def recall(self, queries: np.ndarray, k: int = 10, nprobe: int | None = None, rerank: int | None = None,
+               truth: np.ndarray | None = None) -> float:
+        """Mean recall@k over `queries` (see `recalls`); 1.0 for no queries."""
+        found = self.recalls(queries, k, nprobe, rerank, truth)
+        return float(found.mean()) if found.size else 1.0
+
+    def tune(self, queries: np.ndarray) -> np.ndarray:
+        """Set nprobe, then rerank, to about the smallest values whose recall@10 on `queries` has recall_bound >=
+        TARGET_RECALL; return that setting's per-query recalls. nprobe doubles from 1 (re-ranking RERANK_START
+        candidates) until the target is met, then bisects; rerank then halves while the target holds. If even
+        every list misses (codes too coarse for this geometry), rerank doubles instead."""
         _, truth = exact_search(queries, self.emb, 10)
         nlist, rerank = int(self.meta["nlist"]), RERANK_START
 
-        def recall(p: int, r: int) -> float:
-            return self.recall(queries, 10, p, r, truth)
+        def recall(p: int, r: int) -> np.ndarray:
+            return self.recalls(queries, 10, p, r, truth)
+
+        def met(found: np.ndarray) -> bool:
+            return recall_bound(found) >= TARGET_RECALL
 
         low, high = 0, 1
         got = recall(high, rerank)
-        while got < TARGET_RECALL and high < nlist:
+        while not met(got) and high < nlist:
             low, high = high, min(nlist, high * 2)
             got = recall(high, rerank)
-        while got < TARGET_RECALL and rerank < self.n_items:
+        while not met(got) and rerank < self.n_items:
             rerank *= 2
             got = recall(high, rerank)
         while high - low > 1 and high - low > 0.1 * high:
             mid = (low + high) // 2
             mid_got = recall(mid, rerank)
-            low, high, got = (low, mid, mid_got) if mid_got >= TARGET_RECALL else (mid, high, got)
-        while rerank > 10 and got >= TARGET_RECALL:
+            low, high, got = (low, mid, mid_got) if met(mid_got) else (mid, high, got)
+        while rerank > 10 and met(got):
             fewer = recall(high, max(10, rerank // 2))
-            if fewer < TARGET_RECALL:
+            if not met(fewer):
                 break
             rerank, got = max(10, rerank // 2), fewer
         self.meta.update(nprobe=high, rerank=rerank)
@@ -204,7 +213,8 @@ class FaissIndex(SidecarIndex):
             queries = emb[np.sort(pick)]
         queries = np.asarray(queries, np.float32)
         recall = built.tune(queries)
-        built.meta.update(recall_at_10=round(recall, 4), recall_queries=len(queries),
+        built.meta.update(recall_at_10=round(float(recall.mean()), 4), recall_at_10_low=round(recall_bound(recall), 4),
+                          recall_queries=len(queries),
                           build_seconds=round(time.time() - t0, 2))
         built.commit(data)  # readers now open this build
         return built
