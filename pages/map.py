@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import ui
+from huse_core.retrieval.map import sample_map
 
 ui.page_setup("pages/map.py")
 
@@ -28,18 +29,24 @@ heads = searcher.heads
 
 
 @st.cache_data(show_spinner="Loading the map…", max_entries=4)
-def load_map(run_dir: str, fingerprint: str) -> pd.DataFrame:
-    """The map frame; `fingerprint` (model, index build, added products) keys the cache."""
-    return ui.open_searcher(Path(run_dir)).map_frame()
+def load_map(run_dir: str, fingerprint: str) -> tuple[pd.DataFrame, int]:
+    """(the map rows drawn: every product, or a seeded sample of MAP_PRODUCTS; the catalogue's product count);
+    `fingerprint` (model, index build, added products) keys the cache."""
+    full = ui.open_searcher(Path(run_dir)).map_frame()
+    return sample_map(full), full["id"].nunique()
 
 
 run_dir = ui.current_run()
 try:
-    frame = load_map(str(run_dir), searcher.fingerprint)
+    frame, n_products = load_map(str(run_dir), searcher.fingerprint)
 except Exception as err:  # noqa: BLE001 - e.g. the map was never built
     st.error(f"The map isn't available: {ui.describe(err)}")
     st.stop()
 frame = frame.assign(id=frame["id"].astype(str))
+if frame["id"].nunique() < n_products:
+    st.caption(f"Drawing {frame['id'].nunique():,} of {n_products:,} products: a fixed random sample (every product "
+               "added since the index was built is in it), so the map stays fast in the browser. Search finds any "
+               "product.")
 
 has_product = bool((frame["modality"] == "product").any())
 c1, c2, c3, c4 = st.columns([2, 3, 2, 1] if has_product else [2, 2, 2, 1])

@@ -172,6 +172,24 @@ def test_map_page_draws_the_scatter(app):
     assert [t["name"] for t in traces] == ["whole products"] and set(traces[0]["marker"]["symbol"]) == {"square"}
 
 
+def test_a_catalogue_past_the_map_limit_is_drawn_as_a_sample_and_says_so(app, monkeypatch):
+    import streamlit as st
+
+    from huse_core.retrieval import map as map_module
+
+    monkeypatch.setattr(map_module, "MAP_PRODUCTS", 50)  # the tiny shop has 240 products
+    st.cache_data.clear()
+    try:
+        app.switch_page("pages/map.py").run()
+        no_exception(app)
+        assert any("Drawing 50 of 240 products" in c.value for c in app.caption)
+        traces = json.loads(app.get("plotly_chart")[0].proto.spec)["data"]
+        ids = {str(d[0]) for t in traces if t.get("customdata") for d in t["customdata"]}
+        assert len(ids) == 50
+    finally:
+        st.cache_data.clear()  # the other map tests draw the whole shop
+
+
 def test_catalogue_add_one_product_appears_in_the_catalogue(app, app_root):
     app.switch_page("pages/catalogue.py").run()
     before = app.metric[0].value

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from huse_core.retrieval.layout import MAP, build_folder, load_map
-from huse_core.retrieval.map import build_map, fit_xy, place_points
+from huse_core.retrieval.map import build_map, fit_xy, place_points, sample_map
 from huse_core.retrieval.search import Searcher
 
 
@@ -109,3 +109,16 @@ def test_whole_product_points_land_among_their_class_and_older_maps_still_open(i
     reopened = Searcher.open(indexed_run_copy)
     assert set(reopened.map_frame()["modality"]) == {"image", "text"}
     assert len(reopened.map_frame()) == 2 * len(reopened.products)
+
+
+def test_a_map_sample_keeps_every_point_of_its_products_and_every_added_product():
+    n = 100
+    frame = pd.DataFrame({"id": [f"p{i}" for i in range(n)] * 2, "modality": ["image"] * n + ["text"] * n,
+                          "x": np.arange(2 * n, dtype=np.float32), "y": 0.0, "added": [i >= 95 for i in range(n)] * 2})
+    assert sample_map(frame, n) is frame  # under the limit: everything
+    sample = sample_map(frame, 30)
+    assert sample["id"].nunique() == 30 and len(sample) == 60  # both points of each sampled product
+    assert {f"p{i}" for i in range(95, 100)} <= set(sample["id"])  # the 5 added products are all there
+    assert sample.equals(sample_map(frame, 30))  # the same sample on every call
+    assert sample_map(frame, 3)["id"].nunique() == 3  # more added products than room: the latest ones
+    assert set(sample_map(frame, 3)["id"]) == {"p97", "p98", "p99"}

@@ -38,6 +38,9 @@ PLACE_CHUNK = 65_536  # points read, projected and placed at a time (~128 MB at 
 # n_epochs 200: umap-learn's default for graphs over 10k points; below that it runs 500, which on the 6k-point demo
 # map took 7.3 s instead of 4.5 s for the same picture (98% of each point's 10 map neighbours share its class).
 UMAP_ARGS = {"n_neighbors": 15, "min_dist": 0.1, "metric": "cosine", "n_epochs": 200}
+# Products the Map page draws at most (2-3 points each): a browser's WebGL scatter stays responsive at ~100k
+# points, while 1M products would send 3M points and their hover titles (~300 MB) to it. Past this, a seeded sample.
+MAP_PRODUCTS = 40_000
 MAP_COLUMNS = ["id", "modality", "x", "y", "title", "image"]
 MAP_KINDS = np.array(["image", "text", "product"])  # a map's kinds, in row-block order
 
@@ -158,6 +161,22 @@ def build_map(products: pd.DataFrame, image_emb: np.ndarray, text_emb: np.ndarra
     frame = map_frame(products, xy, heads)
     atomic_write(Path(out_dir) / MAP, lambda tmp: frame.to_parquet(tmp, index=False))
     return frame
+
+
+def sample_map(frame: pd.DataFrame, max_products: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """The map rows of at most `max_products` products, every point of each: all of them when there are no more,
+    else the products added since the build (frame["added"]; the latest max_products of them at most) and a seeded
+    sample of the others, the same on every call. `max_products` defaults to MAP_PRODUCTS."""
+    max_products = MAP_PRODUCTS if max_products is None else int(max_products)
+    ids = pd.unique(frame["id"])
+    if len(ids) <= max_products:
+        return frame
+    added = pd.unique(frame.loc[frame["added"].to_numpy(bool), "id"]) if "added" in frame else ids[:0]
+    added = added[len(added) - min(len(added), max_products):]  # the latest, if even they are too many
+    rest = ids[~pd.Index(ids).isin(added)]
+    room = max(0, max_products - len(added))
+    pick = np.sort(np.random.default_rng(seed).choice(len(rest), min(room, len(rest)), replace=False))
+    return frame[frame["id"].isin(np.concatenate([added, rest[pick]]))]
 
 
 def extend_map(base: pd.DataFrame, ref: list[np.ndarray], added: pd.DataFrame,
