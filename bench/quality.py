@@ -334,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-peers", action="store_true", help="don't fit the TF-IDF / pixel LR peers")
     p.add_argument("--skip-huse", action="store_true", help="don't train HUSE (peers and/or ablation only)")
     p.add_argument("--ablation", action="store_true",
-                   help="also train the four loss settings cls / cls+gap / cls+graph / all three (long)")
+                   help="also train the five loss settings cls / cls+gap / cls+graph / the three / the three + nce "
+                        "(long)")
     p.add_argument("--ablation-epochs", type=int, default=None, help="epochs per ablation run (default: --epochs)")
     p.add_argument("--reuse", type=Path, action="append", default=[], metavar="JSON",
                    help="an earlier results JSON on the same split; sections this run skips (peers, huse, "

@@ -1,0 +1,85 @@
+"""How each rule for the fused prediction would have scored on trained runs: mix of photo + title vs fusion layer.
+
+    python bench/fusion_rule.py RUN [RUN ...] [--out bench/results/fusion-rule-DATE.md]
+
+For every single-label head of each run: the validation and test accuracy of the photo, the title, every photo +
+title mix on training's grid, and the fusion layer; then the test accuracy of `fused` under two rules, both chosen
+on validation only (validation.tune_fusion_weights picks the mix the same way):
+  "beat": the layer only where it beats the best mix by FUSION_MIN_GAIN (the rule before 2026-12-02);
+  "prefer": the layer unless the chosen mix beats it by FUSION_MIN_GAIN (the rule now).
+Runs need a fusion layer; their catalogue (and decoded-photo cache) must still be where they were trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from huse_core.run import load_run
+from huse_core.training.evaluate import prepare_run, split_predictions
+from huse_core.training.validation import FUSION_MIN_GAIN
+
+GRID = np.round(np.linspace(0, 1, 21), 2)
+
+
+def chosen_weight(acc: list[float]) -> int:
+    """The grid index tune_fusion_weights would choose from validation accuracies `acc` over GRID."""
+    best = max(acc)
+    w = min((w for w, a in zip(GRID, acc) if a == best), key=lambda w: abs(w - 0.5))
+    if best - max(acc[0], acc[-1]) < FUSION_MIN_GAIN:
+        w = 1.0 if acc[-1] > acc[0] else 0.0
+    return int(round(w * 20))
+
+
+def head_accuracies(run_dir: Path) -> dict[str, dict[str, dict]]:
+    """{head: {split: {"image", "text", "product": acc, "grid": [acc at each GRID weight], "n"}}}."""
+    run = load_run(run_dir)
+    prep = prepare_run(run, False)
+    out: dict[str, dict[str, dict]] = {}
+    for split in ("val", "test"):
+        pred = split_predictions(run, split, False, prep=prep)
+        for h in (h for h in run.heads if h["kind"] == "single"):
+            y = pred["labels"][h["name"]]
+            known = y >= 0
+            p = {m: np.asarray(v)[known] for m, v in pred["probs"][h["name"]].items()}
+            row = {m: float((p[m].argmax(1) == y[known]).mean()) for m in ("image", "text", "product") if m in p}
+            row["grid"] = [float(((w * p["image"] + (1 - w) * p["text"]).argmax(1) == y[known]).mean()) for w in GRID]
+            row["n"] = int(known.sum())
+            out.setdefault(h["name"], {})[split] = row
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path, help="Markdown results (default: print only)")
+    args = ap.parse_args()
+    lines = ["| run | head | test n | val: chosen mix / layer | test: beat / prefer / layer alone | prefer − beat |",
+             "|---|---|---:|---:|---:|---:|"]
+    diffs, t0 = [], time.time()
+    for run_dir in args.runs:
+        for head, v in head_accuracies(run_dir).items():
+            va, te = v["val"], v["test"]
+            if "product" not in va:
+                continue
+            i = chosen_weight(va["grid"])
+            beat = te["product"] if va["product"] - max(va["grid"]) >= FUSION_MIN_GAIN else te["grid"][i]
+            prefer = te["product"] if va["grid"][i] - va["product"] < FUSION_MIN_GAIN else te["grid"][i]
+            diffs.append(prefer - beat)
+            lines.append(f"| {run_dir} | {head} | {te['n']:,} | {va['grid'][i] * 100:.2f} / {va['product'] * 100:.2f} "
+                         f"| {beat * 100:.2f} / {prefer * 100:.2f} / {te['product'] * 100:.2f} "
+                         f"| {(prefer - beat) * 100:+.2f} |")
+    d = np.asarray(diffs)
+    lines.append(f"\n{len(d)} heads: prefer raised test accuracy on {(d > 0).sum()}, lowered it on {(d < 0).sum()}; "
+                 f"mean {d.mean() * 100:+.3f} points ({time.time() - t0:.0f} s)")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
