@@ -193,3 +193,45 @@ def test_an_exact_only_build_has_no_forests_and_cli_index_takes_the_backend(inde
         out = capsys.readouterr().out
         assert "(faiss)" in out and "nprobe" in out and "rerank" in out
         assert Searcher.open(indexed_run_copy, backend="faiss").backend == "faiss"
+
+
+FILE_RSS_SCRIPT = """
+import sys
+import numpy as np
+from huse_core.data.rowfile import RowView
+from huse_core.retrieval.build import _rows
+from huse_core.retrieval.faiss_index import FaissIndex
+
+def rss_file_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) / 1024
+
+emb = np.load(sys.argv[1], mmap_mode="r")
+rows = _rows(emb) if sys.argv[2] == "rows" else emb
+warm = np.array(emb[:5000])  # a first build loads faiss's and BLAS's code pages, which count as file-backed too
+FaissIndex.build(warm, range(len(warm)), sys.argv[3] + ".warm", "fp", progress=False)
+before = rss_file_mb()
+FaissIndex.build(rows, range(len(emb)), sys.argv[3], "fp", progress=False)
+print(rss_file_mb() - before)
+"""
+
+
+@needs_faiss
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_a_faiss_build_from_row_views_keeps_the_embedding_file_out_of_its_memory(tmp_path):
+    # What `index` hands faiss (build._rows): read by preadv, the 51 MB of rows stay in the page cache, not in the
+    # process's resident memory; through the memory map they would (at 1M products: GBs of RSS per modality).
+    import subprocess
+
+    path = tmp_path / "emb.npy"
+    np.save(path, clustered(100_000, 128, seed=3))
+    grown = {}
+    for how in ("rows", "map"):
+        out = subprocess.run([sys.executable, "-c", FILE_RSS_SCRIPT, str(path), how, str(tmp_path / f"{how}.faiss")],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        grown[how] = float(out.stdout.split()[-1])
+    file_mb = path.stat().st_size / 2**20
+    assert grown["map"] > 0.5 * file_mb  # the memory map's touched pages count: the measure can see the file
+    assert grown["rows"] < 0.2 * file_mb, grown

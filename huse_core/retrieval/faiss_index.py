@@ -81,7 +81,7 @@ class FaissIndex(SidecarIndex):
         self._index, self.emb = index, emb
         # Re-ranking reads scattered rows: through the memory map each one pulled ~1 MB of readahead from disk
         # (2,000 random rows of a 20 GB file: 6.2 s); RowView's preadv reads the rows alone (4.3 KB each, 0.12 s).
-        self._rows = RowView(emb)
+        self._rows = emb if isinstance(emb, RowView) else RowView(emb)
 
     @property
     def nprobe(self) -> int:

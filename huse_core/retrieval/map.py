@@ -57,7 +57,7 @@ def _umap():
 
 
 def place_points(emb: np.ndarray, ref_emb: np.ndarray, ref_xy: np.ndarray, k: int = NEIGHBOURS,
-                 progress: bool = False, chunk: int = 4096) -> np.ndarray:
+                 progress: bool = False, chunk: int = 2048) -> np.ndarray:
     """(M, 2) positions of unit rows `emb`: the mean of the map positions `ref_xy` of their k nearest `ref_emb`."""
     emb = np.asarray(emb, np.float32)
     out = np.zeros((len(emb), 2), np.float32)
