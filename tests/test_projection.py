@@ -4,16 +4,20 @@ import os
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from huse_core.retrieval.layout import MAP, build_folder, load_map
-from huse_core.retrieval.map import build_map, fit_xy, place_points, sample_map
+from huse_core.retrieval.map import STORED_COLUMNS, build_map, fit_xy, full_map, place_points, sample_map
 from huse_core.retrieval.search import Searcher
 
 
 def test_map_file_has_every_kind_of_point_of_every_product(tiny_indexed_run):
     index_dir = build_folder(tiny_indexed_run / "index")  # the current build's files
     products = pd.read_parquet(index_dir / "products.parquet")
-    frame = load_map(index_dir)
+    stored = load_map(index_dir)
+    assert list(stored.columns) == STORED_COLUMNS  # lean on disk: titles, photos and labels come from products
+    frame = Searcher.open(tiny_indexed_run).map_frame()  # ... joined when the map is read
+    assert frame[["id", "x", "y"]].equals(stored[["id", "x", "y"]])
     assert (index_dir / MAP).is_file() and len(frame) == 3 * len(products)  # + whole products (fusion layer)
     for modality in ("image", "text", "product"):
         points = frame[frame["modality"] == modality]
@@ -102,13 +106,19 @@ def test_whole_product_points_land_among_their_class_and_older_maps_still_open(i
     fitted, placed = xy[:240], xy[240:]
     nearest = np.linalg.norm(placed[:, None] - fitted[None], axis=2).argsort(axis=1)[:, :5]
     assert (np.tile(labels, 2)[nearest] == labels[:, None]).mean() > 0.9
-    # A build from before whole-product points (photo and title rows only) still opens, without them.
+    wide = full_map(frame, products, [{"name": "cls"}])  # read back: joined with the products in row order
+    assert list(wide["title"]) == ["t"] * 360 and list(wide["cls"]) == list(labels) * 3
+    with pytest.raises(ValueError, match="in order"):
+        full_map(frame.iloc[::-1].reset_index(drop=True), products, [{"name": "cls"}])
+    # A build from before whole-product points and lean maps (photo and title rows, every column) still opens.
+    searcher = Searcher.open(indexed_run_copy)
+    wide = searcher.map_frame()
     build = next(p for p in (indexed_run_copy / "index").iterdir() if (p / "map.parquet").is_file())
-    old = pd.read_parquet(build / "map.parquet")
-    old[old["modality"] != "product"].to_parquet(build / "map.parquet", index=False)
+    wide[wide["modality"] != "product"].to_parquet(build / "map.parquet", index=False)
     reopened = Searcher.open(indexed_run_copy)
     assert set(reopened.map_frame()["modality"]) == {"image", "text"}
     assert len(reopened.map_frame()) == 2 * len(reopened.products)
+    assert reopened.map_frame()["title"].equals(wide[wide["modality"] != "product"]["title"].reset_index(drop=True))
 
 
 def test_a_map_sample_keeps_every_point_of_its_products_and_every_added_product():

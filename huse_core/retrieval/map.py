@@ -41,7 +41,8 @@ UMAP_ARGS = {"n_neighbors": 15, "min_dist": 0.1, "metric": "cosine", "n_epochs":
 # Products the Map page draws at most (2-3 points each): a browser's WebGL scatter stays responsive at ~100k
 # points, while 1M products would send 3M points and their hover titles (~300 MB) to it. Past this, a seeded sample.
 MAP_PRODUCTS = 40_000
-MAP_COLUMNS = ["id", "modality", "x", "y", "title", "image"]
+MAP_COLUMNS = ["id", "modality", "x", "y", "title", "image"]  # then one per head, and "added" (map_frame)
+STORED_COLUMNS = ["id", "modality", "x", "y"]  # what map.parquet holds (stored_map)
 MAP_KINDS = np.array(["image", "text", "product"])  # a map's kinds, in row-block order
 
 
@@ -151,14 +152,37 @@ def map_frame(products: pd.DataFrame, xy: np.ndarray, heads: list[dict]) -> pd.D
     return frame
 
 
+def stored_map(products: pd.DataFrame, xy: np.ndarray) -> pd.DataFrame:
+    """What map.parquet holds (STORED_COLUMNS): id, modality, x, y, in map_frame's row order. Titles, photos and
+    labels are joined from the build's products.parquet when the map is read (full_map): at 1M products the wide
+    frame of 3M rows and its Parquet conversion took ~1 GB more of the build's memory than these four columns."""
+    n = len(products)
+    kinds = MAP_KINDS[: len(xy) // n] if n else MAP_KINDS[:2]
+    return pd.DataFrame({"id": np.tile(products["id"].to_numpy(), len(kinds)), "modality": np.repeat(kinds, n),
+                         "x": xy[:, 0], "y": xy[:, 1]})
+
+
+def full_map(stored: pd.DataFrame, products: pd.DataFrame, heads: list[dict]) -> pd.DataFrame:
+    """The map with the columns the app shows (map_frame's): a map.parquet of STORED_COLUMNS joined with its
+    build's `products` in row order; a map written before 2026-12-02 already holds them and is returned as is."""
+    if "title" in stored:
+        return stored
+    frame = map_frame(products, stored[["x", "y"]].to_numpy(np.float32), heads)
+    if len(frame) != len(stored) or not np.array_equal(frame["id"].astype(str).to_numpy(),
+                                                       stored["id"].astype(str).to_numpy()):
+        raise ValueError("map.parquet does not list the products of its build in order")
+    return frame
+
+
 def build_map(products: pd.DataFrame, image_emb: np.ndarray, text_emb: np.ndarray, heads: list[dict],
               out_dir: str | Path, seed: int = 0, progress: bool = True,
               product_emb: np.ndarray | None = None) -> pd.DataFrame:
     """Fit the map of all products (image and text points together), place their whole-product points when
-    `product_emb` is given, and save `map.parquet` atomically."""
+    `product_emb` is given, and save `map.parquet` (stored_map's columns) atomically; returns what it saved.
+    `heads` is kept for callers; the labels are joined when the map is read (full_map)."""
     parts = [image_emb, text_emb] + ([product_emb] if product_emb is not None else [])
     xy = fit_xy(StackedRows(parts), seed=seed, progress=progress, n_fit=2 * len(products))
-    frame = map_frame(products, xy, heads)
+    frame = stored_map(products, xy)
     atomic_write(Path(out_dir) / MAP, lambda tmp: frame.to_parquet(tmp, index=False))
     return frame
 

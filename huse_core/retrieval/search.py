@@ -19,7 +19,7 @@ from .embed import products_frame
 from .index import load_index, top_matches
 from .knn import exact_search
 from .layout import IndexMissingError, StaleIndexError, build_folder, index_dir, load_map, load_product_emb
-from .map import extend_map
+from .map import extend_map, full_map
 from .store import IndexIds, read_added
 
 __all__ = ["Hit", "IndexMissingError", "Searcher", "StaleIndexError"]
@@ -291,10 +291,13 @@ class Searcher:
         n = len(self._index_products)
         if self._map is None:
             base = load_map(self._build_dir)
+            hint = f"run `python -m huse_core index --run {self.run.run_dir}` (without --no-map)"
             if base is None or len(base) not in (2 * n, 3 * n):
-                raise IndexMissingError(f"the index of {self.run.run_dir} has no map, or an outdated one: run "
-                                        f"`python -m huse_core index --run {self.run.run_dir}` (without --no-map)")
-            self._map = base
+                raise IndexMissingError(f"the index of {self.run.run_dir} has no map, or an outdated one: {hint}")
+            try:
+                self._map = full_map(base, self._index_products, self.heads)
+            except ValueError as err:
+                raise IndexMissingError(f"the index of {self.run.run_dir} has a damaged map ({err}): {hint}") from err
         kinds = ["image", "text"] + (["product"] if len(self._map) == 3 * n and n else [])
         if "product" in kinds:
             self._product_vectors()
