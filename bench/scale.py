@@ -102,6 +102,17 @@ PREPARE = ("import sys; from huse_core.config import DataConfig, ModelConfig; fr
            "print(len(p.catalog.df), 'products prepared')")
 
 
+# The map step of `index` alone, on the run's current build (its embeddings read as `index` reads them), written to
+# a scratch folder: UMAP on 20k points, placing the rest, saving map.parquet. A rerun of the slowest, largest-frame
+# phase without re-embedding the catalogue.
+MAP_STEP = ("import sys; from huse_core.retrieval.build import _rows; from huse_core.retrieval.layout import "
+            "load_embeddings, load_product_emb; from huse_core.retrieval.map import build_map; from huse_core.run "
+            "import load_run; run = load_run(sys.argv[1]); products, image, text = load_embeddings(sys.argv[1] + "
+            "'/index'); p = load_product_emb(sys.argv[1] + '/index'); build_map(products, _rows(image), _rows(text), "
+            "run.heads, sys.argv[2], progress=False, product_emb=None if p is None else _rows(p)); "
+            "print(len(products), 'products mapped')")
+
+
 def run_size(n: int, real_csv: Path, work: Path, epochs: int, code: Path | None, label: str, steps: list[str],
              save, max_steps: int = 0, train_flags: list[str] | None = None) -> dict:
     """`steps` (prepare, train, index) on one catalogue size with one version of the code; save(partial) after each.
@@ -137,6 +148,13 @@ def run_size(n: int, real_csv: Path, work: Path, epochs: int, code: Path | None,
         out["index"] = measure(py + ["index", "--run", str(run_dir), "--quiet"], work / f"index-{n}-{label}.log",
                                env, work)
         print(f"  {out['index']}", file=sys.stderr, flush=True)
+    if "map" in steps and (run_dir / "index" / "index.json").is_file():
+        print(f"[{label}] {n:,} products: the map step of index", file=sys.stderr, flush=True)
+        scratch = work / f"map-{n}-{label}"
+        scratch.mkdir(exist_ok=True)
+        out["map"] = measure([sys.executable, "-c", MAP_STEP, str(run_dir), str(scratch)],
+                             work / f"map-{n}-{label}.log", env, work)
+        print(f"  {out['map']}", file=sys.stderr, flush=True)
     out["cache_gb"] = round(sum(p.stat().st_size for p in cache.glob("*.npy")) / GB, 3) if cache.is_dir() else 0
     return out
 
@@ -161,7 +179,7 @@ def table(results: list[dict]) -> str:
              "|---:|---|---|---:|---:|---:|---:|"]
     for r in results:
         first = next((s for s in ("prepare", "train", "index") if s in r), None)
-        for step in ("prepare", "train", "index"):
+        for step in ("prepare", "train", "index", "map"):
             if step in r:
                 m = r[step]
                 what = f"{step} (decodes)" if step == first and not r["cache_was_warm"] else step
@@ -176,7 +194,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the real catalogue: tarball, folder or CSV")
     ap.add_argument("--sizes", default="44000,200000", help="products per catalogue, comma-separated")
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--steps", default="prepare,train,index", help="which of prepare,train,index to measure")
+    ap.add_argument("--steps", default="prepare,train,index", help="which of prepare,train,index,map to measure (map: "
+                    "index's map step alone, on the run's current build)")
     ap.add_argument("--max-steps", type=int, default=0, help="train --max-steps: cap each training run's optimiser "
                     "steps (a 1M-product epoch is ~3,900 steps, hours on 2 cores); 0 = the whole epoch")
     ap.add_argument("--work", type=Path, default=Path("/tmp/huse-scale"), help="catalogues, caches, runs, logs")
