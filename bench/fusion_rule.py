@@ -20,22 +20,10 @@ import numpy as np
 
 from huse_core.run import load_run
 from huse_core.training.evaluate import prepare_run, split_predictions
-from huse_core.training.validation import FUSION_MIN_GAIN
-
-GRID = np.round(np.linspace(0, 1, 21), 2)
-
-
-def chosen_weight(acc: list[float]) -> int:
-    """The grid index tune_fusion_weights would choose from validation accuracies `acc` over GRID."""
-    best = max(acc)
-    w = min((w for w, a in zip(GRID, acc) if a == best), key=lambda w: abs(w - 0.5))
-    if best - max(acc[0], acc[-1]) < FUSION_MIN_GAIN:
-        w = 1.0 if acc[-1] > acc[0] else 0.0
-    return int(round(w * 20))
-
+from huse_core.training.validation import FUSION_GRID, FUSION_MIN_GAIN, choose_weight, prefers_layer
 
 def head_accuracies(run_dir: Path) -> dict[str, dict[str, dict]]:
-    """{head: {split: {"image", "text", "product": acc, "grid": [acc at each GRID weight], "n"}}}."""
+    """{head: {split: {"image", "text", "product": acc, "grid": [acc at each FUSION_GRID weight], "n"}}}."""
     run = load_run(run_dir)
     prep = prepare_run(run, False)
     out: dict[str, dict[str, dict]] = {}
@@ -46,7 +34,8 @@ def head_accuracies(run_dir: Path) -> dict[str, dict[str, dict]]:
             known = y >= 0
             p = {m: np.asarray(v)[known] for m, v in pred["probs"][h["name"]].items()}
             row = {m: float((p[m].argmax(1) == y[known]).mean()) for m in ("image", "text", "product") if m in p}
-            row["grid"] = [float(((w * p["image"] + (1 - w) * p["text"]).argmax(1) == y[known]).mean()) for w in GRID]
+            row["grid"] = [float(((w * p["image"] + (1 - w) * p["text"]).argmax(1) == y[known]).mean())
+                           for w in FUSION_GRID]
             row["n"] = int(known.sum())
             out.setdefault(h["name"], {})[split] = row
     return out
@@ -65,9 +54,9 @@ def main() -> None:
             va, te = v["val"], v["test"]
             if "product" not in va:
                 continue
-            i = chosen_weight(va["grid"])
+            i = choose_weight(va["grid"])
             beat = te["product"] if va["product"] - max(va["grid"]) >= FUSION_MIN_GAIN else te["grid"][i]
-            prefer = te["product"] if va["grid"][i] - va["product"] < FUSION_MIN_GAIN else te["grid"][i]
+            prefer = te["product"] if prefers_layer(va["grid"][i], va["product"]) else te["grid"][i]
             diffs.append(prefer - beat)
             lines.append(f"| {run_dir} | {head} | {te['n']:,} | {va['grid'][i] * 100:.2f} / {va['product'] * 100:.2f} "
                          f"| {beat * 100:.2f} / {prefer * 100:.2f} / {te['product'] * 100:.2f} "

@@ -11,7 +11,8 @@ from huse_core.artifacts import read_json
 from huse_core.cli import main
 from huse_core.retrieval import build as build_module
 from huse_core.retrieval.build import build_index, choose_backend
-from huse_core.retrieval.faiss_index import TARGET_RECALL, FaissIndex, faiss_available, n_lists, require_faiss
+from huse_core.retrieval.annoy_index import TARGET_RECALL
+from huse_core.retrieval.faiss_index import FaissIndex, faiss_available, n_lists, require_faiss
 from huse_core.retrieval.knn import exact_search
 from huse_core.retrieval.layout import MANIFEST, IndexMissingError, StaleIndexError
 from huse_core.retrieval.search import Searcher

@@ -40,6 +40,11 @@ def recall_bound(per_query: np.ndarray, z: float = RECALL_Z) -> float:
     return float(r.mean() - z * r.std(ddof=1) / np.sqrt(r.size))
 
 
+def meets_target(per_query: np.ndarray) -> bool:
+    """Whether a tuning sample's per-query recalls keep the promise: recall_bound >= TARGET_RECALL."""
+    return recall_bound(per_query) >= TARGET_RECALL
+
+
 def cosine_from_angular(distance):
     """Cosine similarity of two unit vectors from Annoy's angular distance d = |a - b| = sqrt(2 - 2 cos)."""
     return 1.0 - np.square(distance) / 2.0
@@ -97,20 +102,19 @@ class AnnoyIndex(SidecarIndex):
         return float(found.mean()) if found.size else 1.0
 
     def tune(self, emb: np.ndarray, queries: np.ndarray) -> np.ndarray:
-        """Set search_k to about the smallest value whose recall@10 on `queries` has recall_bound >= TARGET_RECALL;
-        return that setting's per-query recalls. It grows 1.5x from 4 * n_trees * 10 until the target is met, then
+        """Set search_k to about the smallest value whose recall@10 on `queries` meets_target; return that
+        setting's per-query recalls. It grows 1.5x from 4 * n_trees * 10 until the target is met, then
         bisects between the last miss and the hit: recall climbs in steps (leaves hold ~dim items)."""
         _, truth = exact_search(queries, emb, 10)  # once: at 1M rows this is the slow part of tuning
         low, high, limit = 0, self.search_k, self.meta["n_trees"] * len(emb)
         recall = self.recalls(emb, queries, 10, high, truth)
-        while recall_bound(recall) < TARGET_RECALL and high < limit:  # at the limit Annoy scans every item anyway
+        while not meets_target(recall) and high < limit:  # at the limit Annoy scans every item anyway
             low, high = high, int(high * 1.5)
             recall = self.recalls(emb, queries, 10, high, truth)
         while low and high - low > 0.1 * high:
             mid = (low + high) // 2
             mid_recall = self.recalls(emb, queries, 10, mid, truth)
-            low, high, recall = ((low, mid, mid_recall) if recall_bound(mid_recall) >= TARGET_RECALL
-                                 else (mid, high, recall))
+            low, high, recall = (low, mid, mid_recall) if meets_target(mid_recall) else (mid, high, recall)
         self.meta["search_k"] = high
         return recall
 

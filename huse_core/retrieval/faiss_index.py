@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..artifacts import atomic_write
 from ..data.rowfile import RowView
-from .annoy_index import RECALL_QUERIES, TARGET_RECALL, recall_bound  # one recall promise, tuned alike, for both
+from .annoy_index import RECALL_QUERIES, meets_target, recall_bound  # one recall promise, tuned alike, for both
 from .knn import exact_search
 from .layout import INDEX_FORMAT, StaleIndexError, rebuild_hint
 from .sidecar import SidecarIndex, read_checked
@@ -146,34 +146,31 @@ class FaissIndex(SidecarIndex):
         return float(found.mean()) if found.size else 1.0
 
     def tune(self, queries: np.ndarray) -> np.ndarray:
-        """Set nprobe, then rerank, to about the smallest values whose recall@10 on `queries` has recall_bound >=
-        TARGET_RECALL; return that setting's per-query recalls. nprobe doubles from 1 (re-ranking RERANK_START
-        candidates) until the target is met, then bisects; rerank then halves while the target holds. If even
-        every list misses (codes too coarse for this geometry), rerank doubles instead."""
+        """Set nprobe, then rerank, to about the smallest values whose recall@10 on `queries` meets_target
+        (recall_bound >= TARGET_RECALL); return that setting's per-query recalls. nprobe doubles from 1
+        (re-ranking RERANK_START candidates) until the target is met, then bisects; rerank then halves while the
+        target holds. If even every list misses (codes too coarse for this geometry), rerank doubles instead."""
         _, truth = exact_search(queries, self.emb, 10)
         nlist, rerank = int(self.meta["nlist"]), RERANK_START
 
         def recall(p: int, r: int) -> np.ndarray:
             return self.recalls(queries, 10, p, r, truth)
 
-        def met(found: np.ndarray) -> bool:
-            return recall_bound(found) >= TARGET_RECALL
-
         low, high = 0, 1
         got = recall(high, rerank)
-        while not met(got) and high < nlist:
+        while not meets_target(got) and high < nlist:
             low, high = high, min(nlist, high * 2)
             got = recall(high, rerank)
-        while not met(got) and rerank < self.n_items:
+        while not meets_target(got) and rerank < self.n_items:
             rerank *= 2
             got = recall(high, rerank)
         while high - low > 1 and high - low > 0.1 * high:
             mid = (low + high) // 2
             mid_got = recall(mid, rerank)
-            low, high, got = (low, mid, mid_got) if met(mid_got) else (mid, high, got)
-        while rerank > 10 and met(got):
+            low, high, got = (low, mid, mid_got) if meets_target(mid_got) else (mid, high, got)
+        while rerank > 10 and meets_target(got):
             fewer = recall(high, max(10, rerank // 2))
-            if not met(fewer):
+            if not meets_target(fewer):
                 break
             rerank, got = max(10, rerank // 2), fewer
         self.meta.update(nprobe=high, rerank=rerank)

@@ -140,15 +140,11 @@ def fit_xy(points, seed: int = 0, fit_limit: int = FIT_LIMIT, progress: bool = T
 def map_frame(products: pd.DataFrame, xy: np.ndarray, heads: list[dict]) -> pd.DataFrame:
     """Map rows: every product's image point, then its text point (then its product point when `xy` has 3N rows):
     id, modality, x, y, title, image, heads, added. `xy` is (2N or 3N, 2), each kind in `products` order."""
-    n = len(products)
-    kinds = MAP_KINDS[: len(xy) // n] if n else MAP_KINDS[:2]
-    both = pd.concat([products] * len(kinds), ignore_index=True)
-    frame = pd.DataFrame({"id": both["id"].to_numpy(), "modality": np.repeat(kinds, n),
-                          "x": xy[:, 0], "y": xy[:, 1], "title": both["title"].to_numpy(),
-                          "image": both["image"].to_numpy()})
-    for h in heads:
-        frame[h["name"]] = both[h["name"]].to_numpy()
-    frame["added"] = both["added"].to_numpy(dtype=bool) if "added" in both else False
+    frame = stored_map(products, xy)
+    reps = len(frame) // max(1, len(products))  # kinds of point: each column repeats once a kind
+    for col in ["title", "image"] + [h["name"] for h in heads]:
+        frame[col] = np.tile(products[col].to_numpy(), reps)
+    frame["added"] = np.tile(products["added"].to_numpy(dtype=bool), reps) if "added" in products else False
     return frame
 
 

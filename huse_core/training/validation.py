@@ -10,6 +10,22 @@ import torch
 from ..prepare import Prepared, embed
 
 FUSION_MIN_GAIN = 0.002  # validation accuracy a photo + title mix (or flip TTA) must add to be kept
+FUSION_GRID = np.round(np.linspace(0, 1, 21), 2)  # photo weights w tried: fused = w * photo + (1 - w) * title
+
+
+def choose_weight(acc: list[float]) -> int:
+    """The index into FUSION_GRID of the mix kept, from validation accuracies `acc` at each grid weight: the best,
+    ties going to the weight nearest 0.5; the better modality alone where no mix beats it by FUSION_MIN_GAIN."""
+    best = max(acc)
+    i = min((i for i, a in enumerate(acc) if a == best), key=lambda i: abs(FUSION_GRID[i] - 0.5))
+    if best - max(acc[0], acc[-1]) < FUSION_MIN_GAIN:
+        i = len(acc) - 1 if acc[-1] > acc[0] else 0  # grid[0] = text alone, grid[-1] = image alone
+    return i
+
+
+def prefers_layer(mix_acc: float, layer_acc: float) -> bool:
+    """Whether the fusion layer gives the fused prediction: unless the chosen mix beats it by FUSION_MIN_GAIN."""
+    return mix_acc - layer_acc < FUSION_MIN_GAIN
 
 
 def validation_rows(rows: np.ndarray, train_cfg, progress: bool = False) -> np.ndarray:
@@ -48,7 +64,6 @@ def tune_fusion_weights(model, prep: Prepared, rows: np.ndarray, device: torch.d
     """
     image_emb, text_emb = embed(model, prep, rows, device)
     probs = model.probabilities(image_emb, text_emb)
-    grid = np.round(np.linspace(0, 1, 21), 2)
     weights, layer_heads = {}, []
     for h in prep.heads:
         y = torch.from_numpy(prep.labels[h["name"]][rows]).to(device)
@@ -56,15 +71,12 @@ def tune_fusion_weights(model, prep: Prepared, rows: np.ndarray, device: torch.d
         if h["kind"] != "single" or not known.any():
             continue
         p_img, p_txt = probs[h["name"]]["image"][known], probs[h["name"]]["text"][known]
-        acc = [float(((w * p_img + (1 - w) * p_txt).argmax(1) == y[known]).float().mean()) for w in grid]
-        best = max(acc)
-        w = float(min((w for w, a in zip(grid, acc) if a == best), key=lambda w: abs(w - 0.5)))
-        if best - max(acc[0], acc[-1]) < FUSION_MIN_GAIN:
-            w = 1.0 if acc[-1] > acc[0] else 0.0  # grid[0] = text alone, grid[-1] = image alone
-        weights[h["name"]] = w
+        acc = [float(((w * p_img + (1 - w) * p_txt).argmax(1) == y[known]).float().mean()) for w in FUSION_GRID]
+        i = choose_weight(acc)
+        weights[h["name"]] = float(FUSION_GRID[i])
         if "product" in probs[h["name"]]:
             layer = float((probs[h["name"]]["product"][known].argmax(1) == y[known]).float().mean())
-            if acc[int(round(w * 20))] - layer < FUSION_MIN_GAIN:
+            if prefers_layer(acc[i], layer):
                 layer_heads.append(h["name"])
     return weights, layer_heads
 
