@@ -259,7 +259,8 @@ def tuned_fusion(run_dir: Path) -> dict:
     for split in ("val", "test"):
         rows = prep.split(split)
         image_emb, text_emb = embed(run.model, prep, rows, torch.device("cpu"))
-        probs[split] = run.probabilities(image_emb.numpy(), text_emb.numpy())
+        titles = prep.catalog.df["title"].iloc[rows].astype(str).tolist()
+        probs[split] = run.probabilities(image_emb.numpy(), text_emb.numpy(), titles)
         labels[split] = {h: y[rows] for h, y in prep.labels.items()}
     single = [h["name"] for h in run.heads if h["kind"] == "single"]
 

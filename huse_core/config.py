@@ -72,6 +72,9 @@ class ModelConfig:
     logit_scale: float = 16.0  # classifier reads s * phi: unit vectors alone give near-zero logits at init
     fusion_weight: float = 0.5  # fused = w * p_image + (1 - w) * p_text
     fusion_layer: bool = True  # the seed's fully connected fusion layer: a whole-product vector (model.fusion)
+    # ngram / conv+ngram: the title's prediction adds a linear SVM over its TF-IDF n-grams (model.wide), fitted on
+    # the train split after the towers and weighed per head on validation (training.wide_fit).
+    wide_head: bool = True  # title logits = shared classifier(text_emb) + t * linear SVM margins of its n-grams
 
 
 @dataclass
@@ -142,7 +145,7 @@ def to_dict(cfg) -> dict:
 
 # Fields added after runs were first saved, with the value older runs were trained with (not today's default):
 # a run from before them reloads, and resumes, with its own settings.
-LEGACY_VALUES = {"ModelConfig": {"text_backbone": "conv", "fusion_layer": False},
+LEGACY_VALUES = {"ModelConfig": {"text_backbone": "conv", "fusion_layer": False, "wide_head": False},
                  "LossConfig": {"gap_anchor": "none", "nce_anchor": "none"},
                  "TrainConfig": {"precision": "fp32", "select_by": "fused", "val_max": 0}}
 

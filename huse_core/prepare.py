@@ -228,3 +228,16 @@ def embed(model, prep: Prepared, rows: np.ndarray, device: torch.device, batch_s
             image_out.append(model.encode_image(torch.from_numpy(prep.pixels[r]).to(device)))
         text_out.append(model.encode_text(prep.text_input(r).to(device)))
     return torch.cat(image_out), torch.cat(text_out)
+
+
+@torch.inference_mode()
+def title_logits(model, prep: Prepared, rows: np.ndarray, device: torch.device, batch_size: int = 2048):
+    """The wide head's per-head logits {head: (len(rows), C)} on `device` for `rows`' titles, or None when the
+    model has none (HuseModel.title_logits; passed to HuseModel.probabilities as `wide`)."""
+    if getattr(model, "wide", None) is None:
+        return None
+    model.eval()
+    parts = [model.title_logits(prep.text_input(rows[i : i + batch_size]).to(device))
+             for i in range(0, len(rows), batch_size)]
+    return {h: torch.cat([p[h] for p in parts]) for h in model.wide.names} if parts else None
+

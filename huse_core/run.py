@@ -77,30 +77,44 @@ class Run:
         with ngram or conv+ngram they are hashed as in training (the run's n-gram settings, IDF in model.pt).
         """
         titles = [titles] if isinstance(titles, str) else [str(t) for t in titles]
-        out = []
-        for i in range(0, len(titles), batch_size):
-            chunk = titles[i : i + batch_size]
-            if self.model.text.frozen:  # a frozen title encoder (minilm, openclip:, st:) reads the titles live
-                from .model.titles import title_features  # optional packages: a clear error names the install
-
-                text_input = torch.from_numpy(title_features(self.model_cfg, chunk))
-            elif self.tokenizer.ngrams is not None:
-                from .model.ngram import TextInput
-
-                text_input = TextInput.from_numpy(self.tokenizer.encode(chunk), *self.tokenizer.encode_ngrams(chunk))
-            else:
-                text_input = torch.from_numpy(self.tokenizer.encode(chunk))
-            out.append(self.model.encode_text(text_input))
+        out = [self.model.encode_text(self._text_input(titles[i : i + batch_size]))
+               for i in range(0, len(titles), batch_size)]
         return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
 
+    def _text_input(self, titles: list[str]):
+        """The text tower's input for a batch of titles, made as in training."""
+        if self.model.text.frozen:  # a frozen title encoder (minilm, openclip:, st:) reads the titles live
+            from .model.titles import title_features  # optional packages: a clear error names the install
+
+            return torch.from_numpy(title_features(self.model_cfg, titles))
+        if self.tokenizer.ngrams is not None:
+            from .model.ngram import TextInput
+
+            return TextInput.from_numpy(self.tokenizer.encode(titles), *self.tokenizer.encode_ngrams(titles))
+        return torch.from_numpy(self.tokenizer.encode(titles))
+
     @torch.inference_mode()
-    def probabilities(self, image_emb: np.ndarray | None = None, text_emb: np.ndarray | None = None) -> dict:
-        """{head: {"image"|"text"|"fused": probs (N, C) float32}} for whichever embeddings are given."""
+    def title_logits(self, titles: list[str], batch_size: int = 1024) -> dict[str, torch.Tensor] | None:
+        """The wide head's per-head logits of titles (model.wide), or None for a run without one."""
+        if self.model.wide is None:
+            return None
+        parts = [self.model.title_logits(self._text_input([str(t) for t in titles[i : i + batch_size]]))
+                 for i in range(0, len(titles), batch_size)]
+        return {h: torch.cat([p[h] for p in parts]) for h in self.model.wide.names} if parts else None
+
+    @torch.inference_mode()
+    def probabilities(self, image_emb: np.ndarray | None = None, text_emb: np.ndarray | None = None,
+                      titles: list[str] | None = None) -> dict:
+        """{head: {"image"|"text"|"product"|"fused": probs (N, C) float32}} for whichever embeddings are given.
+
+        `titles` (row-aligned with text_emb): a run with a wide head (model.wide) adds their n-gram logits to the
+        title's prediction, as it was trained and validated; without them the title predicts from text_emb alone."""
         def as_t(a):
             return None if a is None else torch.from_numpy(np.atleast_2d(np.asarray(a, np.float32)))
 
+        wide = self.title_logits(titles) if titles is not None and text_emb is not None else None
         probs = self.model.probabilities(as_t(image_emb), as_t(text_emb), weight=self.meta.get("fusion_weights"),
-                                          layer_heads=self.meta.get("fusion_layer_heads", []))
+                                          layer_heads=self.meta.get("fusion_layer_heads", []), wide=wide)
         return {h: {m: p.numpy() for m, p in per.items()} for h, per in probs.items()}
 
     @torch.inference_mode()
@@ -156,7 +170,8 @@ class Run:
             raise ValueError("nothing to classify: give an image, a text with words in it, or both")
         image_emb = self.encode_image(image)[None] if image is not None else None
         text_emb = self.encode_texts(str(text)) if has_text else None
-        probs, out, all_paths = self.probabilities(image_emb, text_emb), {}, self.taxonomy_paths
+        probs = self.probabilities(image_emb, text_emb, [str(text)] if has_text else None)
+        out, all_paths = {}, self.taxonomy_paths
         for h in self.heads:
             per, paths = probs[h["name"]], all_paths.get(h["name"], {})
             out[h["name"]] = {m: [{"label": h["classes"][i], "prob": round(float(p[0, i]), 4),

@@ -12,6 +12,7 @@ from .fusion import FusionLayer
 from .hub import is_hub
 from .ngram import ConvNgramTower, NgramTower
 from .towers import ImageTower, SentenceTower, TextTower
+from .wide import WideHead
 
 
 def text_tower(cfg: ModelConfig, n_tokens: int, idf=None) -> nn.Module:
@@ -54,6 +55,9 @@ class HuseModel(nn.Module):
 
             zero_shot_classifier(cfg, heads, self.classifier)
         self.fusion = FusionLayer(cfg) if cfg.fusion_layer else None  # runs from before it have none
+        # Only the n-gram towers have a title's TF-IDF vector to read; runs from before it have none.
+        has_ngrams = isinstance(self.text, (NgramTower, ConvNgramTower))
+        self.wide = WideHead(cfg.ngram_buckets, heads) if cfg.wide_head and has_ngrams else None
         self.flip_tta = False  # set from run.json "flip_tta" (chosen on validation at the end of training)
 
     def encoders(self) -> dict[str, dict]:
@@ -79,6 +83,14 @@ class HuseModel(nn.Module):
         or of a model.ngram.TextInput (ngram, conv+ngram)."""
         return self.text(text_input)
 
+    def title_logits(self, text_input) -> dict[str, torch.Tensor] | None:
+        """The wide head's per-head logits (B, C) of a batch of titles (a model.ngram.TextInput), which the title's
+        prediction adds to the shared classifier's (model.wide); None for a run without a wide head."""
+        if self.wide is None:
+            return None
+        weights = self.text.ngrams.weights(text_input.ngram_ids, text_input.ngram_counts.float())
+        return self.wide(text_input.ngram_ids, weights)
+
     def encode_product(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         """Unit vectors (B, D) of whole products from their photo and title embeddings (the fusion layer)."""
         if self.fusion is None:
@@ -97,9 +109,13 @@ class HuseModel(nn.Module):
         text_emb: torch.Tensor | None = None,
         weight: float | dict[str, float] | None = None,
         layer_heads: list[str] | tuple = (),
+        wide: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, dict[str, torch.Tensor]]:
         """Per head, probabilities from "image", "text", "product" (the fusion layer's vector) and "fused"
         (whichever inputs are given; "product" needs both and a fusion layer).
+
+        `wide`: the same titles' `title_logits`, added to the text logits (a run with a wide head; without them
+        the title's prediction is the shared classifier's alone).
 
         Fused = w * p_image + (1 - w) * p_text (HUSE's weighted average of the two modalities' outputs);
         `weight` is one w for every head, or a w per head (heads it doesn't name use the config's). Heads named
@@ -112,6 +128,8 @@ class HuseModel(nn.Module):
             if emb is None:
                 continue
             for h, z in zip(self.heads, self.logits(emb).values()):
+                if modality == "text" and wide is not None:
+                    z = z + wide[h["name"]]
                 out[h["name"]][modality] = torch.sigmoid(z) if h["kind"] == "multi" else z.softmax(-1)
         for head, probs in out.items():
             w = weight.get(head, self.cfg.fusion_weight) if isinstance(weight, dict) else weight

@@ -92,7 +92,7 @@ def add_products(run: Run, out_dir: str | Path, items: list, index: IndexIds) ->
         return results
     image_emb = run.encode_images(np.stack(pixels))
     text_emb = run.encode_texts([r["title"] for r in good])
-    labels = predict_labels(run, image_emb, text_emb)
+    labels = predict_labels(run, image_emb, text_emb, [r["title"] for r in good])
     staged: list[Path] = []
     try:
         for photo in photos:
@@ -108,9 +108,9 @@ def add_products(run: Run, out_dir: str | Path, items: list, index: IndexIds) ->
     return results
 
 
-def predict_labels(run: Run, image_emb: np.ndarray, text_emb: np.ndarray) -> list[dict[str, str]]:
+def predict_labels(run: Run, image_emb: np.ndarray, text_emb: np.ndarray, titles: list[str]) -> list[dict[str, str]]:
     """Per product, each head's fused prediction (multi-label heads: the labels over 0.5, joined by "|")."""
-    probs = run.probabilities(image_emb, text_emb)
+    probs = run.probabilities(image_emb, text_emb, titles)
     out: list[dict[str, str]] = [{} for _ in range(len(image_emb))]
     for h in run.heads:
         p = probs[h["name"]]["fused"]
@@ -133,7 +133,8 @@ def refresh_added(run: Run, out_dir: str | Path, progress: bool = True) -> tuple
         pixels = np.stack([decode_image(df["image"].iloc[r], run.image_size) for r in rows])
         image_emb[rows] = run.encode_images(pixels)
         text_emb[rows] = run.encode_texts(list(df["title"].iloc[rows]))
-        for r, labels in zip(rows, predict_labels(run, image_emb[rows], text_emb[rows])):
+        for r, labels in zip(rows, predict_labels(run, image_emb[rows], text_emb[rows],
+                                                     list(df["title"].iloc[rows]))):
             for head, label in labels.items():
                 df.loc[df.index[r], head] = label
     df["fingerprint"] = run.fingerprint

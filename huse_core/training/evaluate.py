@@ -133,7 +133,7 @@ def split_predictions(run, split: str = "test", progress: bool = False, prep: Pr
     df = prep.catalog.df.iloc[rows]
     return {"ids": df["id"].astype(str).tolist(), "titles": df["title"].tolist(),
             "labels": {h: y[rows] for h, y in prep.labels.items()}, "image_emb": image_emb, "text_emb": text_emb,
-            "probs": run.probabilities(image_emb, text_emb)}
+            "probs": run.probabilities(image_emb, text_emb, df["title"].astype(str).tolist())}
 
 
 def prepare_run(run, progress: bool = False) -> Prepared:

@@ -25,6 +25,7 @@ from ..prepare import Prepared, augment, cache_dir_for, prepare
 from .distributed import TrainStep, World
 from .losses import HuseLoss, taxonomy_distance
 from .schedule import Schedule, plan
+from .wide_fit import fit_wide_head
 from .validation import (accuracy_by_modality, choose_flip_tta, selection_score, tune_fusion_weights,
                          validation_rows)
 from ..model import build_model
@@ -290,6 +291,10 @@ def train(
     if world.is_main:
         meta["distributed"] |= {"weight_drift": drift} if world.enabled else {}
         model.load_state_dict(load_torch(run_dir / "model.pt"))  # the best epoch, as saved
+        train_rows = prep.split("train")
+        meta["wide_head"] = fit_wide_head(model, prep, train_rows, val_rows, device, train_cfg.seed, progress)
+        if model.wide is not None:  # the towers as the best epoch left them, the wide head fitted on top
+            save_torch(run_dir / "model.pt", model.state_dict())
         meta["flip_tta"] = choose_flip_tta(model, prep, val_rows, device, progress)
         meta["fusion_weights"], meta["fusion_layer_heads"] = tune_fusion_weights(model, prep, val_rows, device)
         meta["status"] = "done"

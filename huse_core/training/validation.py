@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import torch
 
-from ..prepare import Prepared, embed
+from ..prepare import Prepared, embed, title_logits
 
 FUSION_MIN_GAIN = 0.002  # validation accuracy a photo + title mix (or flip TTA) must add to be kept
 FUSION_GRID = np.round(np.linspace(0, 1, 21), 2)  # photo weights w tried: fused = w * photo + (1 - w) * title
@@ -63,7 +63,7 @@ def tune_fusion_weights(model, prep: Prepared, rows: np.ndarray, device: torch.d
     column; preferring it raised test accuracy on 9 heads (+0.02 to +0.42 points) and lowered it on none.
     """
     image_emb, text_emb = embed(model, prep, rows, device)
-    probs = model.probabilities(image_emb, text_emb)
+    probs = model.probabilities(image_emb, text_emb, wide=title_logits(model, prep, rows, device))
     weights, layer_heads = {}, []
     for h in prep.heads:
         y = torch.from_numpy(prep.labels[h["name"]][rows]).to(device)
@@ -85,7 +85,7 @@ def tune_fusion_weights(model, prep: Prepared, rows: np.ndarray, device: torch.d
 def accuracy_by_modality(model, prep: Prepared, rows: np.ndarray, device: torch.device) -> dict[str, float]:
     """Leaf-head accuracy of image, text and fused predictions on `rows` (validation during training)."""
     image_emb, text_emb = embed(model, prep, rows, device)
-    probs = model.probabilities(image_emb, text_emb)[prep.leaf]
+    probs = model.probabilities(image_emb, text_emb, wide=title_logits(model, prep, rows, device))[prep.leaf]
     y = torch.from_numpy(prep.labels[prep.leaf][rows]).to(device)
     known = y >= 0
     return {m: float((p.argmax(1) == y)[known].float().mean()) for m, p in probs.items()}

@@ -1,0 +1,64 @@
+"""What the wide head adds, read from one trained run: the title's prediction with and without its n-gram logits.
+
+    python bench/wide_head.py RUN [RUN ...] [--split test] [--out bench/results/wide-head-DATE.md]
+
+The wide head trains on what the deep title logits leave over, with those logits detached (model.wide), so the
+towers and the shared classifier of a run with it are the weights a run without it would have learned along the
+same path: the same run read without the wide logits is the deep-only title, like for like. Per head and split:
+photo, title without / with the wide head, the fused prediction as the run makes it, and the built-in TF-IDF +
+LinearSVC baseline fitted on the run's train split (training/baseline.py), all on the same rows, accuracy /
+macro-F1 in %. Runs need their catalogue (and decoded-photo cache) where they were trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from huse_core.run import load_run
+from huse_core.training.evaluate import baseline_metrics, classification_metrics, prepare_run, split_predictions
+
+
+def run_table(run_dir: Path, split: str) -> list[str]:
+    run = load_run(run_dir)
+    if run.model.wide is None:
+        raise SystemExit(f"{run_dir} has no wide head (trained before it, or with --no-wide-head)")
+    prep = prepare_run(run, False)
+    pred = split_predictions(run, split, False, prep=prep)
+    deep = run.probabilities(text_emb=pred["text_emb"])  # the same weights, the title's n-gram logits left out
+    probs = {h: {**per, "deep": deep[h]["text"]} for h, per in pred["probs"].items()}
+    scored = classification_metrics(probs, pred["labels"], run.heads)
+    base = baseline_metrics(prep, split, run.heads, scored)["heads"]
+    rows = []
+    for h in run.heads:
+        per = scored[h["name"]]
+        cells = [f"{per[m]['accuracy'] * 100:.2f} / {per[m]['macro_f1'] * 100:.1f}" if m in per else "–"
+                 for m in ("image", "deep", "text", "fused")]
+        b = base.get(h["name"])
+        bcell = f"{b['accuracy'] * 100:.2f} / {b['macro_f1'] * 100:.1f}" if b else "–"
+        gap = f"{(per['fused']['accuracy'] - b['accuracy']) * 100:+.2f}" if b and "fused" in per else "–"
+        rows.append(f"| {run_dir} | {split} | {h['name']} | {' | '.join(cells)} | {bcell} | {gap} |")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--split", default="test", choices=["val", "test"])
+    ap.add_argument("--out", type=Path, help="Markdown results (default: print only)")
+    args = ap.parse_args()
+    t0 = time.time()
+    lines = ["| run | split | head | photo | title, deep only | title + wide | fused | baseline | fused − baseline |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for run_dir in args.runs:
+        lines += run_table(run_dir, args.split)
+    text = "\n".join(lines) + f"\n\n(accuracy / macro-F1, %; {time.time() - t0:.0f} s)\n"
+    print(text)
+    if args.out:
+        args.out.write_text(f"# Wide head: `python bench/wide_head.py {' '.join(map(str, args.runs))} "
+                            f"--split {args.split}`\n\n{text}")
+
+
+if __name__ == "__main__":
+    main()
