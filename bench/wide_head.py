@@ -2,12 +2,13 @@
 
     python bench/wide_head.py RUN [RUN ...] [--split test] [--out bench/results/wide-head-DATE.md]
 
-The wide head trains on what the deep title logits leave over, with those logits detached (model.wide), so the
-towers and the shared classifier of a run with it are the weights a run without it would have learned along the
-same path: the same run read without the wide logits is the deep-only title, like for like. Per head and split:
-photo, title without / with the wide head, the fused prediction as the run makes it, and the built-in TF-IDF +
-LinearSVC baseline fitted on the run's train split (training/baseline.py), all on the same rows, accuracy /
-macro-F1 in %. Runs need their catalogue (and decoded-photo cache) where they were trained.
+The wide head is fitted after the towers have trained (training.wide_fit) and nothing else reads it, so the towers,
+the shared classifier and the fusion layer of a run with it are the weights a run without it learns: the same run
+read without the wide logits is the deep-only model, like for like. Per head and split: photo; title, fusion layer
+and fused without / with the wide logits (fused: the run's stored photo weights and layer-or-mix choice, which
+were made with them); and the built-in TF-IDF + LinearSVC baseline fitted on the run's train split
+(training/baseline.py), all on the same rows, accuracy / macro-F1 in %. Runs need their catalogue (and
+decoded-photo cache) where they were trained.
 """
 
 from __future__ import annotations
@@ -26,15 +27,17 @@ def run_table(run_dir: Path, split: str) -> list[str]:
         raise SystemExit(f"{run_dir} has no wide head (trained before it, or with --no-wide-head)")
     prep = prepare_run(run, False)
     pred = split_predictions(run, split, False, prep=prep)
-    deep = run.probabilities(text_emb=pred["text_emb"])  # the same weights, the title's n-gram logits left out
-    probs = {h: {**per, "deep": deep[h]["text"]} for h, per in pred["probs"].items()}
+    # The same weights and choices, the title's n-gram logits left out of every prediction
+    deep = run.probabilities(pred["image_emb"], pred["text_emb"])
+    probs = {h: {**per, **{f"{m}-deep": p for m, p in deep[h].items() if m != "image"}}
+             for h, per in pred["probs"].items()}
     scored = classification_metrics(probs, pred["labels"], run.heads)
     base = baseline_metrics(prep, split, run.heads, scored)["heads"]
     rows = []
     for h in run.heads:
         per = scored[h["name"]]
         cells = [f"{per[m]['accuracy'] * 100:.2f} / {per[m]['macro_f1'] * 100:.1f}" if m in per else "–"
-                 for m in ("image", "deep", "text", "fused")]
+                 for m in ("image", "text-deep", "text", "product-deep", "product", "fused-deep", "fused")]
         b = base.get(h["name"])
         bcell = f"{b['accuracy'] * 100:.2f} / {b['macro_f1'] * 100:.1f}" if b else "–"
         gap = f"{(per['fused']['accuracy'] - b['accuracy']) * 100:+.2f}" if b and "fused" in per else "–"
@@ -49,8 +52,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="Markdown results (default: print only)")
     args = ap.parse_args()
     t0 = time.time()
-    lines = ["| run | split | head | photo | title, deep only | title + wide | fused | baseline | fused − baseline |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| run | split | head | photo | title, deep only | title + wide | fusion layer, deep only | fusion layer + "
+             "wide | fused, deep only | fused | baseline | fused − baseline |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for run_dir in args.runs:
         lines += run_table(run_dir, args.split)
     text = "\n".join(lines) + f"\n\n(accuracy / macro-F1, %; {time.time() - t0:.0f} s)\n"

@@ -114,8 +114,8 @@ class HuseModel(nn.Module):
         """Per head, probabilities from "image", "text", "product" (the fusion layer's vector) and "fused"
         (whichever inputs are given; "product" needs both and a fusion layer).
 
-        `wide`: the same titles' `title_logits`, added to the text logits (a run with a wide head; without them
-        the title's prediction is the shared classifier's alone).
+        `wide`: the same titles' `title_logits`, added to the logits of the two predictions that read the title,
+        "text" and "product" (a run with a wide head; without them both are the shared classifier's alone).
 
         Fused = w * p_image + (1 - w) * p_text (HUSE's weighted average of the two modalities' outputs);
         `weight` is one w for every head, or a w per head (heads it doesn't name use the config's). Heads named
@@ -128,7 +128,7 @@ class HuseModel(nn.Module):
             if emb is None:
                 continue
             for h, z in zip(self.heads, self.logits(emb).values()):
-                if modality == "text" and wide is not None:
+                if modality in ("text", "product") and wide is not None:  # the two predictions that read the title
                     z = z + wide[h["name"]]
                 out[h["name"]][modality] = torch.sigmoid(z) if h["kind"] == "multi" else z.softmax(-1)
         for head, probs in out.items():

@@ -14,7 +14,8 @@ class WideHead(nn.Module):
     TF-IDF + linear-model baseline reads, which the 64-d n-gram bag and the unit-vector bottleneck do not copy for
     rare classes and one-word cues (a colour, a brand). Its weights are not trained by gradient: after the towers
     train, training.wide_fit fits a linear SVM per head on the train split's titles and stores t_h * (its weights),
-    t_h chosen on validation (0 = the deep prediction alone). Photos and the fusion layer never read it.
+    t_h chosen on validation (0 = the deep prediction alone). The fusion layer's prediction, which reads the title
+    too, adds the same logits; a photo alone never reads them.
 
     One EmbeddingBag(mode="sum") of n_buckets x (sum of the heads' classes) and a bias, all zero until fitted.
     """
