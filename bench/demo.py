@@ -1,6 +1,11 @@
 """Time demo-data + train + evaluate on the built-in demo shop and print the README's demo results table.
 
     python bench/demo.py [--out /tmp/huse-demo-bench] [--products 3000]
+    python bench/demo.py --first-start     # the app's first-start build (pipeline.build_demo), empty numba cache
+
+--first-start times what the app runs on a fresh machine before its first page is usable — demo shop, training,
+evaluation, index and map — in a fresh process with an empty numba cache (UMAP's JIT compiles from nothing), per
+stage; the browser and Streamlit's own start are not in it (a few seconds, `tests/test_browser.py`).
 """
 
 from __future__ import annotations
@@ -33,13 +38,50 @@ def step(args: list[str]) -> float:
     return time.time() - t0
 
 
+FIRST_START = """
+import json, sys, time
+from huse_core.pipeline import build_demo
+stages, t0, last = {}, time.time(), [None, time.time()]
+TRAIN = {"data", "features", "schedule", "epoch", "done"}  # train's own events: its stage
+def on(event):
+    event = {**event, "stage": "train" if event.get("stage") in TRAIN else event.get("stage")}
+    if event.get("stage") != last[0]:
+        now = time.time()
+        if last[0] is not None:
+            stages[last[0]] = stages.get(last[0], 0.0) + now - last[1]
+        last[:] = [event.get("stage"), now]
+build_demo(sys.argv[1], sys.argv[2], callback=on)
+print(json.dumps({"total": time.time() - t0, "stages": {k: round(v, 1) for k, v in stages.items()}}))
+"""
+
+
+def first_start(out: Path) -> int:
+    """The app's first-start build in a fresh process, numba cache empty; prints stage times and the demo's accuracy."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as numba_cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": numba_cache}
+        done = subprocess.run([sys.executable, "-c", FIRST_START, str(out / "demo"), str(out / "run")], cwd=ROOT,
+                              env=env, check=True, capture_output=True, text=True)
+    timing = json.loads(done.stdout.strip().splitlines()[-1])
+    test = json.loads((out / "run" / "run.json").read_text())["metrics"]["test"]
+    acc = {m: round(p["accuracy"] * 100, 1) for m, p in test["classification"][test["leaf"]].items()}
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load "
+          f"{os.getloadavg()[0]:.1f}; first-start build {timing['total']:.0f} s; by stage (s): {timing['stages']}")
+    print(f"demo {test['leaf']} test accuracy (%): {acc}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="/tmp/huse-demo-bench")
     parser.add_argument("--products", type=int, default=3000)
+    parser.add_argument("--first-start", action="store_true", help="time the app's first-start build instead")
     args = parser.parse_args()
     out = Path(args.out)
     subprocess.run(["rm", "-rf", str(out)], check=True)
+    if args.first_start:
+        return first_start(out)
     times = {
         "demo-data": step(["demo-data", "--out", str(out / "demo"), "--products", str(args.products), "--quiet"]),
         "train": step(["train", "--catalog", str(out / "demo" / "metadata.csv"), "--out", str(out / "run"),
