@@ -332,6 +332,10 @@ def evaluation(run_dir: Path) -> None:
 
         st.markdown(f"**Beside the title baseline** ({test['baseline']['model']}, fitted on the train split; %)")
         st.dataframe(comparison_table(test), key="eval_baseline")
+    from huse_core.training.evaluate import wide_line  # the title's n-gram SVM (model/wide.py): where it counts
+
+    if wide_line(test):
+        st.caption(wide_line(test))
 
     c1, c2 = st.columns(2)
     with c1:

@@ -151,15 +151,26 @@ def test_a_trained_run_classifies_and_evaluates_titles_with_its_wide_head(wide_r
                            run.probabilities(text_emb=pred["text_emb"])[leaf["name"]]["text"])
 
 
+def test_evaluate_says_which_heads_read_the_wide_head(wide_run):
+    from huse_core.training.evaluate import evaluate, format_tables, wide_line
+
+    result = evaluate(wide_run, progress=False, baseline=False)
+    fitted = {h: t for h, t in result["wide_head"].items() if t > 0}
+    assert fitted and wide_line(result) in format_tables(result)
+    assert all(f"{h} {t:g}" in wide_line(result) for h, t in fitted.items())
+    assert wide_line({"wide_head": {h: 0.0 for h in fitted}}) is None
+
+
 def test_a_run_from_before_the_wide_head_loads_and_evaluates(wide_run, tmp_path):
     from huse_core.artifacts import load_torch, save_torch
     from huse_core.run import load_run
-    from huse_core.training.evaluate import evaluate
+    from huse_core.training.evaluate import evaluate, format_tables
 
     old = tmp_path / "old"
     shutil.copytree(wide_run, old)
     meta = json.loads((old / "run.json").read_text())
     meta["model"].pop("wide_head")
+    meta.pop("wide_head")
     (old / "run.json").write_text(json.dumps(meta))
     state = {k: v for k, v in load_torch(old / "model.pt").items() if not k.startswith("wide.")}
     save_torch(old / "model.pt", state)
@@ -168,6 +179,7 @@ def test_a_run_from_before_the_wide_head_loads_and_evaluates(wide_run, tmp_path)
     assert run.classify(text="red shirt")[run.leaf]["text"]
     result = evaluate(old, progress=False, baseline=False)
     assert 0 <= result["classification"][run.leaf]["text"]["accuracy"] <= 1
+    assert result["wide_head"] == {} and "wide head" not in format_tables(result)
 
 
 def test_the_svms_read_a_seeded_sample_of_a_huge_catalogue(monkeypatch):

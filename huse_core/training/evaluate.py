@@ -190,6 +190,8 @@ def evaluate(run_dir: str | Path, split: str = "test", progress: bool = True, ba
         "retrieval_catalog": whole_catalog_retrieval(run, prep, split, progress),
         "leaf": run.leaf,
         "split": split,
+        # t per head: the weight of the title's n-gram SVM (model.wide; 0 = unused); {} for a run without one
+        "wide_head": dict(run.meta.get("wide_head") or {}) if run.model.wide is not None else {},
     }
     if baseline:
         result["baseline"] = baseline_metrics(prep, split, run.heads, result["classification"])
@@ -200,6 +202,15 @@ def evaluate(run_dir: str | Path, split: str = "test", progress: bool = True, ba
     meta.setdefault("metrics", {})[split] = result
     write_json(run.run_dir / "run.json", meta)
     return result
+
+
+def wide_line(result: dict) -> str | None:
+    """One sentence on the heads whose title and layer predictions read the wide head (model.wide); None if none."""
+    wide = {h: t for h, t in (result.get("wide_head") or {}).items() if t}
+    if not wide:
+        return None
+    return ("text and layer read the wide head too: t x a linear SVM of the title's n-grams, t chosen on "
+            "validation (" + ", ".join(f"{h} {t:g}" for h, t in wide.items()) + "; other heads 0)")
 
 
 def format_tables(result: dict) -> str:
@@ -216,6 +227,7 @@ def format_tables(result: dict) -> str:
         cells = [f"{per[m][k] * 100:9.2f}%" if m in per else f"{'-':>10}" for m in modalities
                  for k in ("accuracy", "macro_f1")]
         lines.append(f"{head:<20}" + "".join(cells))
+    lines += ["", wide_line(result)] if wide_line(result) else []
     lines += baseline_lines(result)
     for kind in ("class_level", "instance"):
         lines += ["", f"retrieval, {kind.replace('_', '-')} (gallery: {split} split):",
