@@ -108,7 +108,8 @@ class Run:
         """{head: {"image"|"text"|"product"|"fused": probs (N, C) float32}} for whichever embeddings are given.
 
         `titles` (row-aligned with text_emb): a run with a wide head (model.wide) adds their n-gram logits to the
-        title's prediction, as it was trained and validated; without them the title predicts from text_emb alone."""
+        title's and the fusion layer's predictions, as validated in training; without them both read the
+        embeddings alone."""
         def as_t(a):
             return None if a is None else torch.from_numpy(np.atleast_2d(np.asarray(a, np.float32)))
 

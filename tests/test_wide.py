@@ -108,6 +108,17 @@ def test_fit_wide_head_stores_t_times_the_svms_and_keeps_zero_where_they_add_not
     assert torch.count_nonzero(z["const"]) == 0
 
 
+def test_a_wide_head_too_large_for_its_classes_is_left_out(monkeypatch, capsys):
+    from huse_core.model import wide
+    from huse_core.training.wide_fit import fit_wide_head
+
+    monkeypatch.setattr(wide, "MAX_CELLS", SETTINGS.n_buckets * 4)  # under the 5 classes of HEADS
+    model, _ = tiny_model()
+    assert model.wide is None and model.title_logits(None) is None
+    assert fit_wide_head(model, None, np.arange(3), np.arange(3), torch.device("cpu"), progress=True) == {}
+    assert "wide head: left out" in capsys.readouterr().err
+
+
 def test_non_ngram_towers_and_runs_from_before_have_no_wide_head():
     assert build_model(dataclasses.replace(CFG, text_backbone="conv"), HEADS, 30).wide is None
     assert tiny_model(dataclasses.replace(CFG, wide_head=False))[0].wide is None

@@ -13,6 +13,7 @@ from .hub import is_hub
 from .ngram import ConvNgramTower, NgramTower
 from .towers import ImageTower, SentenceTower, TextTower
 from .wide import WideHead
+from .wide import fits as wide_fits
 
 
 def text_tower(cfg: ModelConfig, n_tokens: int, idf=None) -> nn.Module:
@@ -57,7 +58,8 @@ class HuseModel(nn.Module):
         self.fusion = FusionLayer(cfg) if cfg.fusion_layer else None  # runs from before it have none
         # Only the n-gram towers have a title's TF-IDF vector to read; runs from before it have none.
         has_ngrams = isinstance(self.text, (NgramTower, ConvNgramTower))
-        self.wide = WideHead(cfg.ngram_buckets, heads) if cfg.wide_head and has_ngrams else None
+        self.wide = (WideHead(cfg.ngram_buckets, heads) if cfg.wide_head and has_ngrams
+                     and wide_fits(cfg.ngram_buckets, heads) else None)
         self.flip_tta = False  # set from run.json "flip_tta" (chosen on validation at the end of training)
 
     def encoders(self) -> dict[str, dict]:

@@ -6,6 +6,16 @@ import torch
 from torch import nn
 
 
+# The table is n_buckets x (all heads' classes) float32, in model.pt and in memory wherever the run loads: 2^16
+# buckets x 232 classes (the 44k catalogue) = 61 MB. Past this many cells (128 MB) a run is built without it.
+MAX_CELLS = 1 << 25
+
+
+def fits(n_buckets: int, heads: list[dict]) -> bool:
+    """Whether a wide head for these heads stays within MAX_CELLS (else the model is built without one)."""
+    return n_buckets * sum(len(h["classes"]) for h in heads) <= MAX_CELLS
+
+
 class WideHead(nn.Module):
     """z_wide[h] = W_h^T x + b_h, x = the title's TF-IDF vector (model.ngram.NgramBag.weights), one W_h per head.
 
