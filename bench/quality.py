@@ -249,7 +249,7 @@ def tuned_fusion(run_dir: Path) -> dict:
     """The fusion weight w that maximises leaf accuracy on val, and every head's test accuracy with it."""
     import torch
 
-    from huse_core.prepare import cache_dir_for, embed, prepare
+    from huse_core.prepare import cache_dir_for, embed, prepare, title_logits
     from huse_core.run import load_run
 
     run = load_run(run_dir)
@@ -259,8 +259,8 @@ def tuned_fusion(run_dir: Path) -> dict:
     for split in ("val", "test"):
         rows = prep.split(split)
         image_emb, text_emb = embed(run.model, prep, rows, torch.device("cpu"))
-        titles = prep.catalog.df["title"].iloc[rows].astype(str).tolist()
-        probs[split] = run.probabilities(image_emb.numpy(), text_emb.numpy(), titles)
+        wide = title_logits(run.model, prep, rows, torch.device("cpu"))
+        probs[split] = run.probabilities(image_emb.numpy(), text_emb.numpy(), wide=wide)
         labels[split] = {h: y[rows] for h, y in prep.labels.items()}
     single = [h["name"] for h in run.heads if h["kind"] == "single"]
 

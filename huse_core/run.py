@@ -104,16 +104,17 @@ class Run:
 
     @torch.inference_mode()
     def probabilities(self, image_emb: np.ndarray | None = None, text_emb: np.ndarray | None = None,
-                      titles: list[str] | None = None) -> dict:
+                      titles: list[str] | None = None, wide: dict[str, torch.Tensor] | None = None) -> dict:
         """{head: {"image"|"text"|"product"|"fused": probs (N, C) float32}} for whichever embeddings are given.
 
         `titles` (row-aligned with text_emb): a run with a wide head (model.wide) adds their n-gram logits to the
         title's and the fusion layer's predictions, as validated in training; without them both read the
-        embeddings alone."""
+        embeddings alone. `wide`: those logits already computed (prepare.title_logits on a prepared catalogue)."""
         def as_t(a):
             return None if a is None else torch.from_numpy(np.atleast_2d(np.asarray(a, np.float32)))
 
-        wide = self.title_logits(titles) if titles is not None and text_emb is not None else None
+        if wide is None and titles is not None and text_emb is not None:
+            wide = self.title_logits(titles)
         probs = self.model.probabilities(as_t(image_emb), as_t(text_emb), weight=self.meta.get("fusion_weights"),
                                           layer_heads=self.meta.get("fusion_layer_heads", []), wide=wide)
         return {h: {m: p.numpy() for m, p in per.items()} for h, per in probs.items()}

@@ -12,8 +12,7 @@ from .fusion import FusionLayer
 from .hub import is_hub
 from .ngram import ConvNgramTower, NgramTower
 from .towers import ImageTower, SentenceTower, TextTower
-from .wide import WideHead
-from .wide import fits as wide_fits
+from .wide import WideHead, fits as wide_fits
 
 
 def text_tower(cfg: ModelConfig, n_tokens: int, idf=None) -> nn.Module:

@@ -10,7 +10,7 @@ import torch
 
 from ..artifacts import write_json
 from ..data.catalog import normalise_title
-from ..prepare import Prepared, cache_dir_for, embed, prepare
+from ..prepare import Prepared, cache_dir_for, embed, prepare, title_logits
 from ..retrieval.knn import top_k
 from ..run import load_run
 from .baseline import NAME as BASELINE_NAME
@@ -128,12 +128,12 @@ def split_predictions(run, split: str = "test", progress: bool = False, prep: Pr
     `prep`: the run's catalogue already prepared (`prepare_run`), else it is prepared here.
     """
     prep = prepare_run(run, progress) if prep is None else prep
-    rows = prep.split(split)
-    image_emb, text_emb = (e.numpy() for e in embed(run.model, prep, rows, torch.device("cpu")))
+    rows, cpu = prep.split(split), torch.device("cpu")
+    image_emb, text_emb = (e.numpy() for e in embed(run.model, prep, rows, cpu))
     df = prep.catalog.df.iloc[rows]
     return {"ids": df["id"].astype(str).tolist(), "titles": df["title"].tolist(),
             "labels": {h: y[rows] for h, y in prep.labels.items()}, "image_emb": image_emb, "text_emb": text_emb,
-            "probs": run.probabilities(image_emb, text_emb, df["title"].astype(str).tolist())}
+            "probs": run.probabilities(image_emb, text_emb, wide=title_logits(run.model, prep, rows, cpu))}
 
 
 def prepare_run(run, progress: bool = False) -> Prepared:

@@ -1,7 +1,8 @@
 """Training a HUSE run: data prep, the epoch loop with its losses, checkpoints, resume, early stopping.
 
 The schedule is schedule.py; what is chosen on validation (stopping score, fusion, flip TTA) is validation.py;
-training across processes under torchrun (DDP) is distributed.py.
+the wide head's SVMs, fitted after the epochs, are wide_fit.py; training across processes under torchrun (DDP) is
+distributed.py. Over 300 lines: one loop whose resume, checkpoint and end-of-training steps share its state.
 """
 
 from __future__ import annotations

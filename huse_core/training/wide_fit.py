@@ -13,6 +13,7 @@ import time
 import numpy as np
 import torch
 
+from ..data.ngrams import NGRAM_BACKBONES
 from ..model.wide import MAX_CELLS
 from ..prepare import Prepared
 from .validation import FUSION_MIN_GAIN
@@ -101,7 +102,7 @@ def fit_wide_head(model, prep: Prepared, train_rows: np.ndarray, val_rows: np.nd
     must beat the deep prediction alone by FUSION_MIN_GAIN, else the head keeps t = 0 (the SVM adds nothing)."""
     wide = model.wide
     if wide is None:
-        if progress and model.cfg.wide_head and hasattr(model.text, "ngrams"):
+        if progress and model.cfg.wide_head and model.cfg.text_backbone in NGRAM_BACKBONES:
             cells = model.cfg.ngram_buckets * sum(len(h["classes"]) for h in model.heads)
             print(f"wide head: left out ({cells * 4 / 1e6:,.0f} MB of n-gram table for this many classes, over "
                   f"{MAX_CELLS * 4 / 1e6:,.0f} MB; --ngram-buckets lower makes it fit)", file=sys.stderr)
