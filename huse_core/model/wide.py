@@ -7,7 +7,7 @@ from torch import nn
 
 
 # The table is n_buckets x (all heads' classes) float32, in model.pt and in memory wherever the run loads: 2^16
-# buckets x 232 classes (the 44k catalogue) = 61 MB. Past this many cells (128 MB) a run is built without it.
+# buckets x 225 classes (the 44k catalogue) = 59 MB. Past this many cells (128 MB) a run is built without it.
 MAX_CELLS = 1 << 25
 
 
