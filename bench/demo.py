@@ -27,9 +27,10 @@ def demo_train_flags() -> list[str]:
     sys.path.insert(0, str(ROOT))
     from huse_core.pipeline import DemoSpec
 
-    cfg = DemoSpec().train
+    spec = DemoSpec()
+    cfg = spec.train
     return ["--epochs", str(cfg.epochs), "--batch-size", str(cfg.batch_size), "--lr", str(cfg.lr), "--patience",
-            str(cfg.patience), "--select-by", cfg.select_by]
+            str(cfg.patience), "--select-by", cfg.select_by, "--image-size", str(spec.image_size)]
 
 
 def step(args: list[str]) -> float:

@@ -240,7 +240,8 @@ def run_huse(cfgs: tuple, run_dir: Path, progress: bool, no_train: bool = False)
         "run_dir": str(run_dir), "config": {k: meta[k] for k in ("data", "model", "loss", "train")},
         "status": meta["status"], "splits": meta["splits"], "best_epoch": meta["best_epoch"],
         "epochs_run": len(history),
-        "history": history, "train_seconds": round(train_s, 1), "evaluate_seconds": round(eval_s, 1),
+        "history": history, "train_seconds": round(train_s, 1), "trained_here": not no_train,
+        "evaluate_seconds": round(eval_s, 1),
         "epoch_seconds": [h["seconds"] for h in history], "test": result, "tuned_fusion": tuned_fusion(run_dir),
     }
 

@@ -25,6 +25,7 @@ def test_build_makes_a_complete_run_with_metrics_index_and_map(built):
     meta = read_json(run_dir / "run.json")
     assert meta["status"] == "done"
     assert (run_dir / "model.pt").is_file()
+    assert meta["data"]["image_size"] == tiny_spec().image_size == 64  # the demo's own photo size, not 80
     assert "test" in meta["metrics"]
     assert is_complete(run_dir)
     assert stage_state(run_dir)["done"] == ["demo", "train", "evaluate", "index", "map"]

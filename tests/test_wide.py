@@ -73,39 +73,70 @@ def test_the_optimiser_never_moves_the_wide_head():
     assert not trained & {id(p) for p in model.wide.parameters()}
 
 
-def test_fit_wide_head_stores_t_times_the_svms_and_keeps_zero_where_they_add_nothing(monkeypatch):
-    """On titles whose class is one word, the SVM is right where the untrained towers are not: t > 0 is chosen and
-    the stored table gives t * the SVM's decision values; a head the SVM can't help keeps t = 0 (all zeros)."""
+def test_fit_wide_head_stores_t_times_the_svms_and_keeps_zero_where_they_mislead():
+    """t is chosen on held-out titles by the fusion layer's log-loss. Where a title's class is one word, the SVM is
+    right where the untrained towers are not: t > 0 and the stored table gives t * the SVM's decision values. A head
+    whose validation labels contradict what the train titles taught (the SVM's margins point the wrong way there)
+    keeps t = 0: an all-zero table, the deep prediction alone."""
     from sklearn.svm import LinearSVC
 
     from huse_core.training import wide_fit
 
     colours = ["red", "blue", "green"]
-    titles = [f"{c} {w} shirt" for c in colours for w in ("cotton", "linen", "silk", "slim", "plain", "soft")]
-    y = np.array([i for i in range(3) for _ in range(6)])
+    words = ("cotton", "linen", "silk", "slim", "plain", "soft")
+    titles = [f"{c} {w} shirt" for c in colours for w in words]
+    y = np.array([i for i in range(3) for _ in words])
+    train = np.array([i for i in range(len(titles)) if i % len(words) < 4])  # 4 titles a colour; 2 held out
+    val = np.setdiff1d(np.arange(len(titles)), train)
+    red = (y == 0).astype(np.int64)
+    flipped = np.where(np.isin(np.arange(len(titles)), val), 1 - red, red)  # "red" on train, "not red" on val
     heads = [{"name": "colour", "kind": "single", "classes": colours},
-             {"name": "const", "kind": "single", "classes": ["one", "two"]}]
+             {"name": "flip", "kind": "single", "classes": ["no", "yes"]}]
     tok = Tokenizer.fit(titles, 50, 6, SETTINGS)
     torch.manual_seed(0)
     model = build_model(CFG, heads, tok.n_tokens, idf=tok.idf).eval()
+    assert model.fusion is not None  # t is weighed on the layer's prediction, which reads the photo too
     ids, counts = tok.encode_ngrams(titles)
+    pixels = np.random.default_rng(0).integers(0, 256, (len(titles), 32, 32, 3), np.uint8)
 
     class Prep:  # what fit_wide_head reads of a Prepared
         ngram_ids, ngram_counts = ids, counts
-        labels = {"colour": y, "const": np.zeros(len(titles), np.int64)}
+        labels = {"colour": y, "flip": flipped}
+        features = None
+
+        def __init__(self):
+            self.pixels = pixels
 
         def text_input(self, rows):
             return TextInput.from_numpy(tok.encode([titles[i] for i in rows]), ids[rows], counts[rows])
 
-    rows = np.arange(len(titles))
-    chosen = wide_fit.fit_wide_head(model, Prep(), rows, rows, torch.device("cpu"))
-    assert chosen["colour"] > 0 and chosen["const"] == 0.0
-    x = wide_fit.tfidf_rows(model, Prep(), rows)
-    svm = LinearSVC().fit(x, y)
-    z = model.title_logits(Prep().text_input(rows))
+    chosen = wide_fit.fit_wide_head(model, Prep(), train, val, torch.device("cpu"))
+    assert chosen["colour"] > 0 and chosen["flip"] == 0.0
+    x_train, x = wide_fit.tfidf_rows(model, Prep(), train), wide_fit.tfidf_rows(model, Prep(), val)
+    svm = LinearSVC().fit(x_train, y[train])
+    z = model.title_logits(Prep().text_input(val))
     assert torch.allclose(z["colour"], chosen["colour"] * torch.from_numpy(svm.decision_function(x)).float(), atol=1e-3)
-    assert (z["colour"].argmax(1).numpy() == y).all()
-    assert torch.count_nonzero(z["const"]) == 0
+    assert (z["colour"].argmax(1).numpy() == y[val]).all()
+    assert torch.count_nonzero(z["flip"]) == 0
+
+
+def test_t_is_chosen_by_log_loss_not_by_accuracy():
+    """Margins that agree with a right but unsure deep prediction change no accuracy, yet make it surer: log-loss
+    falls with t and a t > 0 wins (an accuracy rule would keep 0); margins that disagree keep t = 0; a head
+    with no labelled validation row keeps 0; a multi-label head is weighed by its binary log-loss."""
+    from huse_core.training.wide_fit import choose_scale
+
+    deep = torch.tensor([[0.2, 0.0, -0.1], [0.0, 0.3, 0.1]])
+    y = np.array([0, 1])
+    agree = torch.tensor([[1.0, -1.0, -1.0], [-1.0, 1.0, -1.0]])
+    t, loss = choose_scale(deep, agree, y, "single")
+    assert t >= 4 and loss[t] < loss[0.0] / 100 and loss[t] == pytest.approx(min(loss.values()), abs=1e-6)
+    assert loss[0.0] == pytest.approx(float(torch.nn.functional.cross_entropy(deep, torch.from_numpy(y))))
+    assert choose_scale(deep, -agree, y, "single")[0] == 0.0
+    assert choose_scale(deep, agree, np.array([-1, -1]), "single")[0] == 0.0
+    tags = np.array([[1, 0], [0, 1]])
+    t, loss = choose_scale(torch.zeros(2, 2), torch.tensor([[2.0, -2.0], [-2.0, 2.0]]), tags, "multi")
+    assert t >= 4 and loss[0.0] == pytest.approx(np.log(2)) and loss[t] < 0.01
 
 
 def test_a_wide_head_too_large_for_its_classes_is_left_out(monkeypatch, capsys):
