@@ -17,6 +17,7 @@ TARGETS = {
     "whole-catalogue t2i R@10": 0.50, "whole-catalogue t2i R@1": 0.18,
 }
 MAX_TRAIN_SECONDS = 30 * 60
+LABELS = "t2i_labels"  # evaluate's key for title -> photo ranked as the search ranks a title (retrieval.rerank)
 MODALITIES = (("image", "photo"), ("text", "title"), ("product", "fusion layer"), ("fused", "fused"))
 
 
@@ -43,8 +44,16 @@ def targets(huse: dict) -> list[tuple[str, str, str, bool | None]]:
         "whole-catalogue t2i R@10": cat["t2i"]["R@10"] if cat else None,
         "whole-catalogue t2i R@1": cat["t2i"]["R@1"] if cat else None,
     }
-    rows = [(k, f"≥ {v:g}", "–" if measured[k] is None else f"{measured[k]:.4f}",
-             measured[k] is not None and measured[k] >= v) for k, v in TARGETS.items()]
+    # The same measures as the search ranks a typed title (cosine + its class predictions; retrieval.rerank)
+    searched = {"class-level R@1 t2i": ret["class_level"].get("t2i_labels", {}).get("R@1"),
+                "whole-catalogue t2i R@10": (cat or {}).get("t2i_labels", {}).get("R@10"),
+                "whole-catalogue t2i R@1": (cat or {}).get("t2i_labels", {}).get("R@1")}
+    rows = []
+    for k, v in TARGETS.items():
+        rows.append((k, f"≥ {v:g}", "–" if measured[k] is None else f"{measured[k]:.4f}",
+                     measured[k] is not None and measured[k] >= v))
+        if searched.get(k) is not None:
+            rows.append((f"{k}, as the search ranks a title", f"≥ {v:g}", f"{searched[k]:.4f}", searched[k] >= v))
     base = (test.get("baseline") or {}).get("heads", {})
     below = [h for h, b in base.items() if cls[h].get("fused", {}).get("accuracy", 1) < b["accuracy"]]
     rows.append(("fused ≥ built-in title baseline on every head", "all heads",
@@ -81,6 +90,8 @@ def retrieval_tables(huse: dict) -> list[str]:
              "|---|---:|---:|"]
     lines += [f"| class-level {d} | {cl[d]['R@1']:.4f} | {cl[d]['R@10']:.4f} |" for d in ("i2t", "t2i", "i2i", "t2t")]
     lines += [f"| instance {d} | {inst[d]['R@1']:.4f} | {inst[d]['R@10']:.4f} |" for d in ("t2i", "i2t")]
+    lines += [f"| {kind} t2i as the search ranks a title (+ its class predictions) | {r[LABELS]['R@1']:.4f} | "
+              f"{r[LABELS]['R@10']:.4f} |" for kind, r in (("class-level", cl), ("instance", inst)) if LABELS in r]
     lines += [f"| modality gap: mean paired cosine | {t['modality_gap']['mean_pair_cosine']:.4f} | |"]
     if cat:
         lines += ["", f"## Retrieval, gallery: whole catalogue ({cat['n_gallery']:,} products; {cat['n_queries']:,} "
@@ -88,6 +99,9 @@ def retrieval_tables(huse: dict) -> list[str]:
                   "| model | direction | R@1 | R@10 | MRR |", "|---|---|---:|---:|---:|"]
         lines += [f"| HUSE, trained on this shop | {d} | {cat[d]['R@1']:.3f} | {cat[d]['R@10']:.3f} | "
                   f"{cat[d]['MRR']:.3f} |" for d in ("t2i", "i2t")]
+        if LABELS in cat:
+            lines += [f"| HUSE, as the search ranks a title (+ its class predictions x the catalogue's labels) | t2i | "
+                      f"{cat[LABELS]['R@1']:.3f} | {cat[LABELS]['R@10']:.3f} | {cat[LABELS]['MRR']:.3f} |"]
         lines += [f"| {name} (published, zero-shot, their sample) | t2i | {r1:.3f} | {r10:.3f} | {mrr:.3f} |"
                   for name, r1, r10, mrr in LEADERBOARD]
     return lines

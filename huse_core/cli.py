@@ -161,7 +161,7 @@ def cmd_search(args) -> int:
         raise ValueError("nothing to search for: pass --text, --image (or both) or --product ID")
     hits = Searcher.open(args.run).search(text=args.text, image=args.image, product=args.product,
                                           target=args.target, k=args.k, filters=dict(args.filter or []),
-                                          image_weight=args.image_weight)
+                                          image_weight=args.image_weight, use_labels=not args.cosine_only)
     if args.json:
         print(json.dumps([dataclasses.asdict(h) for h in hits], indent=2, ensure_ascii=False))
         return 0
@@ -282,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep products with this label, e.g. masterCategory=Footwear (repeatable)")
     p.add_argument("--image-weight", type=float, default=0.5,
                    help="share of the image in a text+image or --product query (0..1)")
+    p.add_argument("--cosine-only", action="store_true",
+                   help="rank a --text query by cosine alone; by default its hits are also ranked by how likely "
+                        "the title's class predictions find each product's labels (README: search)")
     p.add_argument("--json", action="store_true", help="print a JSON list of hits, best first")
     p.set_defaults(func=cmd_search)
 

@@ -350,7 +350,8 @@ def evaluation(run_dir: Path) -> None:
     if catalog:
         st.markdown(f"**Retrieval, whole catalogue** — {catalog['n_queries']:,} test titles (and their photos) "
                     f"searched among all {catalog['n_gallery']:,} products; a hit has the same title")
-        table = pd.DataFrame({d: catalog[d] for d in ("t2i", "i2t")}).T.rename(index=ui.DIRECTIONS)
+        table = pd.DataFrame({d: catalog[d] for d in ("t2i", "i2t", "t2i_labels") if d in catalog}
+                             ).T.rename(index=ui.DIRECTIONS)
         st.dataframe(table.style.format("{:.3f}"), key="eval_catalog_rk")
 
     history = meta.get("history") or []

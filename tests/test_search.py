@@ -38,7 +38,10 @@ def photo_bytes(product_image: str) -> bytes:
 def test_text_search_returns_k_hits_best_first_with_all_fields(searcher):
     hits = searcher.search(text="red sneakers", k=7)
     assert len(hits) == 7 and len(set(ids(hits))) == 7
-    assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+    key = [searcher.scale * h.score + h.agreement for h in hits]  # a title ranks by cosine + its classes
+    assert all(a >= b - 1e-9 for a, b in zip(key, key[1:]))
+    plain = searcher.search(text="red sneakers", k=7, use_labels=False)
+    assert all(a.score >= b.score for a, b in zip(plain, plain[1:]))
     first = hits[0]
     assert first.modality == "image" and not first.added and first.image.startswith("/")
     assert set(first.labels) == {h["name"] for h in searcher.heads}
@@ -83,9 +86,11 @@ def test_bad_queries_raise_clear_errors(searcher, kwargs, message):
 def test_image_weight_one_is_the_pure_image_query_and_zero_the_pure_text_query(searcher):
     product = searcher.products.iloc[3]
     title, image = "navy blue striped shirt", product["image"]
-    pure_image, pure_text = ids(searcher.search(image=image, k=10)), ids(searcher.search(text=title, k=10))
+    pure_image = ids(searcher.search(image=image, k=10))
     assert ids(searcher.search(text=title, image=image, image_weight=1.0, k=10)) == pure_image
-    assert ids(searcher.search(text=title, image=image, image_weight=0.0, k=10)) == pure_text
+    # weight 0 is the title's vector alone; a photo is given, so the title's classes do not re-rank (rerank)
+    assert ids(searcher.search(text=title, image=image, image_weight=0.0, k=10)) == \
+        ids(searcher.search(text=title, k=10, use_labels=False))
     mixed = searcher.query_vector(title, image, 0.5)
     assert np.linalg.norm(mixed) == pytest.approx(1.0, abs=1e-5)
 
@@ -230,8 +235,13 @@ def test_cli_search_json_lists_hits_with_their_fields(tiny_indexed_run, capsys):
     assert main(["search", "--run", str(tiny_indexed_run), "--text", "blue jeans", "-k", "4", "--json",
                  "--filter", "masterCategory=Apparel"]) == 0
     hits = json.loads(capsys.readouterr().out)
-    assert len(hits) == 4 and [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
-    assert all({"id", "title", "image", "score", "modality", "labels"} <= set(h) for h in hits)
+    assert len(hits) == 4 and all(h["agreement"] <= 0 for h in hits)  # a title's classes rank too (rerank)
+    assert all({"id", "title", "image", "score", "modality", "labels", "agreement"} <= set(h) for h in hits)
+    assert main(["search", "--run", str(tiny_indexed_run), "--text", "blue jeans", "-k", "4", "--json",
+                 "--filter", "masterCategory=Apparel", "--cosine-only"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert [h["score"] for h in plain] == sorted((h["score"] for h in plain), reverse=True)
+    assert all(h["agreement"] is None for h in plain)
     assert {h["labels"]["masterCategory"] for h in hits} == {"Apparel"}
     assert main(["search", "--run", str(tiny_indexed_run), "--product", hits[0]["id"], "--text", "x"]) == 2
     assert "leave out --text" in capsys.readouterr().err

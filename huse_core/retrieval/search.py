@@ -20,6 +20,7 @@ from .index import load_index, top_matches
 from .knn import exact_search
 from .layout import IndexMissingError, StaleIndexError, build_folder, index_dir, load_map, load_product_emb
 from .map import extend_map, full_map
+from .rerank import CANDIDATES, agreement, class_log_probs, label_codes, search_scale
 from .store import IndexIds, read_added
 
 __all__ = ["Hit", "IndexMissingError", "Searcher", "StaleIndexError"]
@@ -39,6 +40,9 @@ class Hit:
     modality: str  # "image" | "text": which of the product's embeddings matched
     labels: dict[str, str]  # head -> class (multi-label heads: "a|b")
     added: bool = False  # True for products added after the index build
+    # A title query's hits are ranked by s * score + agreement, agreement = sum over heads of log p(this product's
+    # class | the title) (retrieval.rerank); None where the ranking is by cosine alone
+    agreement: float | None = None
 
 
 @dataclass
@@ -53,6 +57,7 @@ class _State:
     values: dict[str, np.ndarray] = field(init=False)  # column -> object array, for hits and filters
     map_frame: pd.DataFrame | None = field(default=None, init=False)  # the map with added products placed
     masks: dict = field(default_factory=dict, init=False)  # (head, class) -> rows with that label
+    codes: dict | None = field(default=None, init=False)  # head -> each row's class index (retrieval.rerank)
 
     def __post_init__(self):
         self.row_of = {pid: i for i, pid in enumerate(self.products["id"])}
@@ -76,6 +81,7 @@ class Searcher:
         self._added = read_added(self.index_dir, run.dim)  # (table, image_emb, text_emb) of every added product
         self._state = self._make_state(self._added)
         self._looked = time.monotonic()  # when the store was last read
+        self.scale = search_scale(run)  # s of retrieval.rerank: a title query ranks by s * cosine + agreement
 
     @classmethod
     def open(cls, run_dir: str | Path, backend: str = "auto") -> Searcher:
@@ -198,8 +204,13 @@ class Searcher:
             mask &= state.masks[name, value]
         return mask
 
-    def _ranked(self, state: _State, query: np.ndarray, target: str, k: int, mask=None, exclude=None) -> list[Hit]:
+    def _ranked(self, state: _State, query: np.ndarray, target: str, k: int, mask=None, exclude=None,
+                log_probs: dict | None = None) -> list[Hit]:
+        """The k best of the index's nearest; with a title's class `log_probs` ({head: (1, C)}), its CANDIDATES
+        nearest re-ordered by s * cosine + agreement (retrieval.rerank)."""
         need = k + (exclude is not None)
+        if log_probs is not None:
+            need = max(need, CANDIDATES)
         n = state.n_index
         rows, scores = top_matches(query, self._emb[target], self._forests.get(target), need,
                                    None if mask is None else mask[:n])
@@ -208,20 +219,29 @@ class Searcher:
             live = np.arange(len(delta)) if mask is None else np.flatnonzero(mask[n:])
             d_rows, d_scores = exact_search(query, delta[live], need)
             rows, scores = np.concatenate([rows, live[d_rows] + n]), np.concatenate([scores, d_scores])
-        order = [i for i in np.argsort(-scores, kind="stable") if rows[i] != exclude][:k]
+        agree = None
+        if log_probs is not None:
+            if state.codes is None:
+                state.codes = label_codes(state.values, self.heads)
+            agree = agreement(rows[None], log_probs, state.codes)[0]
+        key = scores if agree is None else self.scale * scores + agree
+        order = [i for i in np.argsort(-key, kind="stable") if rows[i] != exclude][:k]
         v = state.values
         return [Hit(id=v["id"][r], title=v["title"][r], image=v["image"][r], score=float(scores[i]), modality=target,
-                    labels={h["name"]: str(v[h["name"]][r]) for h in self.heads}, added=bool(v["added"][r]))
+                    labels={h["name"]: str(v[h["name"]][r]) for h in self.heads}, added=bool(v["added"][r]),
+                    agreement=None if agree is None else float(agree[i]))
                 for i, r in ((i, int(rows[i])) for i in order)]
 
     def search(self, text: str | None = None, image=None, product: str | None = None, target: str = "image",
-               k: int = 10, filters: dict[str, str] | None = None, image_weight: float = 0.5) -> list[Hit]:
+               k: int = 10, filters: dict[str, str] | None = None, image_weight: float = 0.5,
+               use_labels: bool = True) -> list[Hit]:
         """The k products whose `target` embeddings ("image" photos or "text" titles) are nearest the query.
 
         Query: text, image, or both (normalise(w * image + (1 - w) * text), w = image_weight); or `product`, an
         id, whose own image and text embeddings are mixed the same way (1.0 = its photo only, 0.0 = its title
         only), the product itself left out. `filters` {head: class} keep only matching products; k hits are
-        returned whenever k matching products exist.
+        returned whenever k matching products exist. A title alone (no image, no product) is ranked with what the
+        title's class predictions say of each product's labels (retrieval.rerank) unless `use_labels` is False.
         """
         if target not in KINDS:
             raise ValueError(f"unknown target {target!r}; choose 'image', 'text' or 'product'")
@@ -243,7 +263,10 @@ class Searcher:
             query = self.run.encode_products(self.encode_image(image), self.run.encode_texts(text))[0]
         else:
             query = self.query_vector(text, image, image_weight)
-        return self._ranked(state, query, target, int(k), self._filter_mask(state, filters), exclude)
+        log_probs = None
+        if use_labels and image is None and product is None:  # a title alone: what it says of classes counts too
+            log_probs = class_log_probs(self.run.probabilities(text_emb=query[None], titles=[str(text)]))
+        return self._ranked(state, query, target, int(k), self._filter_mask(state, filters), exclude, log_probs)
 
     def neighbours(self, product_id: str, k: int = 8) -> dict[str, list[Hit]]:
         """"i2i", "i2t", "t2i", "t2t": the product's photo / title (first letter) against photos / titles; and
