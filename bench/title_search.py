@@ -1,12 +1,13 @@
 """Does typing a product's title find that product's photo? Real test-split titles searched as a user would.
 
-    python bench/title_search.py --run RUN [--n 12] [--k 50] [--seed 0] [--out bench/results/title-search.md]
+    python bench/title_search.py --run RUN [--n 12] [--k 50] [--seed 0] [--cosine-only] [--out FILE.md]
 
 The run needs an index (`python -m huse_core index --run RUN`). Titles are a seeded sample of the run's test split
 (never trained on); each is typed into `Searcher.search(text=..., target="image")` exactly as the Search page
 does, over the whole indexed catalogue. A hit is any product whose normalised title equals the query's (duplicate
 titles are the same product to a shopper). Prints, per title, the rank of its first own photo (or "> k") and the
 first three results' titles, then R@1 / R@10 / R@k over the sample; writes the same as Markdown to --out.
+--cosine-only ranks by the vectors alone (`search --cosine-only`), without the title's class predictions.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ def sample_titles(searcher: Searcher, n: int, seed: int) -> list[str]:
     return [str(t) for t in titles[np.sort(rng.choice(len(titles), min(n, len(titles)), replace=False))]]
 
 
-def check(searcher: Searcher, titles: list[str], k: int) -> list[dict]:
+def check(searcher: Searcher, titles: list[str], k: int, use_labels: bool = True) -> list[dict]:
     rows = []
     for title in titles:
         t = time.perf_counter()
-        hits = searcher.search(text=title, target="image", k=k)
+        hits = searcher.search(text=title, target="image", k=k, use_labels=use_labels)
         ms = (time.perf_counter() - t) * 1000
         own = normalise_title(title)
         ranks = [i + 1 for i, h in enumerate(hits) if normalise_title(h.title) == own]
@@ -44,14 +45,14 @@ def check(searcher: Searcher, titles: list[str], k: int) -> list[dict]:
     return rows
 
 
-def report(rows: list[dict], run: str, k: int, n_products: int) -> str:
+def report(rows: list[dict], run: str, k: int, n_products: int, flags: str = "") -> str:
     def recall(at: int) -> float:
         return sum(r["rank"] is not None and r["rank"] <= at for r in rows) / max(1, len(rows))
 
     lines = [f"# Title -> photo search on real test titles ({time.strftime('%Y-%m-%d')})", "",
              f"Run `{run}`; gallery: the whole indexed catalogue ({n_products:,} products); "
              f"{len(rows)} test-split titles (never trained on), seeded. Machine: {platform.machine()}, "
-             f"command: `python bench/title_search.py --run {run} --n {len(rows)} --k {k}`.", "",
+             f"command: `python bench/title_search.py --run {run} --n {len(rows)} --k {k}{flags}`.", "",
              f"R@1 {recall(1):.2f} · R@10 {recall(10):.2f} · R@{k} {recall(k):.2f}", "",
              "| typed title | own photo's rank | first three results |", "|---|---:|---|"]
     for r in rows:
@@ -66,11 +67,13 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=12)
     ap.add_argument("--k", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cosine-only", action="store_true", help="rank by cosine alone, as `search --cosine-only`")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     searcher = Searcher.open(args.run)
-    rows = check(searcher, sample_titles(searcher, args.n, args.seed), args.k)
-    text = report(rows, args.run, args.k, len(searcher.products))
+    rows = check(searcher, sample_titles(searcher, args.n, args.seed), args.k, not args.cosine_only)
+    flags = (f" --seed {args.seed}" if args.seed else "") + (" --cosine-only" if args.cosine_only else "")
+    text = report(rows, args.run, args.k, len(searcher.products), flags)
     print(text)
     if args.out:
         args.out.write_text(text)

@@ -60,6 +60,9 @@ if image is not None:
     q1.image(ui.preview(image), width="stretch")
     q2.caption("Searching with this photo" + (f" and your words, mixed {weight:.0%} photo / {1 - weight:.0%} words "
                                               "(change it under Options)" if text else ""))
+elif text:
+    st.caption("Ranked by closeness to your words and by how well each product's labels fit the classes your words "
+               "suggest (score = closeness alone)")
 if filters:
     st.caption("Filters: " + " · ".join(f"{ui.esc(h)} = {ui.esc(v)}" for h, v in filters.items()))
 

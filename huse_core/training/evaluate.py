@@ -12,7 +12,7 @@ from ..artifacts import write_json
 from ..data.catalog import normalise_title
 from ..prepare import Prepared, cache_dir_for, embed, prepare, title_logits
 from ..retrieval.knn import top_k
-from ..retrieval.rerank import class_log_probs, label_codes, reranked_top, search_scale
+from ..retrieval.rerank import CANDIDATES, class_log_probs, label_codes, reranked_top, search_scale
 from ..run import load_run
 from .baseline import NAME as BASELINE_NAME
 from .baseline import fit_predict, verdict
@@ -59,18 +59,19 @@ CATALOG_QUERIES = 2000  # the public KAGL protocol's query count (marqo-ai/marqo
 
 
 def ranked_hits(query_emb: np.ndarray, gallery_emb: np.ndarray, query_keys: np.ndarray, gallery_keys: np.ndarray,
-                chunk: int = 256, rerank: tuple | None = None) -> dict[str, float]:
+                chunk: int = 256, rerank: tuple | None = None, candidates: int = CANDIDATES) -> dict[str, float]:
     """R@1, R@10 and MRR of queries against a gallery where a hit is any gallery row whose key (a normalised title)
     equals the query's. The rank of a query's first hit = 1 + the gallery rows scoring above its best hit, so MRR
     is exact over the whole gallery; a query with no hit in the gallery ranks last.
 
     `rerank` = (log_probs {head: (Q, C)} of the queries, codes {head: (G,)} of the gallery, scale): rank as the
-    search does (retrieval.rerank): the K nearest by cosine re-ordered, the rows past K in cosine order."""
+    search does (retrieval.rerank): the K = `candidates` nearest by cosine re-ordered, the rows past K in cosine
+    order."""
     codes = np.unique(np.concatenate([query_keys, gallery_keys]).astype(str), return_inverse=True)[1]
     q_code, g_code = codes[: len(query_keys)], codes[len(query_keys):]
     ranks = _cosine_ranks(query_emb, gallery_emb, q_code, g_code, chunk)
     if rerank is not None:
-        top = reranked_top(query_emb, gallery_emb, *rerank, chunk=chunk)
+        top = reranked_top(query_emb, gallery_emb, *rerank, k=candidates, chunk=chunk)
         hit = g_code[top] == q_code[:, None]
         ranks = np.where(hit.any(1), hit.argmax(1) + 1, ranks)  # a first hit past K keeps its cosine rank (> K)
     return {"R@1": round(float((ranks <= 1).mean()), 4), "R@10": round(float((ranks <= 10).mean()), 4),

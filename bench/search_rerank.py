@@ -1,0 +1,82 @@
+"""Title search with and without the classifier's re-ranking (retrieval.rerank), on the whole-catalogue protocol.
+
+    python bench/search_rerank.py RUN [--split val] [--candidates 500,1000] [--scales 20] [--out FILE.md]
+
+Every product of the run's catalogue is embedded; up to 2,000 distinct titles of `--split` query all photos (t2i),
+a hit = any product with the same normalised title (evaluate's `retrieval_catalog`). Rows: cosine alone; the
+search's rule (s = the run's alignment scale, 1,000 candidates) and variants (fewer candidates, another s); and
+photo -> title re-ranked by the photo's own class predictions, which the search does not do. Choices are made on
+`--split val`; `evaluate` reports the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from huse_core.data.catalog import normalise_title
+from huse_core.prepare import embed
+from huse_core.retrieval.rerank import CANDIDATES, class_log_probs, reranked_top
+from huse_core.run import load_run
+from huse_core.training.evaluate import CATALOG_QUERIES, prepare_run, ranked_hits, search_rerank
+
+
+def queries(norm: np.ndarray, rows: np.ndarray, n: int = CATALOG_QUERIES) -> np.ndarray:
+    """One product per distinct title of `rows`, a seeded sample of n (as evaluate's catalog_retrieval)."""
+    _, first = np.unique(norm[rows].astype(str), return_index=True)
+    picks = np.sort(rows[first])
+    return np.sort(np.random.default_rng(0).choice(picks, n, replace=False)) if len(picks) > n else picks
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--split", default="val", choices=["val", "test"])
+    ap.add_argument("--candidates", default="500,1000")
+    ap.add_argument("--scales", default="20", help="values of s tried beside the run's own")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    t0 = time.time()
+    run = load_run(args.run)
+    prep = prepare_run(run)
+    rows, cpu = np.arange(len(prep.catalog.df)), torch.device("cpu")
+    image_emb, text_emb = (e.numpy() for e in embed(run.model, prep, rows, cpu))
+    norm = np.array([normalise_title(t) for t in prep.catalog.df["title"]], dtype=object)
+    picks = queries(norm, prep.split(args.split))
+    log_probs, codes, scale = search_rerank(run, prep, rows, text_emb)
+    lp = {h: v[picks] for h, v in log_probs.items()}
+    lines = [f"# Title search re-ranking: `python bench/search_rerank.py {args.run} --split {args.split}`", "",
+             f"{len(picks):,} distinct {args.split} titles against all {len(rows):,} photos (titles against all "
+             f"titles for i2t); the run's alignment scale s = {scale:.1f}.", "",
+             "| ranking | R@1 | R@10 | MRR |", "|---|---:|---:|---:|"]
+
+    def row(name: str, r: dict) -> None:
+        lines.append(f"| {name} | {r['R@1']:.3f} | {r['R@10']:.3f} | {r['MRR']:.3f} |")
+
+    row("t2i, cosine alone", ranked_hits(text_emb[picks], image_emb, norm[picks], norm))
+    row(f"t2i, the search's rule (s = {scale:.1f}, {CANDIDATES:,} candidates)",
+        ranked_hits(text_emb[picks], image_emb, norm[picks], norm, rerank=(lp, codes, scale)))
+    for k in (int(c) for c in args.candidates.split(",") if int(c) != CANDIDATES):
+        row(f"t2i, s = {scale:.1f}, {k:,} candidates",
+            ranked_hits(text_emb[picks], image_emb, norm[picks], norm, rerank=(lp, codes, scale), candidates=k))
+    for s in (float(v) for v in args.scales.split(",") if v):
+        row(f"t2i, s = {s:g}, {CANDIDATES:,} candidates",
+            ranked_hits(text_emb[picks], image_emb, norm[picks], norm, rerank=(lp, codes, s)))
+    row("i2t, cosine alone (what the search does for a photo)",
+        ranked_hits(image_emb[picks], text_emb, norm[picks], norm))
+    photo = class_log_probs(run.probabilities(image_emb[picks], None), "image")
+    row(f"i2t, re-ranked by the photo's own class predictions (s = {scale:.1f})",
+        ranked_hits(image_emb[picks], text_emb, norm[picks], norm, rerank=(photo, codes, scale)))
+    text = "\n".join(lines) + f"\n\n({time.time() - t0:.0f} s on {torch.get_num_threads()} threads)\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
