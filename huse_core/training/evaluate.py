@@ -20,7 +20,9 @@ from .baseline import format_lines as baseline_lines
 
 KS = (1, 5, 10)
 LABELS = "t2i_labels"  # title -> photo ranked as the search ranks a typed title (retrieval.rerank)
-SHORT = {"product": "layer"}  # column names in format_tables: the fusion layer's whole-product vector
+LABELS_NOTE = "t2i as the search ranks a title (+ its class predictions)"
+# Short names in format_tables: the fusion layer's whole-product vector; title -> photo as the search ranks it
+SHORT = {"product": "layer", "t2i_labels": "t2i+cls"}
 
 
 def recall_at_k(hits: np.ndarray, ks=KS) -> dict[str, float]:
@@ -276,15 +278,14 @@ def format_tables(result: dict) -> str:
         lines += ["", f"retrieval, {kind.replace('_', '-')} (gallery: {split} split):",
                   f"{'':<8}{'R@1':>8}{'R@5':>8}{'R@10':>8}"]
         for direction, r in result["retrieval"][kind].items():
-            lines.append(f"{direction:<8}" + "".join(f"{r[f'R@{k}']:8.3f}" for k in KS)
-                         + ("   t2i as the search ranks a title (+ its class predictions)" if direction == LABELS else ""))
+            lines.append(f"{SHORT.get(direction, direction):<8}" + "".join(f"{r[f'R@{k}']:8.3f}" for k in KS)
+                         + (f"   {LABELS_NOTE}" if direction == LABELS else ""))
     cat = result.get("retrieval_catalog")
     if cat:
         lines += ["", f"retrieval, instance (gallery: whole catalogue, {cat['n_gallery']} products; "
                       f"{cat['n_queries']} {split} titles as queries, a hit = same title):",
                   f"{'':<8}{'R@1':>8}{'R@10':>8}{'MRR':>8}"]
-        lines += [f"{d:<8}" + "".join(f"{cat[d][m]:8.3f}" for m in ("R@1", "R@10", "MRR"))
-                  + ("   t2i as the search ranks a title (+ its class predictions)" if d == LABELS else "")
-                  for d in ("t2i", "i2t", LABELS) if d in cat]
+        lines += [f"{SHORT.get(d, d):<8}" + "".join(f"{cat[d][m]:8.3f}" for m in ("R@1", "R@10", "MRR"))
+                  + (f"   {LABELS_NOTE}" if d == LABELS else "") for d in ("t2i", "i2t", LABELS) if d in cat]
     lines += ["", f"modality gap: mean paired cosine {result['modality_gap']['mean_pair_cosine']:.3f}"]
     return "\n".join(lines)
