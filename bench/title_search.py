@@ -53,7 +53,8 @@ def report(rows: list[dict], run: str, k: int, n_products: int, flags: str = "")
              f"Run `{run}`; gallery: the whole indexed catalogue ({n_products:,} products); "
              f"{len(rows)} test-split titles (never trained on), seeded. Machine: {platform.machine()}, "
              f"command: `python bench/title_search.py --run {run} --n {len(rows)} --k {k}{flags}`.", "",
-             f"R@1 {recall(1):.2f} · R@10 {recall(10):.2f} · R@{k} {recall(k):.2f}", "",
+             f"R@1 {recall(1):.2f} · R@10 {recall(10):.2f} · R@{k} {recall(k):.2f} · median search "
+             f"{np.median([r['ms'] for r in rows]):.1f} ms", "",
              "| typed title | own photo's rank | first three results |", "|---|---:|---|"]
     for r in rows:
         rank = r["rank"] if r["rank"] is not None else f"> {k}"
