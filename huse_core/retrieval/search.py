@@ -82,6 +82,7 @@ class Searcher:
         self._state = self._make_state(self._added)
         self._looked = time.monotonic()  # when the store was last read
         self.scale = search_scale(run)  # s of retrieval.rerank: a title query ranks by s * cosine + agreement
+        self._index_codes: dict | None = None  # the index rows' class codes, made on the first title search
 
     @classmethod
     def open(cls, run_dir: str | Path, backend: str = "auto") -> Searcher:
@@ -222,7 +223,7 @@ class Searcher:
         agree = None
         if log_probs is not None:
             if state.codes is None:
-                state.codes = label_codes(state.values, self.heads)
+                state.codes = self._label_codes(state)
             agree = agreement(rows[None], log_probs, state.codes)[0]
         key = scores if agree is None else self.scale * scores + agree
         order = [i for i in np.argsort(-key, kind="stable") if rows[i] != exclude][:k]
@@ -231,6 +232,14 @@ class Searcher:
                     labels={h["name"]: str(v[h["name"]][r]) for h in self.heads}, added=bool(v["added"][r]),
                     agreement=None if agree is None else float(agree[i]))
                 for i, r in ((i, int(rows[i])) for i in order)]
+
+    def _label_codes(self, state: _State) -> dict[str, np.ndarray]:
+        """Each row's class per head (retrieval.rerank): the index's rows once per Searcher, added rows per state."""
+        n = state.n_index
+        if self._index_codes is None:
+            self._index_codes = label_codes({c: v[:n] for c, v in state.values.items()}, self.heads)
+        added = label_codes({c: v[n:] for c, v in state.values.items()}, self.heads)
+        return {h: np.concatenate([c, added[h]]) for h, c in self._index_codes.items()}
 
     def search(self, text: str | None = None, image=None, product: str | None = None, target: str = "image",
                k: int = 10, filters: dict[str, str] | None = None, image_weight: float = 0.5,
