@@ -167,6 +167,9 @@ def cmd_search(args) -> int:
         return 0
     if not hits:
         print("no products match")
+    elif hits[0].agreement is not None:
+        print("ranked by closeness and by how well each product's labels fit the title's predicted classes "
+              "(--cosine-only: closeness alone); the number is the cosine")
     for rank, h in enumerate(hits, 1):
         labels = " / ".join(v for v in h.labels.values() if v)
         print(f"{rank:>3}. {h.score:6.3f}  {h.id:<12} {h.title[:48]:<48}  {labels[:60]}" + ("  [added]" * h.added))

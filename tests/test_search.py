@@ -242,6 +242,10 @@ def test_cli_search_json_lists_hits_with_their_fields(tiny_indexed_run, capsys):
     plain = json.loads(capsys.readouterr().out)
     assert [h["score"] for h in plain] == sorted((h["score"] for h in plain), reverse=True)
     assert all(h["agreement"] is None for h in plain)
+    assert main(["search", "--run", str(tiny_indexed_run), "--text", "blue jeans", "-k", "3"]) == 0
+    assert "predicted classes" in capsys.readouterr().out  # the printed list says how it is ranked
+    assert main(["search", "--run", str(tiny_indexed_run), "--text", "blue jeans", "-k", "3", "--cosine-only"]) == 0
+    assert "predicted classes" not in capsys.readouterr().out
     assert {h["labels"]["masterCategory"] for h in hits} == {"Apparel"}
     assert main(["search", "--run", str(tiny_indexed_run), "--product", hits[0]["id"], "--text", "x"]) == 2
     assert "leave out --text" in capsys.readouterr().err
