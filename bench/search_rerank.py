@@ -20,9 +20,9 @@ import torch
 
 from huse_core.data.catalog import normalise_title
 from huse_core.prepare import embed
-from huse_core.retrieval.rerank import CANDIDATES, class_log_probs, reranked_top
+from huse_core.retrieval.rerank import CANDIDATES, class_log_probs, search_scale
 from huse_core.run import load_run
-from huse_core.training.evaluate import CATALOG_QUERIES, prepare_run, ranked_hits, search_rerank
+from huse_core.training.evaluate import CATALOG_QUERIES, prepare_run, product_codes, ranked_hits, title_log_probs
 
 
 def queries(norm: np.ndarray, rows: np.ndarray, n: int = CATALOG_QUERIES) -> np.ndarray:
@@ -47,8 +47,8 @@ def main() -> int:
     image_emb, text_emb = (e.numpy() for e in embed(run.model, prep, rows, cpu))
     norm = np.array([normalise_title(t) for t in prep.catalog.df["title"]], dtype=object)
     picks = queries(norm, prep.split(args.split))
-    log_probs, codes, scale = search_rerank(run, prep, rows, text_emb)
-    lp = {h: v[picks] for h, v in log_probs.items()}
+    lp, codes, scale = title_log_probs(run, prep, picks, text_emb[picks]), product_codes(run, prep, rows), \
+        search_scale(run)
     lines = [f"# Title search re-ranking: `python bench/search_rerank.py {args.run} --split {args.split}`", "",
              f"{len(picks):,} distinct {args.split} titles against all {len(rows):,} photos (titles against all "
              f"titles for i2t); the run's alignment scale s = {scale:.1f}.", "",

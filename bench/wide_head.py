@@ -52,8 +52,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="Markdown results (default: print only)")
     args = ap.parse_args()
     t0 = time.time()
-    lines = ["| run | split | head | photo | title, deep only | title + wide | fusion layer, deep only | fusion layer + "
-             "wide | fused, deep only | fused | baseline | fused − baseline |",
+    lines = ["| run | split | head | photo | title, deep only | title + wide | fusion layer, deep only | "
+             "fusion layer + wide | fused, deep only | fused | baseline | fused − baseline |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for run_dir in args.runs:
         lines += run_table(run_dir, args.split)

@@ -6,7 +6,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from huse_core.retrieval.rerank import FLOOR, agreement, class_log_probs, label_codes, rescore, reranked_top, search_scale
+from huse_core.retrieval.rerank import (FLOOR, agreement, class_log_probs, label_codes, reranked_top, rescore,
+                                        search_scale)
 from huse_core.retrieval.search import Searcher
 from huse_core.training.evaluate import catalog_retrieval, ranked_hits
 
@@ -76,7 +77,7 @@ def test_the_catalogue_protocol_ranks_as_the_search_does():
     titles = ["Black Tee", "Red Tee", "Red Cap", "Grey Tee"]
     image_emb, text_emb = gallery, np.vstack([query, query, gallery[2:3], query])
     out = catalog_retrieval(image_emb, text_emb, titles, np.array([1]),
-                            rerank=({"colour": np.log([[0.05, 0.9, 0.05]] * 4)}, codes, 20.0))
+                            rerank=(lambda rows: {"colour": np.log([[0.05, 0.9, 0.05]] * len(rows))}, codes, 20.0))
     assert out["t2i"]["R@1"] == 0.0 and out["t2i_labels"]["R@1"] == 1.0
 
 

@@ -1,4 +1,4 @@
-"""The wide head: title logits = shared classifier + t * linear SVM margins over TF-IDF n-grams, fitted after training."""
+"""The wide head: title logits = shared classifier + t * linear SVM margins over TF-IDF n-grams, fitted last."""
 
 import dataclasses
 import json

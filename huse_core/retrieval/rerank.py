@@ -29,7 +29,7 @@ from ..data.catalog import OTHER
 
 CANDIDATES = 1000  # products re-ranked per query: the K nearest by cosine (500 gave 0.001 less R@10 on validation)
 BLANK = ("", "nan", "None")  # label cells that mean "no label"
-FLOOR = 1e-6  # the least probability a head gives a class (log p >= -13.8): a sure but wrong head costs a bounded amount
+FLOOR = 1e-6  # the least probability a head gives a class (log p >= -13.8): a sure, wrong head costs a bounded amount
 
 
 def label_codes(values: dict[str, np.ndarray], heads: list[dict]) -> dict[str, np.ndarray]:

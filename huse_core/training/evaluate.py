@@ -99,8 +99,9 @@ def catalog_retrieval(image_emb: np.ndarray, text_emb: np.ndarray, titles: list[
     normalised title; i2t: the same products' photos query every title of the catalogue.
 
     image_emb, text_emb, titles: the whole catalogue, row-aligned. One product stands for each distinct title.
-    `rerank` = (log_probs {head: (N, C)} of every title's class predictions, codes {head: (N,)} of every
-    product's labels, scale): also "t2i_labels", title -> photo as the search ranks it (retrieval.rerank).
+    `rerank` = (log_probs_of, codes, scale): log_probs_of(rows) -> {head: (len(rows), C)} the class
+    log-probabilities of those rows' titles (asked for the query rows only), codes {head: (N,)} every product's
+    labels: also "t2i_labels", title -> photo as the search ranks it (retrieval.rerank).
     """
     norm = np.array([normalise_title(t) for t in titles], dtype=object)
     _, first = np.unique(norm[query_rows].astype(str), return_index=True)
@@ -111,9 +112,9 @@ def catalog_retrieval(image_emb: np.ndarray, text_emb: np.ndarray, titles: list[
            "t2i": ranked_hits(text_emb[picks], image_emb, norm[picks], norm),
            "i2t": ranked_hits(image_emb[picks], text_emb, norm[picks], norm)}
     if rerank is not None:
-        log_probs, codes, scale = rerank
+        log_probs_of, codes, scale = rerank
         out[LABELS] = ranked_hits(text_emb[picks], image_emb, norm[picks], norm,
-                                        rerank=({h: lp[picks] for h, lp in log_probs.items()}, codes, scale))
+                                  rerank=(log_probs_of(picks), codes, scale))
     return out
 
 
@@ -200,16 +201,22 @@ def whole_catalog_retrieval(run, prep: Prepared, split: str, progress: bool = Fa
         print(f"embedding all {len(everything)} products for the whole-catalogue protocol", file=sys.stderr)
     cpu = torch.device("cpu")
     image_emb, text_emb = (e.numpy() for e in embed(run.model, prep, everything, cpu))
+    log_probs_of = lambda rows: title_log_probs(run, prep, rows, text_emb[rows])  # noqa: E731 - queries only
     return catalog_retrieval(image_emb, text_emb, prep.catalog.df["title"].tolist(), prep.split(split),
-                             rerank=search_rerank(run, prep, everything, text_emb))
+                             rerank=(log_probs_of, product_codes(run, prep, everything), search_scale(run)))
 
 
-def search_rerank(run, prep: Prepared, rows: np.ndarray, text_emb: np.ndarray) -> tuple:
-    """What the search reads to rank by title (retrieval.rerank) for catalogue `rows`: the titles' class
-    log-probabilities, the products' labels as class codes, and the scale s."""
-    probs = run.probabilities(None, text_emb, wide=title_logits(run.model, prep, rows, torch.device("cpu")))
-    values = {h["name"]: prep.catalog.df[h["name"]].to_numpy()[rows] for h in run.heads if h["name"] in prep.catalog.df}
-    return class_log_probs(probs), label_codes(values, run.heads), search_scale(run)
+def title_log_probs(run, prep: Prepared, rows: np.ndarray, text_emb: np.ndarray) -> dict[str, np.ndarray]:
+    """{head: (len(rows), C)} class log-probabilities of catalogue `rows`' titles (with the wide head), as the
+    search computes them for a typed title (retrieval.rerank)."""
+    wide = title_logits(run.model, prep, rows, torch.device("cpu"))
+    return class_log_probs(run.probabilities(None, text_emb, wide=wide))
+
+
+def product_codes(run, prep: Prepared, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """{head: (len(rows),)} class codes of catalogue `rows`' labels, as the search reads them (retrieval.rerank)."""
+    df = prep.catalog.df
+    return label_codes({h["name"]: df[h["name"]].to_numpy()[rows] for h in run.heads if h["name"] in df}, run.heads)
 
 
 def evaluate(run_dir: str | Path, split: str = "test", progress: bool = True, baseline: bool = True) -> dict:
@@ -230,7 +237,8 @@ def evaluate(run_dir: str | Path, split: str = "test", progress: bool = True, ba
         f"n_{split}": int(n),
         "classification": classification_metrics(pred["probs"], labels, run.heads),
         "retrieval": retrieval_metrics(image_np, text_np, labels[run.leaf], pred["titles"],
-                                       rerank=search_rerank(run, prep, prep.split(split), text_np)),
+                                       rerank=(title_log_probs(run, prep, prep.split(split), text_np),
+                                               product_codes(run, prep, prep.split(split)), search_scale(run))),
         "modality_gap": {"mean_pair_cosine": round(float((image_np * text_np).sum(1).mean()), 4)},
         "retrieval_catalog": whole_catalog_retrieval(run, prep, split, progress),
         "leaf": run.leaf,
