@@ -22,14 +22,7 @@ from huse_core.data.catalog import normalise_title
 from huse_core.prepare import embed
 from huse_core.retrieval.rerank import CANDIDATES, class_log_probs, search_scale
 from huse_core.run import load_run
-from huse_core.training.evaluate import CATALOG_QUERIES, prepare_run, product_codes, ranked_hits, title_log_probs
-
-
-def queries(norm: np.ndarray, rows: np.ndarray, n: int = CATALOG_QUERIES) -> np.ndarray:
-    """One product per distinct title of `rows`, a seeded sample of n (as evaluate's catalog_retrieval)."""
-    _, first = np.unique(norm[rows].astype(str), return_index=True)
-    picks = np.sort(rows[first])
-    return np.sort(np.random.default_rng(0).choice(picks, n, replace=False)) if len(picks) > n else picks
+from huse_core.training.evaluate import catalog_picks, prepare_run, product_codes, ranked_hits, title_log_probs
 
 
 def main() -> int:
@@ -46,7 +39,7 @@ def main() -> int:
     rows, cpu = np.arange(len(prep.catalog.df)), torch.device("cpu")
     image_emb, text_emb = (e.numpy() for e in embed(run.model, prep, rows, cpu))
     norm = np.array([normalise_title(t) for t in prep.catalog.df["title"]], dtype=object)
-    picks = queries(norm, prep.split(args.split))
+    picks = catalog_picks(norm, prep.split(args.split))
     lp, codes, scale = title_log_probs(run, prep, picks, text_emb[picks]), product_codes(run, prep, rows), \
         search_scale(run)
     lines = [f"# Title search re-ranking: `python bench/search_rerank.py {args.run} --split {args.split}`", "",

@@ -240,4 +240,3 @@ def title_logits(model, prep: Prepared, rows: np.ndarray, device: torch.device, 
     parts = [model.title_logits(prep.text_input(rows[i : i + batch_size]).to(device))
              for i in range(0, len(rows), batch_size)]
     return {h: torch.cat([p[h] for p in parts]) for h in model.wide.names} if parts else None
-

@@ -22,7 +22,7 @@ KS = (1, 5, 10)
 LABELS = "t2i_labels"  # title -> photo ranked as the search ranks a typed title (retrieval.rerank)
 LABELS_NOTE = "t2i as the search ranks a title (+ its class predictions)"
 # Short names in format_tables: the fusion layer's whole-product vector; title -> photo as the search ranks it
-SHORT = {"product": "layer", "t2i_labels": "t2i+cls"}
+SHORT = {"product": "layer", LABELS: "t2i+cls"}
 
 
 def recall_at_k(hits: np.ndarray, ks=KS) -> dict[str, float]:
@@ -92,6 +92,17 @@ def _cosine_ranks(query_emb, gallery_emb, q_code: np.ndarray, g_code: np.ndarray
     return ranks
 
 
+def catalog_picks(norm: np.ndarray, query_rows: np.ndarray, n_queries: int = CATALOG_QUERIES,
+                  seed: int = 0) -> np.ndarray:
+    """The protocol's queries: one of `query_rows` per distinct normalised title (`norm`, every catalogue row's),
+    a seeded sample of `n_queries` where there are more, in catalogue order."""
+    _, first = np.unique(norm[query_rows].astype(str), return_index=True)
+    picks = np.sort(query_rows[first])
+    if len(picks) > n_queries:
+        picks = np.sort(np.random.default_rng(seed).choice(picks, n_queries, replace=False))
+    return picks
+
+
 def catalog_retrieval(image_emb: np.ndarray, text_emb: np.ndarray, titles: list[str], query_rows: np.ndarray,
                       n_queries: int = CATALOG_QUERIES, seed: int = 0, rerank: tuple | None = None) -> dict:
     """The whole-catalogue protocol of the public KAGL leaderboard: up to `n_queries` distinct titles of
@@ -104,10 +115,7 @@ def catalog_retrieval(image_emb: np.ndarray, text_emb: np.ndarray, titles: list[
     labels: also "t2i_labels", title -> photo as the search ranks it (retrieval.rerank).
     """
     norm = np.array([normalise_title(t) for t in titles], dtype=object)
-    _, first = np.unique(norm[query_rows].astype(str), return_index=True)
-    picks = np.sort(query_rows[first])
-    if len(picks) > n_queries:
-        picks = np.sort(np.random.default_rng(seed).choice(picks, n_queries, replace=False))
+    picks = catalog_picks(norm, query_rows, n_queries, seed)
     out = {"gallery": "whole catalogue", "n_queries": int(len(picks)), "n_gallery": int(len(image_emb)),
            "t2i": ranked_hits(text_emb[picks], image_emb, norm[picks], norm),
            "i2t": ranked_hits(image_emb[picks], text_emb, norm[picks], norm)}
@@ -236,9 +244,10 @@ def evaluate(run_dir: str | Path, split: str = "test", progress: bool = True, ba
     result = {
         f"n_{split}": int(n),
         "classification": classification_metrics(pred["probs"], labels, run.heads),
+        # the split's title predictions (with the wide head) are the ones the search computes for a typed title
         "retrieval": retrieval_metrics(image_np, text_np, labels[run.leaf], pred["titles"],
-                                       rerank=(title_log_probs(run, prep, prep.split(split), text_np),
-                                               product_codes(run, prep, prep.split(split)), search_scale(run))),
+                                       rerank=(class_log_probs(pred["probs"]), product_codes(run, prep,
+                                               prep.split(split)), search_scale(run))),
         "modality_gap": {"mean_pair_cosine": round(float((image_np * text_np).sum(1).mean()), 4)},
         "retrieval_catalog": whole_catalog_retrieval(run, prep, split, progress),
         "leaf": run.leaf,
