@@ -125,6 +125,8 @@ class TrainConfig:
     patience: int | None = None  # epochs without a better validation score before stopping; auto: epochs / 4, >= 4
     # mean = the mean of photo, title and fused leaf accuracy: steadier on a small validation set than fused alone.
     select_by: str | None = None  # early stopping's validation score: fused | mean; auto: mean under 1,000 val products
+    # The average of the weights over the last steps, validated beside them each epoch; the better is kept.
+    ema: float | None = None  # decay of the weights' moving average; auto: a horizon of a tenth of the steps; 0 = off
     augment: bool = True  # random flips and small shifts of training photos
     seed: int = 0  # weights init and batch order
     threads: int = 0  # torch CPU threads; 0 = all cores
@@ -147,7 +149,7 @@ def to_dict(cfg) -> dict:
 # a run from before them reloads, and resumes, with its own settings.
 LEGACY_VALUES = {"ModelConfig": {"text_backbone": "conv", "fusion_layer": False, "wide_head": False},
                  "LossConfig": {"gap_anchor": "none", "nce_anchor": "none"},
-                 "TrainConfig": {"precision": "fp32", "select_by": "fused", "val_max": 0}}
+                 "TrainConfig": {"precision": "fp32", "select_by": "fused", "val_max": 0, "ema": 0.0}}
 
 
 def from_dict(cls, data: dict):

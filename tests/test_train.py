@@ -39,11 +39,16 @@ def test_training_logs_all_three_terms_and_keeps_the_best_epoch(trained):
     for record in meta["history"]:
         # every term is logged (the selected ones are trained), plus the fusion layer's class loss
         assert set(record["loss"]) == {"cls", "graph", "gap", "fusion", "total"} | set(LossConfig().losses)
-        assert set(record["val_accuracy"]) == {"image", "text", "product", "fused"}
+        assert set(record["val_accuracy"]) == set(record["val_accuracy_ema"]) == {"image", "text", "product", "fused"}
+        raw, ema = (selection_score(record[k]) for k in ("val_accuracy", "val_accuracy_ema"))
+        assert record["weights"] == ("ema" if ema > raw else "raw")  # the weights' average, validated beside them
+    assert meta["history"][1]["val_accuracy_ema"] != meta["history"][1]["val_accuracy"]  # a different model
     first, last = meta["history"][0]["loss"], meta["history"][-1]["loss"]
     assert last["total"] < first["total"] and last["cls"] < first["cls"]
-    best = max(meta["history"], key=lambda r: selection_score(r["val_accuracy"]))
-    assert meta["best_epoch"] == best["epoch"]
+    score = {r["epoch"]: max(selection_score(r["val_accuracy"]), selection_score(r["val_accuracy_ema"]))
+             for r in meta["history"]}
+    assert meta["best_epoch"] == max(score, key=score.get)
+    assert meta["best_weights"] == meta["history"][meta["best_epoch"] - 1]["weights"]
     assert (run_dir / "model.pt").is_file() and (run_dir / "last.pt").is_file()
     single = {h["name"] for h in meta["heads"] if h["kind"] == "single"}
     assert set(meta["fusion_weights"]) == single and all(0 <= w <= 1 for w in meta["fusion_weights"].values())
@@ -130,6 +135,10 @@ def test_resume_reproduces_an_uninterrupted_run(shop, tmp_path):
         train(*cfgs, tmp_path / "b", progress=False, callback=stop)
     resumed = train(*cfgs, tmp_path / "b", resume=True, progress=False)
     assert resumed["history"][1]["loss"]["total"] == pytest.approx(straight["history"][1]["loss"]["total"], rel=1e-3)
+    # the weights' average carried on from last.pt (restarted from epoch 1's weights it would validate otherwise)
+    for m in ("image", "text"):
+        assert resumed["history"][1]["val_accuracy_ema"][m] == pytest.approx(
+            straight["history"][1]["val_accuracy_ema"][m], abs=0.02)
 
 
 def test_damaged_or_foreign_runs_are_refused_with_what_to_do(trained, tmp_path):

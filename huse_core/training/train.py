@@ -24,6 +24,7 @@ from ..config import DataConfig, LossConfig, ModelConfig, TrainConfig, from_dict
 from ..data.catalog import normalise_title
 from ..prepare import Prepared, augment, cache_dir_for, prepare
 from .distributed import TrainStep, World
+from .ema import make_ema
 from .losses import HuseLoss, taxonomy_distance
 from .schedule import Schedule, plan
 from .wide_fit import fit_wide_head
@@ -183,6 +184,7 @@ def train(
             print(f"--max-steps {total_steps:,}: training stops there, in epoch "
                   f"{-(-total_steps // steps_per_epoch)} of {train_cfg.epochs}", file=sys.stderr)
     opt, sched = make_optimizer(model, train_cfg, total_steps, criterion)
+    ema = make_ema(model, train_cfg.ema or 0.0) if world.is_main else None  # validated beside the weights
     # Products with the same normalised title share an id: the alignment loss does not push them apart.
     title_group = prep.catalog.df["title"].map(normalise_title).factorize()[0].astype(np.int64)
     meta = {
@@ -204,6 +206,8 @@ def train(
         model.load_state_dict(state["model"])
         criterion.load_state_dict(state.get("criterion", criterion.state_dict()))
         opt.load_state_dict(state["optimizer"])
+        if ema is not None and "ema" in state:  # a last.pt without one (older, or --ema given now) starts it afresh
+            ema.load_state_dict(state["ema"])
         sched.load_state_dict(state["scheduler"])
         start_epoch, best, stale = int(state["epoch"]) + 1, float(state["best"]), int(state["stale"])
         smooth, best_smooth = state.get("smooth"), float(state.get("best_smooth", best))  # older last.pt: raw only
@@ -211,6 +215,7 @@ def train(
         # last.pt is written before run.json: its own copy of the history survives a kill between the two
         meta["history"] = state.get("history", saved["history"][:start_epoch])
         meta["best_epoch"] = state.get("best_epoch", saved.get("best_epoch"))
+        meta["best_weights"] = state.get("best_weights", saved.get("best_weights", "raw"))
     if world.is_main:
         write_json(meta_path, meta)
     if train_cfg.epochs == 0 and world.is_main:  # saved as built; validation still picks flip TTA and fusion
@@ -244,6 +249,8 @@ def train(
             terms["total"].backward()
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.update_parameters(model)
             seen += len(rows)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(rows)
@@ -257,15 +264,21 @@ def train(
             model.eval()
             model.image.autocast = None  # validation measures what inference will give: fp32
             val = accuracy_by_modality(model, prep, val_rows, device)
+            val_ema = accuracy_by_modality(ema.module, prep, val_rows, device) if ema is not None else None
+            use_ema = val_ema is not None and (selection_score(val_ema, train_cfg.select_by)
+                                               > selection_score(val, train_cfg.select_by))
             record = {"epoch": epoch + 1, "seconds": round(time.time() - t0, 2), "products_per_s": round(rate, 1),
                       "loss": {k: round(v / seen, 5) for k, v in sums.items()},
                       "val_accuracy": {k: round(v, 5) for k, v in val.items()},
+                      **({"val_accuracy_ema": {k: round(v, 5) for k, v in val_ema.items()},
+                          "weights": "ema" if use_ema else "raw"} if val_ema is not None else {}),
                       **({"nce_scale": round(float(criterion.nce.scale.detach()), 3)} if criterion.nce else {})}
             meta["history"].append(record)
-            score = selection_score(val, train_cfg.select_by)
-            if score > best:  # model.pt: the best epoch by the score itself
+            score = selection_score(val_ema if use_ema else val, train_cfg.select_by)
+            if score > best:  # model.pt: the best epoch by the score itself, as the weights or their average
                 best, meta["best_epoch"] = score, epoch + 1
-                save_torch(run_dir / "model.pt", model.state_dict())
+                meta["best_weights"] = record.get("weights", "raw")
+                save_torch(run_dir / "model.pt", (ema.module if use_ema else model).state_dict())
             smooth = score if smooth is None else SMOOTHING * smooth + (1 - SMOOTHING) * score
             stale = 0 if smooth > best_smooth else stale + 1  # stopping: its smoothed value, steadier on few products
             best_smooth = max(best_smooth, smooth)
@@ -273,13 +286,17 @@ def train(
                                    "optimizer": opt.state_dict(),
                                    "scheduler": sched.state_dict(), "epoch": epoch, "best": best, "stale": stale,
                                    "smooth": smooth, "best_smooth": best_smooth,
+                                   **({"ema": ema.state_dict()} if ema is not None else {}),
                                    "history": meta["history"], "best_epoch": meta["best_epoch"],
+                                   "best_weights": meta.get("best_weights", "raw"),
                                    "rng": torch.get_rng_state()})  # dropout draws: a resumed run repeats them
             write_json(meta_path, meta)
             emit({"stage": "epoch", **record, "epochs": train_cfg.epochs})
             if progress:
                 terms_txt = " ".join(f"{k}={v:.4f}" for k, v in record["loss"].items())
                 accs = " ".join(f"{k}={v:.3f}" for k, v in val.items())
+                if val_ema is not None:
+                    accs += " | ema " + " ".join(f"{k}={v:.3f}" for k, v in val_ema.items()) + (" (better)" * use_ema)
                 print(f"epoch {epoch + 1}: {terms_txt} | val {prep.leaf} acc {accs} | {record['seconds']:.0f}s",
                       file=sys.stderr)
             stop = stale >= train_cfg.patience
