@@ -140,14 +140,18 @@ def markdown(res: dict) -> str:
         lines += [f"| peers in all (incl. reading, 16x21 decode, TF-IDF) | {peers['seconds']:.0f} |"]
     if huse:
         terms = [k for k in ("cls", "graph", "gap", "nce", "fusion") if k in huse["history"][0]["loss"]]
+        ema = "val_accuracy_ema" in huse["history"][0]  # the weights' moving average, validated beside them
+        extra = " val image / fused (EMA) | kept |" if ema else ""
         lines += ["", f"## HUSE per epoch (validation, {huse['test']['leaf']})", "",
-                  "| epoch | seconds | loss total | " + " | ".join(terms) + " | val image | val text | val fused |",
-                  "|---:|---:|---:|" + "---:|" * (len(terms) + 3)]
+                  "| epoch | seconds | loss total | " + " | ".join(terms) + " | val image | val text | val fused |"
+                  + extra, "|---:|---:|---:|" + "---:|" * (len(terms) + 3) + ("---:|---|" if ema else "")]
         for h in huse["history"]:
             lo, va = h["loss"], h["val_accuracy"]
             lines.append(f"| {h['epoch']} | {h['seconds']:.0f} | {lo['total']:.4f} | "
                          + " | ".join(f"{lo[k]:.4f}" for k in terms) + " | "
-                         + " | ".join(_pct(va[m]) for m in ("image", "text", "fused")) + " |")
+                         + " | ".join(_pct(va[m]) for m in ("image", "text", "fused")) + " |"
+                         + (f" {_pct(h['val_accuracy_ema']['image'])} / {_pct(h['val_accuracy_ema']['fused'])} | "
+                            f"{h['weights']} |" if ema else ""))
         lines += ["", "## Targets (issues 12 and 13)", "", "| target | threshold | measured | met |",
                   "|---|---|---|---|"]
         lines += [f"| {a} | {b} | {c} | {'–' if ok is None else 'yes' if ok else '**no**'} |"

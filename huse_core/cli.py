@@ -77,6 +77,7 @@ def cmd_train(args) -> int:
     from .model import default_image_size
     from .training.distributed import is_main_process
     from .training.train import train
+    from .training.validation import kept_accuracy
 
     if not args.resume and not args.catalog:
         raise SystemExit("train: --catalog CSV is required (or --resume to continue a run in --out)")
@@ -91,8 +92,9 @@ def cmd_train(args) -> int:
     if not is_main_process():
         return 0  # under torchrun rank 0 reports
     best = meta["history"][meta["best_epoch"] - 1] if meta["best_epoch"] else None
-    print(f"run saved to {args.out}" + (f" (best epoch {meta['best_epoch']}: val {meta['leaf']} accuracy "
-                                         f"{best['val_accuracy']})" if best else ""))
+    kept = ", the weights' moving average" if best and best.get("weights") == "ema" else ""
+    print(f"run saved to {args.out}" + (f" (best epoch {meta['best_epoch']}{kept}: val {meta['leaf']} accuracy "
+                                         f"{kept_accuracy(best)})" if best else ""))
     return 0
 
 

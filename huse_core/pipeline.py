@@ -172,6 +172,7 @@ def _train_stage(csv: Path, run_dir: Path, spec: DemoSpec, emit: Callback) -> No
     import torch
 
     from .training.train import train
+    from .training.validation import kept_accuracy
 
     status = _train_status(run_dir)
     if status == "done" and (run_dir / "model.pt").is_file():
@@ -190,7 +191,7 @@ def _train_stage(csv: Path, run_dir: Path, spec: DemoSpec, emit: Callback) -> No
             event["message"] = f"training: epoch {event['epoch']}/{event['epochs']}, loss {event['loss']['total']:.3f}"
             event["overall"] = start + weight * done
         elif event["stage"] == "epoch":
-            acc = event["val_accuracy"].get("fused", 0.0)
+            acc = kept_accuracy(event).get("fused", 0.0)
             event["message"] = f"epoch {event['epoch']} done: validation accuracy {acc:.1%}"
             event["overall"] = start + weight * event["epoch"] / event["epochs"]
         else:

@@ -20,6 +20,7 @@ from huse_core.data import uploads
 from huse_core.data.tables import ATTRIBUTE_COLS, IMAGE_COLS, LEVEL_COLS, TEXT_COLS, matching_columns, read_table
 from huse_core.config import DataConfig, LossConfig, ModelConfig, TrainConfig
 from huse_core.model import backbone_choices, default_image_size
+from huse_core.training.validation import kept_accuracy
 
 ui.page_setup("pages/train.py")
 
@@ -361,9 +362,9 @@ def evaluation(run_dir: Path) -> None:
             h1.caption("Loss per epoch")
             h1.line_chart(pd.DataFrame([{"epoch": r["epoch"], **r["loss"]} for r in history]).set_index("epoch"),
                           height=220)
-            h2.caption("Validation accuracy per epoch")
+            h2.caption("Validation accuracy per epoch (of the weights or their moving average, whichever was better)")
             h2.line_chart(pd.DataFrame([{"epoch": r["epoch"], **{ui.MODALITY_NAMES[k]: v for k, v in
-                                        r["val_accuracy"].items()}} for r in history]).set_index("epoch"), height=220)
+                                        kept_accuracy(r).items()}} for r in history]).set_index("epoch"), height=220)
 
     from huse_core.training.evaluate import class_accuracy, confusion_matrix
 

@@ -1,16 +1,10 @@
-"""The weights' moving average: its decay from the run's steps, the warm-up, hand-computed updates, buffers."""
+"""The weights' moving average: the warm-up, hand-computed updates, BatchNorm buffers, off and bad decays."""
 
 import pytest
 import torch
 from torch import nn
 
-from huse_core.training.ema import auto_decay, make_ema, warmed_decay
-
-
-def test_auto_decay_spans_a_tenth_of_the_steps_with_a_floor():
-    assert auto_decay(3_822) == pytest.approx(1 - 1 / 382.2, abs=1e-5)
-    assert auto_decay(1_000) == pytest.approx(0.99)
-    assert auto_decay(20) == pytest.approx(0.9)  # at least a 10-step horizon
+from huse_core.training.ema import make_ema, warmed_decay
 
 
 def test_the_first_updates_follow_the_warm_up_then_the_decay():

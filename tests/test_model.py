@@ -98,6 +98,25 @@ def test_missing_weights_file_is_a_clear_error_not_a_download(tmp_path, monkeypa
         find_weights("resnet18", str(tmp_path / "nope.pth"))
 
 
+def test_avgmax_pooling_hands_the_tower_average_and_max_side_by_side():
+    import dataclasses
+
+    from huse_core.config import LEGACY_VALUES, from_dict
+
+    torch.manual_seed(0)
+    m = build_model(dataclasses.replace(TINY, cnn_pool="avgmax"), HEADS, n_tokens=30).eval()
+    pixels = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8)
+    feats = m.image.features(pixels)
+    assert feats.shape == (3, 2 * 8 * TINY.cnn_width) and m.image.feat_dim == feats.shape[1]
+    half = feats.shape[1] // 2
+    assert torch.all(feats[:, half:] >= feats[:, :half] - 1e-6)  # a channel's max is never below its average
+    assert m.encode_image(pixels).shape == (3, TINY.dim)
+    assert LEGACY_VALUES["ModelConfig"]["cnn_pool"] == "avg"  # runs saved before the setting: average pooling
+    assert from_dict(ModelConfig, {"backbone": "cnn"}).cnn_pool == "avg"
+    with pytest.raises(ValueError, match="avgmax"):
+        build_model(dataclasses.replace(TINY, cnn_pool="sum"), HEADS, 10)
+
+
 def test_unknown_backbone_names_the_choices():
     with pytest.raises(ValueError, match="cnn"):
         build_model(ModelConfig(backbone="alexnet"), HEADS, 10)

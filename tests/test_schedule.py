@@ -93,7 +93,7 @@ def test_a_rare_class_heavy_shop_merges_less_so_other_stays_small():
 
 
 def test_given_settings_win_and_are_marked_given():
-    given = dict(batch_size=100, lr=0.05, epochs=3, patience=2, select_by="fused", ema=0.9)
+    given = dict(batch_size=100, lr=0.05, epochs=3, patience=2, select_by="fused")
     s = plan_schedule(800, {"leaf": [8] * 100}, TrainConfig(**given), dropout=0.5, min_class_count=9,
                       nce_anchor="text")
     assert {k: getattr(s, k) for k in given} == given and (s.dropout, s.min_class_count) == (0.5, 9)
@@ -101,17 +101,6 @@ def test_given_settings_win_and_are_marked_given():
     only_batch = plan_schedule(800, {"leaf": [8] * 100}, TrainConfig(batch_size=8))
     assert only_batch.steps_per_epoch == 100 and only_batch.lr < plan(1000).lr  # the rest follows the given batch
     assert only_batch.why["batch_size"] == "given" and only_batch.why["epochs"] != "given"
-
-
-def test_the_weights_average_spans_a_tenth_of_the_steps_and_is_off_for_a_pretrained_backbone():
-    small, large = plan(1_000), plan(44_000, classes=117)
-    for s in (small, large):  # horizon 1 / (1 - decay) = a tenth of the run's steps
-        assert 1 / (1 - s.ema) == pytest.approx(s.total_steps / 10, rel=0.02)
-    assert small.ema < large.ema < 1 and "weights' EMA" in large.describe()
-    assert plan_schedule(800, {"leaf": [8] * 100}, TrainConfig(), cnn=False).ema == 0.0
-    assert plan(1_000, ema=0.0).ema == 0.0 and plan(1_000, ema=0.0).why["ema"] == "given"
-    with pytest.raises(ValueError, match="--ema"):
-        plan(1_000, ema=1.0)
 
 
 def test_impossible_settings_are_refused_with_the_choices():

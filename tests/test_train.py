@@ -28,8 +28,8 @@ def shop(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(shop, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    meta = train(DataConfig(catalog=str(shop)), TINY_MODEL, LossConfig(), TrainConfig(epochs=3, batch_size=32),
-                 run_dir, progress=False)
+    meta = train(DataConfig(catalog=str(shop)), TINY_MODEL, LossConfig(), TrainConfig(epochs=3, batch_size=32,
+                                                                                      ema=0.9), run_dir, progress=False)
     return run_dir, meta
 
 
@@ -119,12 +119,13 @@ def test_resume_continues_an_interrupted_run(shop, tmp_path):
     meta = train(*cfgs, run_dir, resume=True, progress=False)
     assert meta["status"] == "done" and [r["epoch"] for r in meta["history"]] == [1, 2, 3]
     assert meta["history"][0] == saved["history"][0]
+    assert "val_accuracy_ema" not in meta["history"][0] and meta["best_weights"] == "raw"  # default: no average
     assert load_run(run_dir).meta["status"] == "done"
 
 
 def test_resume_reproduces_an_uninterrupted_run(shop, tmp_path):
     cfgs = (DataConfig(catalog=str(shop)), TINY_MODEL, LossConfig(), TrainConfig(epochs=2, batch_size=32,
-                                                                                 augment=False))
+                                                                                 augment=False, ema=0.9))
     straight = train(*cfgs, tmp_path / "a", progress=False)
 
     def stop(event):

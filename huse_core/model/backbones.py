@@ -45,8 +45,12 @@ class Block(nn.Module):
 class SmallCNN(nn.Module):
     """The offline default backbone, trained from scratch: stride-2 stem, 4 residual stages, global pool."""
 
-    def __init__(self, width: int = 32):
+    POOLS = ("avg", "avgmax")
+
+    def __init__(self, width: int = 32, pool: str = "avg"):
         super().__init__()
+        if pool not in self.POOLS:
+            raise ValueError(f"unknown cnn pooling {pool!r}; choose {' or '.join(self.POOLS)}")
         widths = [width, width * 2, width * 4, width * 8]
         # A stride-2 stem keeps CPU training affordable (a stride-1 stem costs ~12x the time).
         self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 2, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
@@ -55,10 +59,13 @@ class SmallCNN(nn.Module):
             stages.append(Block(c_in, c_out, 1 if i == 0 else 2))
             c_in = c_out
         self.stages = nn.Sequential(*stages)
-        self.out_dim = widths[-1]
+        self.pool = pool
+        self.out_dim = widths[-1] * (2 if pool == "avgmax" else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.adaptive_avg_pool2d(self.stages(self.stem(x)), 1).flatten(1)
+        x = self.stages(self.stem(x))
+        avg = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return torch.cat([avg, F.adaptive_max_pool2d(x, 1).flatten(1)], 1) if self.pool == "avgmax" else avg
 
 
 def find_weights(backbone: str, path: str = "") -> Path:

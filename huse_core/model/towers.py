@@ -46,7 +46,8 @@ class ImageTower(nn.Module):
     def __init__(self, cfg: ModelConfig, load_weights: bool = True):
         super().__init__()
         if cfg.backbone == "cnn":
-            self.backbone, feat_dim = SmallCNN(cfg.cnn_width), cfg.cnn_width * 8
+            self.backbone = SmallCNN(cfg.cnn_width, cfg.cnn_pool)
+            feat_dim = self.backbone.out_dim
             mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
         elif cfg.backbone in WEIGHT_FILES:
             self.backbone, feat_dim = pretrained_backbone(cfg.backbone, cfg.image_weights, load_weights)

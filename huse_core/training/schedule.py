@@ -11,7 +11,6 @@ import numpy as np
 
 from ..config import DEFAULT_DROPOUT, DataConfig, LossConfig, ModelConfig, TrainConfig
 from ..data.catalog import load_catalog
-from .ema import auto_decay
 
 SMALL_SHOP, MID_SHOP, LARGE_SHOP = 2_000, 10_000, 100_000  # training products: where the size bands start
 BASE_BATCH, BASE_LR = 128, 2e-3  # the 44k catalogue's tuned pair; other batch sizes scale the rate by sqrt
@@ -59,7 +58,6 @@ class Schedule:
     dropout: float
     min_class_count: int
     nce_anchor: str = "none"  # the alignment loss: none = both towers move | text = titles held fixed
-    ema: float = 0.0  # decay of the weights' moving average validated beside them (training.ema); 0 = none
     device: str = "cpu"  # the device type the schedule was planned for (cuda: GPU_STEPS_FACTOR x the steps)
     why: dict[str, str] = field(default_factory=dict)
 
@@ -85,8 +83,7 @@ class Schedule:
                 ("epochs (at most)", self.epochs, "epochs"), ("patience", self.patience, "patience"),
                 ("early stopping on", self.select_by, "select_by"), ("dropout", f"{self.dropout:g}", "dropout"),
                 ("min class count", self.min_class_count, "min_class_count"),
-                ("alignment moves", "both" if self.nce_anchor == "none" else "photos", "nce_anchor"),
-                ("weights' EMA", f"{self.ema:g}" if self.ema else "off", "ema")]
+                ("alignment moves", "both" if self.nce_anchor == "none" else "photos", "nce_anchor")]
         head = (f"training schedule for {_n(self.n_train)} training products ({size_band(self.n_train)}): "
                 f"{_n(self.steps_per_epoch)} steps an epoch, {_n(self.total_steps)} steps at most")
         return "\n".join([head] + [f"  {name:<18}{str(value):<9}{self.why.get(key, '')}" for name, value, key in rows])
@@ -103,13 +100,11 @@ def _rare_share(counts: list[int], threshold: int) -> float:
 
 def plan_schedule(n_train: int, class_counts: dict[str, list[int]], cfg: TrainConfig, *, n_val: int | None = None,
                   dropout: float | None = None, min_class_count: int | None = None,
-                  nce_anchor: str | None = None, device: str = "cpu", cnn: bool = True) -> Schedule:
+                  nce_anchor: str | None = None, device: str = "cpu") -> Schedule:
     """The schedule for `n_train` training products whose single-label heads have these training-split class
     counts (before any merging). Fields set in `cfg` (or `dropout`, `min_class_count`, `nce_anchor`) are kept as
     given; the rest (None) are chosen here. `n_val` defaults to an eighth of `n_train` (a 0.8/0.1/0.1 split).
-    `device` "cuda" aims auto epochs at GPU_STEPS_FACTOR times the steps: a GPU affords the longer schedule.
-    `cnn`: the from-scratch photo CNN trains (auto EMA is for it; a pretrained backbone's copy would double its
-    memory)."""
+    `device` "cuda" aims auto epochs at GPU_STEPS_FACTOR times the steps: a GPU affords the longer schedule."""
     if n_train < 1:
         raise ValueError("no training products: the schedule needs at least one")
     n_val = max(0, n_train // 8) if n_val is None else n_val
@@ -158,18 +153,13 @@ def plan_schedule(n_train: int, class_counts: dict[str, list[int]], cfg: TrainCo
                   f"{_n(n_train)} training products: " + ("enough to tell products apart, both towers move"
                                                           if n_train >= ALIGN_BOTH_FROM else
                                                           "too few: moving titles cost accuracy, only photos move"))
-    total = steps * epochs
-    ema = pick("ema", cfg.ema, auto_decay(total) if cnn else 0.0,
-               f"a horizon of a tenth of the {_n(total)} steps" if cnn else "off for a pretrained photo backbone")
-    if not 0.0 <= ema < 1.0:
-        raise ValueError(f"--ema must be 0 (off) or a decay in (0, 1), got {ema}")
     for name, value in (("batch_size", batch), ("epochs", epochs), ("patience", patience), ("min_class_count",
                                                                                           min_count)):
         if value < (0 if name == "epochs" else 1):  # epochs 0: a --zero-shot run kept as downloaded (train checks)
             raise ValueError(f"{name} must be at least {0 if name == 'epochs' else 1}, got {value}")
     return Schedule(n_train=n_train, n_val=n_val, batch_size=batch, lr=lr, epochs=epochs, patience=patience,
                     select_by=select_by, dropout=dropout, min_class_count=min_count, nce_anchor=anchor,
-                    ema=ema, device=device, why=why)
+                    device=device, why=why)
 
 
 def plan(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, loss_cfg: LossConfig | None = None,
@@ -185,9 +175,9 @@ def plan(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, l
               for h in catalog.heads if h.kind == "single"}
     schedule = plan_schedule(len(train_rows), counts, train_cfg, n_val=len(catalog.split_indices("val")),
                              dropout=model_cfg.dropout, min_class_count=data_cfg.min_class_count,
-                             nce_anchor=loss_cfg.nce_anchor, device=device, cnn=model_cfg.backbone == "cnn")
+                             nce_anchor=loss_cfg.nce_anchor, device=device)
     train_cfg = dataclasses.replace(train_cfg, batch_size=schedule.batch_size, lr=schedule.lr, epochs=schedule.epochs,
-                                    patience=schedule.patience, select_by=schedule.select_by, ema=schedule.ema)
+                                    patience=schedule.patience, select_by=schedule.select_by)
     return (dataclasses.replace(data_cfg, min_class_count=schedule.min_class_count),
             dataclasses.replace(model_cfg, dropout=schedule.dropout), train_cfg, schedule,
             dataclasses.replace(loss_cfg, nce_anchor=schedule.nce_anchor))

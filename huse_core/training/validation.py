@@ -108,6 +108,12 @@ def choose_flip_tta(model, prep: Prepared, rows: np.ndarray, device: torch.devic
     return model.flip_tta
 
 
+def kept_accuracy(record: dict) -> dict[str, float]:
+    """An epoch's record (run.json history) -> the validation accuracies of the weights it kept: their moving
+    average where that validated better ("weights": "ema"), else the weights themselves."""
+    return record["val_accuracy_ema"] if record.get("weights") == "ema" else record["val_accuracy"]
+
+
 def selection_score(val_accuracy: dict[str, float], select_by: str = "mean") -> float:
     """What early stopping maximises (TrainConfig.select_by) over leaf validation accuracies: "fused" = fused,
     ties going to the better single modalities; "mean" = the mean of photo, title and fused, ties going to fused.

@@ -1,0 +1,54 @@
+"""How well a run's photo tower fits its own training photos: leaf accuracy of the photo alone on train, val and test.
+
+A tower far below 100 % on the photos it trained on is under-fitting (capacity or steps are short), so regularisers
+(mixup, cutmix, stronger augmentation, more label smoothing) have nothing to remove; one near 100 % with a large gap
+to validation is over-fitting and wants them. Photos are read as inference reads them (no augmentation).
+
+    python bench/photo_fit.py RUN [RUN ...]
+
+Prints a markdown table (run, split, products, photo / title accuracy on the leaf head).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import torch
+
+from huse_core.run import load_run
+from huse_core.training.evaluate import prepare_run, split_predictions
+
+
+def fit_rows(run_dir: str) -> list[str]:
+    run = load_run(run_dir)
+    prep = prepare_run(run)
+    leaf = run.meta["leaf"]
+    rows = []
+    for split in ("train", "val", "test"):
+        pred = split_predictions(run, split, prep=prep)
+        y = pred["labels"][leaf]
+        known = y >= 0
+        acc = {m: float((pred["probs"][leaf][m].argmax(1) == y)[known].mean()) for m in ("image", "text")}
+        rows.append(f"| {run_dir} | {split} | {int(known.sum()):,} | {100 * acc['image']:.2f} | "
+                    f"{100 * acc['text']:.2f} |")
+        print(rows[-1], file=sys.stderr, flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help="run directories")
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    lines = ["| run | split | products | photo leaf accuracy % | title leaf accuracy % |", "|---|---|---:|---:|---:|"]
+    for run_dir in args.runs:
+        lines += fit_rows(run_dir)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
