@@ -362,7 +362,9 @@ def evaluation(run_dir: Path) -> None:
             h1.caption("Loss per epoch")
             h1.line_chart(pd.DataFrame([{"epoch": r["epoch"], **r["loss"]} for r in history]).set_index("epoch"),
                           height=220)
-            h2.caption("Validation accuracy per epoch (of the weights or their moving average, whichever was better)")
+            averaged = any("val_accuracy_ema" in r for r in history)  # trained with --ema: the better of the two
+            h2.caption("Validation accuracy per epoch" + (" (of the weights or their moving average, whichever was "
+                                                          "better)" if averaged else ""))
             h2.line_chart(pd.DataFrame([{"epoch": r["epoch"], **{ui.MODALITY_NAMES[k]: v for k, v in
                                         kept_accuracy(r).items()}} for r in history]).set_index("epoch"), height=220)
 

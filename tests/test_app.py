@@ -279,6 +279,7 @@ def test_train_page_shows_the_evaluation_with_a_confusion_matrix(app):
     assert app.get("plotly_chart")
     assert any("accuracy" in d.value.columns for d in app.dataframe), "the per-class accuracy table"
     assert "Retrieval, whole catalogue" in page  # the KAGL protocol: test titles against every product
+    assert "Validation accuracy per epoch" in page and "moving average" not in page  # trained without --ema
     catalog = next(d.value for d in app.dataframe if "MRR" in d.value.columns)
     assert list(catalog.index) == ["title → photo", "photo → title",
                                    "title → photo, as Search ranks it (+ the title's predicted classes)"]

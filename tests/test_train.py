@@ -14,7 +14,7 @@ from huse_core.pipeline import DemoSpec
 from huse_core.training.evaluate import evaluate, split_predictions
 from huse_core.run import RunError, load_run
 from huse_core.training.train import train
-from huse_core.training.validation import FUSION_MIN_GAIN, selection_score, validation_rows
+from huse_core.training.validation import FUSION_MIN_GAIN, kept_accuracy, selection_score, validation_rows
 
 TINY_MODEL = DemoSpec.tiny().model
 
@@ -42,6 +42,7 @@ def test_training_logs_all_three_terms_and_keeps_the_best_epoch(trained):
         assert set(record["val_accuracy"]) == set(record["val_accuracy_ema"]) == {"image", "text", "product", "fused"}
         raw, ema = (selection_score(record[k]) for k in ("val_accuracy", "val_accuracy_ema"))
         assert record["weights"] == ("ema" if ema > raw else "raw")  # the weights' average, validated beside them
+        assert kept_accuracy(record) == record["val_accuracy_ema" if ema > raw else "val_accuracy"]
     assert meta["history"][1]["val_accuracy_ema"] != meta["history"][1]["val_accuracy"]  # a different model
     first, last = meta["history"][0]["loss"], meta["history"][-1]["loss"]
     assert last["total"] < first["total"] and last["cls"] < first["cls"]
