@@ -14,25 +14,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
-import torch
-
 from huse_core.run import load_run
-from huse_core.training.evaluate import prepare_run, split_predictions
+from huse_core.training.evaluate import classification_metrics, prepare_run, split_predictions
 
 
 def fit_rows(run_dir: str) -> list[str]:
     run = load_run(run_dir)
     prep = prepare_run(run)
-    leaf = run.meta["leaf"]
+    leaf = run.leaf_head
     rows = []
     for split in ("train", "val", "test"):
         pred = split_predictions(run, split, prep=prep)
-        y = pred["labels"][leaf]
-        known = y >= 0
-        acc = {m: float((pred["probs"][leaf][m].argmax(1) == y)[known].mean()) for m in ("image", "text")}
-        rows.append(f"| {run_dir} | {split} | {int(known.sum()):,} | {100 * acc['image']:.2f} | "
-                    f"{100 * acc['text']:.2f} |")
+        acc = classification_metrics(pred["probs"], pred["labels"], [leaf])[leaf["name"]]
+        rows.append(f"| {run_dir} | {split} | {int((pred['labels'][leaf['name']] >= 0).sum()):,} | "
+                    f"{100 * acc['image']['accuracy']:.2f} | {100 * acc['text']['accuracy']:.2f} |")
         print(rows[-1], file=sys.stderr, flush=True)
     return rows
 
@@ -41,8 +36,6 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run directories")
     args = p.parse_args(argv)
-    torch.manual_seed(0)
-    np.random.seed(0)
     lines = ["| run | split | products | photo leaf accuracy % | title leaf accuracy % |", "|---|---|---:|---:|---:|"]
     for run_dir in args.runs:
         lines += fit_rows(run_dir)

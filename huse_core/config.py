@@ -128,7 +128,7 @@ class TrainConfig:
     select_by: str | None = None  # early stopping's validation score: fused | mean; auto: mean under 1,000 val products
     # A moving average of the weights, validated beside them each epoch, the better kept (training.ema). Off: on the
     # 44k catalogue and 1,000- and 3,000-product shops it kept the same final weights (the one-cycle rate anneals to
-    # ~0) at +7 % time; mid-run it validates far better (44k epoch 4: photo 75.6 vs 61.5 %): for runs stopped early.
+    # ~0) at +6 % time; mid-run it validates far better (44k epoch 4: photo 75.6 vs 61.5 %): for runs stopped early.
     ema: float = 0.0  # decay of the weights' moving average, e.g. 0.997 (a ~330-step horizon); 0 = off
     augment: bool = True  # random flips and small shifts of training photos
     seed: int = 0  # weights init and batch order

@@ -184,7 +184,7 @@ def train(
             print(f"--max-steps {total_steps:,}: training stops there, in epoch "
                   f"{-(-total_steps // steps_per_epoch)} of {train_cfg.epochs}", file=sys.stderr)
     opt, sched = make_optimizer(model, train_cfg, total_steps, criterion)
-    ema = make_ema(model, train_cfg.ema or 0.0) if world.is_main else None  # validated beside the weights
+    ema = make_ema(model, train_cfg.ema) if world.is_main else None  # validated beside the weights
     # Products with the same normalised title share an id: the alignment loss does not push them apart.
     title_group = prep.catalog.df["title"].map(normalise_title).factorize()[0].astype(np.int64)
     meta = {
@@ -265,8 +265,9 @@ def train(
             model.image.autocast = None  # validation measures what inference will give: fp32
             val = accuracy_by_modality(model, prep, val_rows, device)
             val_ema = accuracy_by_modality(ema.module, prep, val_rows, device) if ema is not None else None
-            use_ema = val_ema is not None and (selection_score(val_ema, train_cfg.select_by)
-                                               > selection_score(val, train_cfg.select_by))
+            score = selection_score(val, train_cfg.select_by)
+            ema_score = selection_score(val_ema, train_cfg.select_by) if val_ema is not None else -1.0
+            use_ema, score = ema_score > score, max(score, ema_score)
             record = {"epoch": epoch + 1, "seconds": round(time.time() - t0, 2), "products_per_s": round(rate, 1),
                       "loss": {k: round(v / seen, 5) for k, v in sums.items()},
                       "val_accuracy": {k: round(v, 5) for k, v in val.items()},
@@ -274,7 +275,6 @@ def train(
                           "weights": "ema" if use_ema else "raw"} if val_ema is not None else {}),
                       **({"nce_scale": round(float(criterion.nce.scale.detach()), 3)} if criterion.nce else {})}
             meta["history"].append(record)
-            score = selection_score(val_ema if use_ema else val, train_cfg.select_by)
             if score > best:  # model.pt: the best epoch by the score itself, as the weights or their average
                 best, meta["best_epoch"] = score, epoch + 1
                 meta["best_weights"] = record.get("weights", "raw")
