@@ -38,6 +38,7 @@ import numpy as np
 # on a busy 2-core machine); it is imported before anything that imports torch.
 from huse_core.cli import add_config_flags, build_config
 from huse_core.config import DataConfig, LossConfig, ModelConfig, TrainConfig, to_dict
+from huse_core.model import default_image_size
 from quality_report import markdown
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -366,8 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     # The split seed is --split-seed only (unlike `huse_core train`, --seed does not move it): one split for all.
     data_cfg = build_config(args, DataConfig, catalog=str(catalog))
     model_cfg, loss_cfg, train_cfg = (build_config(args, c) for c in (ModelConfig, LossConfig, TrainConfig))
-    if model_cfg.backbone != "cnn" and getattr(args, "DataConfig.image_size") is None:
-        data_cfg.image_size = 224  # as `huse_core train`: pretrained backbones saw 224 px photos
+    if getattr(args, "DataConfig.image_size") is None:
+        data_cfg.image_size = default_image_size(model_cfg.backbone)  # as `huse_core train` chooses it
     cfgs = (data_cfg, model_cfg, loss_cfg, train_cfg)
     reused = [(path, json.loads(path.read_text())) for path in args.reuse]
 

@@ -148,10 +148,11 @@ def train_form() -> None:
 
     st.subheader("Model and training", anchor=False)
     c1, c2, c3, c4 = st.columns(4)
-    missing_weights = backbone_choices()  # backbone -> None, or the weights file torch's cache lacks
+    missing_weights = backbone_choices()  # backbone -> None, or what is missing and how to get it
     backbone = c1.selectbox("Photo backbone", list(missing_weights), key="train_backbone",
-                            help="cnn trains from scratch, offline. The others use ImageNet weights from torch's "
-                                 "cache (frozen; features computed once).")
+                            help="cnn trains from scratch. lite0 (EfficientNet-Lite0) uses the ImageNet weights its "
+                                 "package ships; resnet18/resnet50/vgg16 use weights from torch's cache (frozen: "
+                                 "features computed once).")
     epochs = c2.slider("Epochs (at most; 0 = auto)", 0, 60, 0, key="train_epochs",
                        help="Auto: chosen from the catalogue's size (more epochs for a small shop). Training stops "
                             "early when the validation score stops improving.")
@@ -160,8 +161,8 @@ def train_form() -> None:
     lr = c4.select_slider("Learning rate", ["auto", 3e-4, 1e-3, 2e-3, 5e-3], value="auto", key="train_lr",
                           help="Auto: 2e-3 at batch 128, scaled with the batch size.")
     if missing_weights[backbone]:
-        st.warning(f"No ImageNet weights for {backbone} on this machine ({missing_weights[backbone]} is not in "
-                   "torch's cache). Use cnn, or copy the weights file there.")
+        st.warning(f"No ImageNet weights for {backbone} on this machine: {missing_weights[backbone]}. "
+                   "Or use cnn, which trains from scratch.")
         return
     encoders = hub_encoders()
     if encoders is None:

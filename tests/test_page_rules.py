@@ -41,10 +41,11 @@ def test_matching_columns_finds_any_case_in_the_candidates_order():
 
 def test_image_size_and_weights_per_backbone():
     assert default_image_size("cnn") == DataConfig.image_size
-    assert all(default_image_size(b) == PRETRAINED_IMAGE_SIZE for b in BACKBONES if b != "cnn")
+    assert default_image_size("lite0") == 160  # ~2x the catalogue photos' 80 px; ImageNet's 224 costs 2.2x the time
+    assert all(default_image_size(b) == PRETRAINED_IMAGE_SIZE for b in BACKBONES if b not in ("cnn", "lite0"))
     missing = backbone_choices()
     assert list(missing) == list(BACKBONES) and missing["cnn"] is None
-    assert all(name is None or name.endswith(".pth") for name in missing.values())
+    assert all(why is None or ".pth is not in torch's cache" in why for b, why in missing.items() if b != "lite0")
 
 
 def test_confusion_matrix_counts_true_rows_and_leaves_out_missing_labels():

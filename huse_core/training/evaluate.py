@@ -184,9 +184,13 @@ def split_predictions(run, split: str = "test", progress: bool = False, prep: Pr
 
 
 def prepare_run(run, progress: bool = False) -> Prepared:
-    """A loaded run's catalogue, read with the run's own tokenizer and class lists (rows and split as trained)."""
-    return prepare(run.data_cfg, run.model_cfg, cache_dir_for(run.data_cfg, run.run_dir), progress=progress,
+    """A loaded run's catalogue, read with the run's own tokenizer and class lists (rows and split as trained); with
+    a frozen photo backbone, its features too (the cache training wrote: the backbone does not run again)."""
+    prep = prepare(run.data_cfg, run.model_cfg, cache_dir_for(run.data_cfg, run.run_dir), progress=progress,
                    tokenizer=run.meta["tokenizer"], heads=run.heads)
+    if run.model.image.frozen:
+        prep.compute_features(run.model, torch.device("cpu"), progress)
+    return prep
 
 
 def baseline_metrics(prep: Prepared, split: str, heads: list[dict], classification: dict) -> dict:
