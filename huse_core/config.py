@@ -35,9 +35,9 @@ class ModelConfig:
     """The HUSE towers and the shared classifier."""
 
     # Hub encoders (pip install -r requirements-pretrained.txt; model.hub): openclip:MODEL/TAG, timm:NAME.
-    backbone: str = "cnn"  # cnn (from scratch, offline) | resnet18 | resnet50 | vgg16 | openclip:MODEL/TAG | timm:NAME
-    image_weights: str = ""  # weights file (or folder) for pretrained backbones; "" = torch's / the hub cache
-    # False: torchvision CNNs train whole; hub encoders train their last block (features then run every step).
+    backbone: str = "cnn"  # cnn (from scratch) | lite0 (ImageNet) | resnet18 | resnet50 | vgg16 | openclip:M/T | timm:N
+    image_weights: str = ""  # pretrained backbones: weights file (or folder); "" = lite0 package, torch / hub cache
+    # False: lite0 and torchvision CNNs train whole; hub encoders their last block (features then run every step).
     freeze_backbone: bool = True  # pretrained backbones: features computed once and cached
     cnn_width: int = 32  # channels of the first cnn stage; stages double it (32-64-128-256)
     cnn_pool: str = "avg"  # the cnn's global pooling: avg | avgmax (average and max side by side, twice the features)
