@@ -1,6 +1,7 @@
-"""Seconds per training step of the from-scratch CNN backbone, float32 vs bfloat16 autocast (TrainConfig.precision).
+"""Seconds per training step of a photo backbone, float32 vs bfloat16 autocast (TrainConfig.precision).
 
     python bench/precision.py [--batch 128] [--sizes 64,80] [--threads 2]
+    python bench/precision.py --backbone lite0 --batch 64 --sizes 160   # fine-tuning EfficientNet-Lite0 whole
 
 Forward + backward + AdamW step on random photos, channels-last as in training; the median of 5 timed steps
 after one warm-up. An epoch of the real catalogue is ~276 steps of 128.
@@ -14,13 +15,13 @@ import time
 
 import torch
 
-from huse_core.model.backbones import SmallCNN
+from huse_core.model.backbones import SmallCNN, lite0_backbone
 from huse_core.training.train import training_autocast
 
 
-def step_seconds(size: int, batch: int, dtype: torch.dtype | None, steps: int = 6) -> float:
+def step_seconds(size: int, batch: int, dtype: torch.dtype | None, steps: int = 6, backbone: str = "cnn") -> float:
     torch.manual_seed(0)
-    net = SmallCNN(32).to(memory_format=torch.channels_last)
+    net = (SmallCNN(32) if backbone == "cnn" else lite0_backbone()[0].train()).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters())
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     times = []
@@ -40,14 +41,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--sizes", default="64,80")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--backbone", choices=("cnn", "lite0"), default="cnn")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     auto = training_autocast("auto", torch.device("cpu"))
-    print(f"{args.threads} threads, batch {args.batch}; precision auto on this CPU = {'bf16' if auto else 'fp32'}")
-    print("| photo size | fp32 s/step | bf16 s/step | speed-up |\n|---:|---:|---:|---:|")
+    print(f"{args.backbone}, {args.threads} threads, batch {args.batch}; precision auto on this CPU = "
+          f"{'bf16' if auto else 'fp32'}")
+    print("| photo size | fp32 s/step | fp32 ms/photo | bf16 s/step | speed-up |\n|---:|---:|---:|---:|---:|")
     for size in (int(s) for s in args.sizes.split(",")):
-        fp32, bf16 = step_seconds(size, args.batch, None), step_seconds(size, args.batch, torch.bfloat16)
-        print(f"| {size} px | {fp32:.3f} | {bf16:.3f} | {fp32 / bf16:.2f}x |")
+        fp32, bf16 = (step_seconds(size, args.batch, dtype, backbone=args.backbone) for dtype in (None, torch.bfloat16))
+        print(f"| {size} px | {fp32:.3f} | {fp32 / args.batch * 1000:.1f} | {bf16:.3f} | {fp32 / bf16:.2f}x |")
 
 
 if __name__ == "__main__":
