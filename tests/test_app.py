@@ -286,13 +286,18 @@ def test_train_page_shows_the_evaluation_with_a_confusion_matrix(app):
     assert catalog.notna().all().all()
 
 
-def test_train_page_trains_a_new_run_that_becomes_selectable(app, app_root):
-    app.switch_page("pages/train.py").run()
+def train_one_epoch(app, name: str) -> None:
+    """On the Train page as set: one epoch into runs/<name>, no index; clicks Train and waits for it."""
     app.slider(key="train_epochs").set_value(1)
-    app.text_input(key="train_name").input("tiny-ui")
+    app.text_input(key="train_name").input(name)
     app.checkbox(key="train_build_index").uncheck()
     app.run()
     app.button(key="train_start").click().run(timeout=180)
+
+
+def test_train_page_trains_a_new_run_that_becomes_selectable(app, app_root):
+    app.switch_page("pages/train.py").run()
+    train_one_epoch(app, "tiny-ui")
     no_exception(app)
     assert (app_root / "runs" / "tiny-ui" / "model.pt").is_file()
     assert any("tiny-ui" in s.value.replace("\\", "") for s in app.success)
@@ -335,11 +340,7 @@ def test_train_page_backbone_picker_says_what_is_missing_and_trains_lite0(app, a
     assert not [b for b in app.button if b.key == "train_start"]
     app.selectbox(key="train_backbone").select("lite0").run()
     assert not app.warning and [b for b in app.button if b.key == "train_start"]
-    app.slider(key="train_epochs").set_value(1)
-    app.text_input(key="train_name").input("tiny-lite0-ui")
-    app.checkbox(key="train_build_index").uncheck()
-    app.run()
-    app.button(key="train_start").click().run(timeout=180)
+    train_one_epoch(app, "tiny-lite0-ui")
     no_exception(app)
     meta = json.loads((app_root / "runs" / "tiny-lite0-ui" / "run.json").read_text())
     assert meta["status"] == "done" and meta["model"]["backbone"] == "lite0" and meta["data"]["image_size"] == 160
