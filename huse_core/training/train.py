@@ -144,9 +144,11 @@ def train(
         from ..model.sentence import load_encoder
 
         load_encoder()  # a missing optional package fails now, not after every photo is decoded
+    from ..model.backbones import check_image_weights
     from ..model.hub import check_weights
 
     check_weights(model_cfg)  # hub encoders: missing weights offline fail now, in one line, before any decoding
+    check_image_weights(model_cfg.backbone, model_cfg.image_weights)  # lite0, torchvision CNNs: the same
     emit({"stage": "data", "message": "reading the catalogue"})
     if resume:  # the stored configs hold the resolved values; runs from before schedules had them all given
         schedule = Schedule.from_dict(saved["schedule"]) if saved.get("schedule") else None
