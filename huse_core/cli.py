@@ -13,6 +13,7 @@ import re
 import sys
 
 from .config import DataConfig, LossConfig, ModelConfig, TrainConfig
+from .retrieval.hybrid import DEFAULT_MODE, MODES
 
 # Config fields whose flag name differs from the field name (two configs share the name "seed").
 RENAMED = {(DataConfig, "seed"): "split-seed", (DataConfig, "catalog"): None}
@@ -166,15 +167,19 @@ def cmd_search(args) -> int:
         raise ValueError("nothing to search for: pass --text, --image (or both) or --product ID")
     hits = Searcher.open(args.run).search(text=args.text, image=args.image, product=args.product,
                                           target=args.target, k=args.k, filters=dict(args.filter or []),
-                                          image_weight=args.image_weight, use_labels=not args.cosine_only)
+                                          image_weight=args.image_weight, use_labels=not args.cosine_only,
+                                          mode=args.mode)
     if args.json:
         print(json.dumps([dataclasses.asdict(h) for h in hits], indent=2, ensure_ascii=False))
         return 0
     if not hits:
         print("no products match")
+    elif args.mode == "keyword" and args.text and not args.image:
+        print("ranked by BM25 of your words in each product's title and labels; the number is the cosine")
     elif hits[0].agreement is not None:
-        print("ranked by closeness and by how well each product's labels fit the title's predicted classes "
-              "(--cosine-only: closeness alone); the number is the cosine")
+        print("ranked by closeness and by how well each product's labels fit the title's predicted classes"
+              + (", and by your words in titles and labels (BM25)" if hits[0].keyword is not None else "")
+              + " (--cosine-only: without the labels; --mode: keyword or vector alone); the number is the cosine")
     for rank, h in enumerate(hits, 1):
         labels = " / ".join(v for v in h.labels.values() if v)
         print(f"{rank:>3}. {h.score:6.3f}  {h.id:<12} {h.title[:48]:<48}  {labels[:60]}" + ("  [added]" * h.added))
@@ -293,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cosine-only", action="store_true",
                    help="rank a --text query by cosine alone; by default its hits are also ranked by how likely "
                         "the title's class predictions find each product's labels (README: search)")
+    p.add_argument("--mode", choices=list(MODES), default=DEFAULT_MODE,
+                   help="for words alone: hybrid (default) = the shared space, labels and keywords (BM25 over "
+                        "titles and label words, typo-tolerant) on one ranking; vector = without the keywords; "
+                        "keyword = BM25 alone (docs/search-modes.md)")
     p.add_argument("--json", action="store_true", help="print a JSON list of hits, best first")
     p.set_defaults(func=cmd_search)
 
