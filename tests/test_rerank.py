@@ -73,7 +73,7 @@ def test_the_catalogue_protocol_ranks_as_the_search_does():
     red = {"colour": np.log([[0.05, 0.9, 0.05]])}
     assert ranked_hits(query, gallery, np.array(["red tee"]), keys)["R@1"] == 0.0  # cosine: rank 3
     got = ranked_hits(query, gallery, np.array(["red tee"]), keys, rerank=(red, codes, 20.0))
-    assert got == {"R@1": 1.0, "R@10": 1.0, "MRR": 1.0}
+    assert {m: got[m] for m in ("R@1", "R@10", "MRR")} == {"R@1": 1.0, "R@10": 1.0, "MRR": 1.0}
     titles = ["Black Tee", "Red Tee", "Red Cap", "Grey Tee"]
     image_emb, text_emb = gallery, np.vstack([query, query, gallery[2:3], query])
     out = catalog_retrieval(image_emb, text_emb, titles, np.array([1]),

@@ -70,3 +70,24 @@ def _ranks(score: np.ndarray) -> np.ndarray:
     ranks = np.empty(len(score), np.float64)
     ranks[np.argsort(-score, kind="stable")] = np.arange(1, len(score) + 1)
     return ranks
+
+
+def hybrid_top(query_emb: np.ndarray, gallery_emb: np.ndarray, texts: list[str], keyword_scores,
+               log_probs: dict[str, np.ndarray] | None, codes: dict[str, np.ndarray], scale: float,
+               k: int = 1000, weight: float = KEYWORD_WEIGHT, rule: str = "sum") -> np.ndarray:
+    """(Q, k) gallery rows, best first, as the hybrid search ranks typed `texts` (exact, for evaluation): each
+    query's k nearest by cosine joined with its keyword side's best (keyword_scores(text) -> every gallery row's
+    BM25), scored by `hybrid_order` with the label agreement of `log_probs` {head: (Q, C)} (None: no labels)."""
+    from .rerank import agreement
+
+    k = min(k, len(gallery_emb))
+    out = np.empty((len(texts), k), np.int64)
+    for i, text in enumerate(texts):
+        sims = gallery_emb @ query_emb[i]
+        cand = np.argpartition(-sims, k - 1)[:k]
+        lp = None if log_probs is None else {h: p[i : i + 1] for h, p in log_probs.items()}
+        agree_of = None if lp is None else (lambda r, lp=lp: agreement(r[None], lp, codes)[0])
+        rows, _, _ = hybrid_order(cand, sims[cand], keyword_scores(text), sims.__getitem__, agree_of, scale,
+                                  weight=weight, rule=rule)
+        out[i] = rows[:k]
+    return out

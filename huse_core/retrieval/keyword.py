@@ -168,8 +168,8 @@ class KeywordIndex:
     def scores(self, query: str) -> np.ndarray:
         """(len(self),) float32 BM25 score of each product for `query` (0 where no term matches)."""
         q = self.query_terms(query)
-        main = self.bm25.get_scores([t for t in q if t in self.df]) if q and self.n_docs else \
-            np.zeros(self.n_docs, np.float32)
+        known = [t for t in q if t in self.df]  # bm25s fails on a query none of whose terms it indexed
+        main = self.bm25.get_scores(known) if known and self.n_docs else np.zeros(self.n_docs, np.float32)
         if not self._added:
             return np.asarray(main, np.float32)
         return np.concatenate([np.asarray(main, np.float32), self.score_docs(q, self._added)])

@@ -16,7 +16,7 @@ import pandas as pd
 from ..run import Run, check_weight, load_run, mix
 from .adding import add_products
 from .embed import products_frame
-from .hybrid import DEFAULT_MODE, check_mode, hybrid_order, keyword_top
+from .hybrid import DEFAULT_MODE, KEYWORD_WEIGHT, check_mode, hybrid_order, keyword_top
 from .index import load_index, top_matches
 from .keyword import KeywordIndex, product_text
 from .knn import exact_search
@@ -89,6 +89,7 @@ class Searcher:
         self._index_codes: dict | None = None  # the index rows' class codes, made on the first title search
         self._keyword_index: KeywordIndex | None = None  # BM25 over the index rows, made on the first word search
         self._keyword_lock = threading.Lock()
+        self.fusion = ("sum", KEYWORD_WEIGHT)  # the hybrid rule and the keyword side's weight (retrieval.hybrid)
 
     @classmethod
     def open(cls, run_dir: str | Path, backend: str = "auto") -> Searcher:
@@ -238,7 +239,8 @@ class Searcher:
                 allowed = np.ones(len(kw), bool) if allowed is None else allowed
                 allowed[exclude] = False
             rows, scores, _ = hybrid_order(rows, scores, kw, lambda r: self._cosines(state, query, target, r),
-                                           agree_of, self.scale, allowed=allowed)
+                                           agree_of, self.scale, weight=self.fusion[1], rule=self.fusion[0],
+                                           allowed=allowed)
             order = np.arange(len(rows))
         else:
             key = scores if agree_of is None else self.scale * scores + agree_of(rows)
