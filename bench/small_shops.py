@@ -9,26 +9,20 @@ char n-gram LinearSVC baseline that `evaluate` fits on the same train split.
     python bench/small_shops.py --sizes 1000 --scale 4   # one shop, smaller photos
 
 Prints a markdown table per shop (accuracy and macro-F1 per head: photo, title, fused, baseline) and writes
-bench/results/small-shops-<date>.json.
+bench/results/small_shops/<sizes>.json and .md (`bench/quality.py --small-shops` runs the same beside the 44k split).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
-import platform
 import time
 from pathlib import Path
 
+from common import DEFAULT_DATA, write_result
 from other_shop import TRAIN_FLAGS, build
-from quality import DEFAULT_DATA
 
 from huse_core.cli import main as huse
 from huse_core.run import read_meta
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def run_shop(data: Path, out: Path, n: int, scale: int) -> dict:
@@ -78,12 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     for n in (int(s) for s in args.sizes.split(",")):
         results[n] = run_shop(args.data, args.out / f"shop{n}", n, args.scale)
         print(table(n, results[n]) + "\n", flush=True)
-    report = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": platform.platform(),
-              "cpus": os.cpu_count(), "load_at_end": os.getloadavg(), "seconds": round(time.time() - started, 1),
-              "command": "python bench/small_shops.py " + " ".join(argv or []), "shops": results}
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"small-shops-{dt.date.today()}.json"
-    path.write_text(json.dumps(report, indent=2))
+    report = {"seconds": round(time.time() - started, 1), "shops": results}
+    markdown = "\n\n".join(table(n, res) for n, res in results.items())
+    path = write_result("small_shops", args.sizes.replace(",", "-"), report, markdown)
     print(f"results: {path}")
     return 0
 

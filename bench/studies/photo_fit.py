@@ -4,7 +4,7 @@ A tower far below 100 % on the photos it trained on is under-fitting (capacity o
 (mixup, cutmix, stronger augmentation, more label smoothing) have nothing to remove; one near 100 % with a large gap
 to validation is over-fitting and wants them. Photos are read as inference reads them (no augmentation).
 
-    python bench/photo_fit.py RUN [RUN ...]
+    python -m bench.studies.photo_fit RUN [RUN ...]
 
 Prints a markdown table (run, split, products, photo / title accuracy on the leaf head).
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bench.common import write_result
 from huse_core.run import load_run
 from huse_core.training.evaluate import classification_metrics, prepare_run, split_predictions
 
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     for run_dir in args.runs:
         lines += fit_rows(run_dir)
     print("\n".join(lines))
+    print(f"results: {write_result('studies', 'photo-fit', {'runs': args.runs}, chr(10).join(lines))}")
     return 0
 
 

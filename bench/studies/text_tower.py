@@ -14,8 +14,8 @@ per variant with every single-label head's validation / test accuracy at the las
 A model variant takes ModelConfig overrides after a colon: ngram:ngram_dim=128,ngram_dropout=0.2; two more are
 bench-only experiments: init=STD (the n-gram table's init) and bn=1 (BatchNorm over the features before the MLP).
 
-    python bench/text_tower.py --data /tmp/data/fashion-product-images-small/metadata.csv conv ngram conv+ngram
-    python bench/text_tower.py --data /tmp/other-shop/products.csv --id-col sku --text-col product_name \\
+    python -m bench.studies.text_tower --data /tmp/data/fashion-product-images-small/metadata.csv conv ngram conv+ngram
+    python -m bench.studies.text_tower --data /tmp/other-shop/products.csv --id-col sku --text-col product_name \\
         --image-col photo --hierarchy-col category_path --batch-size 32 --epochs 30 conv ngram conv+ngram tfidf
 """
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
 from pathlib import Path
 
@@ -32,12 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from huse_core.config import DataConfig, ModelConfig  # noqa: E402
-from huse_core.model.huse import text_tower  # noqa: E402
-from huse_core.model.towers import MLP, TextTower  # noqa: E402
-from huse_core.prepare import cache_dir_for, prepare  # noqa: E402
-from huse_core.training.losses import ClassLoss  # noqa: E402
+from bench.common import write_result
+from huse_core.config import DataConfig, ModelConfig
+from huse_core.model.huse import text_tower
+from huse_core.model.towers import MLP, TextTower
+from huse_core.prepare import cache_dir_for, prepare
+from huse_core.training.losses import ClassLoss
 
 BUCKETS, BAG_DIM = 1 << 15, 128
 
@@ -82,10 +81,13 @@ def model_config(variant: str) -> tuple[ModelConfig, dict[str, float]]:
 def single_heads(prep) -> list[str]:
     return [h["name"] for h in prep.heads if h["kind"] == "single"]
 
+SUMMARIES: list[str] = []  # one line per variant, written to the result at the end
+
 
 def summary(variant: str, prep, val: dict, test: dict, extra: str = "") -> None:
     cols = " | ".join(f"{h} val {val[h] * 100:.2f} test {test[h] * 100:.2f}" for h in single_heads(prep))
     print(f"SUMMARY {variant}: {cols}{extra}", flush=True)
+    SUMMARIES.append(f"{variant}: {cols}{extra}")
 
 
 def run_tfidf(prep, variant: str) -> None:
@@ -185,6 +187,9 @@ def main() -> None:
                           attributes=[a for a in args.attributes.split(",") if a])
     for variant in args.variants:
         run_variant(data_cfg, variant, args.epochs, args.batch_size, args.lr)
+    path = write_result("studies", "text-tower", {"args": {k: str(v) for k, v in vars(args).items()}},
+                        "\n\n".join(SUMMARIES))
+    print(f"results: {path}")
 
 
 if __name__ == "__main__":

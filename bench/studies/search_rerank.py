@@ -1,6 +1,6 @@
 """Title search with and without the classifier's re-ranking (retrieval.rerank), on the whole-catalogue protocol.
 
-    python bench/search_rerank.py RUN [--split val] [--candidates 500,1000] [--scales 20] [--out FILE.md]
+    python -m bench.studies.search_rerank RUN [--split val] [--candidates 500,1000] [--scales 20]
 
 Every product of the run's catalogue is embedded; up to 2,000 distinct titles of `--split` query all photos (t2i),
 a hit = any product with the same normalised title (evaluate's `retrieval_catalog`). Rows: cosine alone; the
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench.common import write_result
 
 from huse_core.data.catalog import normalise_title
 from huse_core.prepare import embed
@@ -31,7 +32,8 @@ def main() -> int:
     ap.add_argument("--split", default="val", choices=["val", "test"])
     ap.add_argument("--candidates", default="500,1000")
     ap.add_argument("--scales", default="20", help="values of s tried beside the run's own")
-    ap.add_argument("--out", type=Path)
+    ap.add_argument("--variant", default="search-rerank",
+                    help="bench/results/studies/VARIANT.md (default: %(default)s)")
     args = ap.parse_args()
     t0 = time.time()
     run = load_run(args.run)
@@ -42,7 +44,7 @@ def main() -> int:
     picks = catalog_picks(norm, prep.split(args.split))
     lp, codes, scale = title_log_probs(run, prep, picks, text_emb[picks]), product_codes(run, prep, rows), \
         search_scale(run)
-    lines = [f"# Title search re-ranking: `python bench/search_rerank.py {args.run} --split {args.split}`", "",
+    lines = [f"# Title search re-ranking: `python -m bench.studies.search_rerank {args.run} --split {args.split}`", "",
              f"{len(picks):,} distinct {args.split} titles against all {len(rows):,} photos (titles against all "
              f"titles for i2t); the run's alignment scale s = {scale:.1f}.", "",
              "| ranking | R@1 | R@10 | MRR |", "|---|---:|---:|---:|"]
@@ -66,8 +68,7 @@ def main() -> int:
         ranked_hits(image_emb[picks], text_emb, norm[picks], norm, rerank=(photo, codes, scale)))
     text = "\n".join(lines) + f"\n\n({time.time() - t0:.0f} s on {torch.get_num_threads()} threads)\n"
     print(text)
-    if args.out:
-        args.out.write_text(text)
+    print(f"results: {write_result('studies', args.variant, {'run': str(args.run), 'split': args.split}, text)}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """The photo size for `--backbone lite0`: a linear probe of its frozen ImageNet features at a few sizes.
 
-    python bench/lite0_size.py --data CSV [--sizes 128,160,192] [--train 5000] [--test 2000]
+    python -m bench.studies.lite0_size --data CSV [--sizes 128,160,192] [--train 5000] [--test 2000]
 
 A seeded sample of the real catalogue, split by title (crc32 of the lowercased title: 8 of 10 buckets train, the
 last one test, so no title is on both sides); each photo decoded as training decodes it (white-padded square), its
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from bench.common import write_result
 
 from huse_core.config import ModelConfig
 from huse_core.data.images import decode_image
@@ -50,14 +51,17 @@ def main() -> None:
     train = df[bucket < 8].sample(args.train, random_state=0)
     test = df[bucket >= 9].sample(args.test, random_state=0)
     tower = ImageTower(ModelConfig(backbone="lite0")).eval()
-    print("| size | probe test accuracy (articleType) | ms a photo |\n|---:|---:|---:|")
+    lines = ["| size | probe test accuracy (articleType) | ms a photo |", "|---:|---:|---:|"]
+    print("\n".join(lines))
     for size in (int(s) for s in args.sizes.split(",")):
         t0 = time.time()
         a = features(tower, [str(root / p) for p in train["image"]], size)
         b = features(tower, [str(root / p) for p in test["image"]], size)
         ms = (time.time() - t0) / (len(a) + len(b)) * 1000
         clf = LogisticRegression(max_iter=2000).fit(a, train["articleType"])
-        print(f"| {size} px | {(clf.predict(b) == test['articleType'].to_numpy()).mean():.4f} | {ms:.1f} |", flush=True)
+        lines.append(f"| {size} px | {(clf.predict(b) == test['articleType'].to_numpy()).mean():.4f} | {ms:.1f} |")
+        print(lines[-1], flush=True)
+    print(f"results: {write_result('studies', 'lite0-size', {'args': vars(args)}, chr(10).join(lines))}")
 
 
 if __name__ == "__main__":

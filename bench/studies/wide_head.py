@@ -1,6 +1,6 @@
 """What the wide head adds, read from one trained run: the title's prediction with and without its n-gram logits.
 
-    python bench/wide_head.py RUN [RUN ...] [--split test] [--out bench/results/wide-head-DATE.md]
+    python -m bench.studies.wide_head RUN [RUN ...] [--split test] [--variant wide-head]
 
 The wide head is fitted after the towers have trained (training.wide_fit) and nothing else reads it, so the towers,
 the shared classifier and the fusion layer of a run with it are the weights a run without it learns: the same run
@@ -17,6 +17,7 @@ import argparse
 import time
 from pathlib import Path
 
+from bench.common import write_result
 from huse_core.run import load_run
 from huse_core.training.evaluate import baseline_metrics, classification_metrics, prepare_run, split_predictions
 
@@ -49,7 +50,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--split", default="test", choices=["val", "test"])
-    ap.add_argument("--out", type=Path, help="Markdown results (default: print only)")
+    ap.add_argument("--variant", default="wide-head", help="bench/results/studies/VARIANT.md (default: %(default)s)")
     args = ap.parse_args()
     t0 = time.time()
     lines = ["| run | split | head | photo | title, deep only | title + wide | fusion layer, deep only | "
@@ -59,9 +60,9 @@ def main() -> None:
         lines += run_table(run_dir, args.split)
     text = "\n".join(lines) + f"\n\n(accuracy / macro-F1, %; {time.time() - t0:.0f} s)\n"
     print(text)
-    if args.out:
-        args.out.write_text(f"# Wide head: `python bench/wide_head.py {' '.join(map(str, args.runs))} "
-                            f"--split {args.split}`\n\n{text}")
+    path = write_result("studies", args.variant, {"runs": [str(r) for r in args.runs], "split": args.split},
+                        f"# Wide head, with and without its logits\n\n{text}")
+    print(f"results: {path}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Seconds per training step of a photo backbone, float32 vs bfloat16 autocast (TrainConfig.precision).
 
-    python bench/precision.py [--batch 128] [--sizes 64,80] [--threads 2]
-    python bench/precision.py --backbone lite0 --batch 64 --sizes 160   # fine-tuning EfficientNet-Lite0 whole
+    python -m bench.studies.precision [--batch 128] [--sizes 64,80] [--threads 2]
+    python -m bench.studies.precision --backbone lite0 --batch 64 --sizes 160   # fine-tuning EfficientNet-Lite0 whole
 
 Forward + backward + AdamW step on random photos, channels-last as in training; the median of 5 timed steps
 after one warm-up. An epoch of the real catalogue is ~276 steps of 128.
@@ -14,6 +14,7 @@ import statistics
 import time
 
 import torch
+from bench.common import write_result
 
 from huse_core.model.backbones import SmallCNN, lite0_backbone
 from huse_core.training.train import training_autocast
@@ -45,12 +46,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     auto = training_autocast("auto", torch.device("cpu"))
-    print(f"{args.backbone}, {args.threads} threads, batch {args.batch}; precision auto on this CPU = "
-          f"{'bf16' if auto else 'fp32'}")
-    print("| photo size | fp32 s/step | fp32 ms/photo | bf16 s/step | speed-up |\n|---:|---:|---:|---:|---:|")
+    lines = [f"{args.backbone}, {args.threads} threads, batch {args.batch}; precision auto on this CPU = "
+             f"{'bf16' if auto else 'fp32'}", "",
+             "| photo size | fp32 s/step | fp32 ms/photo | bf16 s/step | speed-up |", "|---:|---:|---:|---:|---:|"]
+    print("\n".join(lines), flush=True)
     for size in (int(s) for s in args.sizes.split(",")):
         fp32, bf16 = (step_seconds(size, args.batch, dtype, backbone=args.backbone) for dtype in (None, torch.bfloat16))
-        print(f"| {size} px | {fp32:.3f} | {fp32 / args.batch * 1000:.1f} | {bf16:.3f} | {fp32 / bf16:.2f}x |")
+        lines.append(f"| {size} px | {fp32:.3f} | {fp32 / args.batch * 1000:.1f} | {bf16:.3f} | {fp32 / bf16:.2f}x |")
+        print(lines[-1], flush=True)
+    variant = "precision" if args.backbone == "cnn" else f"precision-{args.backbone}"
+    print(f"results: {write_result('studies', variant, {'args': vars(args)}, chr(10).join(lines))}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """How each rule for the fused prediction would have scored on trained runs: mix of photo + title vs fusion layer.
 
-    python bench/fusion_rule.py RUN [RUN ...] [--out bench/results/fusion-rule-DATE.md]
+    python -m bench.studies.fusion_rule RUN [RUN ...] [--variant fusion-rule]
 
 For every single-label head of each run: the validation and test accuracy of the photo, the title, every photo +
 title mix on training's grid, and the fusion layer; then the test accuracy of `fused` under two rules, both chosen
@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench.common import write_result
 
 from huse_core.run import load_run
 from huse_core.training.evaluate import prepare_run, split_predictions
@@ -50,7 +51,7 @@ def head_accuracies(run_dir: Path) -> dict[str, dict[str, dict]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", type=Path)
-    ap.add_argument("--out", type=Path, help="Markdown results (default: print only)")
+    ap.add_argument("--variant", default="fusion-rule", help="bench/results/studies/VARIANT.md (default: %(default)s)")
     args = ap.parse_args()
     lines = ["| run | head | test n | val: chosen mix / layer | test: beat / prefer / log-loss / layer alone | "
              "prefer − beat | log-loss − prefer |", "|---|---|---:|---:|---:|---:|---:|"]
@@ -76,8 +77,7 @@ def main() -> None:
                  f"{(e < 0).sum()}; mean {e.mean() * 100:+.3f} points ({time.time() - t0:.0f} s)")
     text = "\n".join(lines)
     print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    print(f"results: {write_result('studies', args.variant, {'runs': [str(r) for r in args.runs]}, text)}")
 
 
 if __name__ == "__main__":
