@@ -192,6 +192,34 @@ def test_app_layers_import_one_way():
     assert not _tops(REPO / "app.py") & {"pages", "bench"}
 
 
+DECISION_SLUGS = {"title-tower", "photo-size", "schedule", "epochs", "ema", "cnn-pool", "wide-head", "fusion-rule",
+                  "search-rerank", "alignment-term", "lite0", "index-backend", "annoy-trees", "map-sample", "flip-tta",
+                  "precision", "hybrid-search", "audit"}
+
+
+def _heading_slugs(markdown: str) -> set[str]:
+    """The anchors a Markdown renderer gives the headings (GitHub's rule: lowercase, punctuation dropped,
+    spaces to hyphens)."""
+    import re
+
+    return {re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+            for line in markdown.splitlines() if line.startswith("#")}
+
+
+def test_every_decision_pointer_names_a_section_of_decisions_md():
+    """`docs/decisions.md#SLUG` in code, benches and docs lands on a heading, and each agreed slug has one."""
+    import re
+
+    slugs = _heading_slugs((REPO / "docs" / "decisions.md").read_text(encoding="utf-8"))
+    assert DECISION_SLUGS <= slugs, f"docs/decisions.md lacks sections {sorted(DECISION_SLUGS - slugs)}"
+    files = [*PACKAGE.rglob("*.py"), *BENCH.rglob("*.py"), *(REPO / "ui").glob("*.py"),
+             *(REPO / "pages").glob("*.py"), REPO / "app.py", *(REPO / "docs").glob("*.md"), REPO / "README.md"]
+    dangling = [f"{path.relative_to(REPO)}: #{slug}" for path in files
+                for slug in re.findall(r"decisions\.md#([a-z0-9][a-z0-9-]*)", path.read_text(encoding="utf-8"))
+                if slug not in slugs]
+    assert not dangling, "pointers to no section of docs/decisions.md:\n" + "\n".join(dangling)
+
+
 def test_loading_an_index_or_the_package_does_not_load_torch():
     code = ("import sys, huse_core, huse_core.retrieval.index, huse_core.retrieval.map, huse_core.data.catalog\n"
             "print('torch' in sys.modules)")
