@@ -1,24 +1,20 @@
-"""Small shops against the built-in title baseline: default `train` + `evaluate` on 1,000- and 3,000-product shops.
+"""Small shops against the built-in title baseline: the `--small-shops` part of bench/quality.py.
 
 Each shop is built from the real fashion data in another layout (bench/other_shop.py: a `category_path` column
-"Master >> Sub >> Article", long product-name titles, photos enlarged `--scale` times), trained with the default
-flags (only the column flags given), then evaluated on its test split (grouped by title) beside the TF-IDF word +
-char n-gram LinearSVC baseline that `evaluate` fits on the same train split.
+"Master >> Sub >> Article", long product-name titles, photos enlarged 8 times), trained with the default flags (only
+the column flags given), then evaluated on its test split (grouped by title) beside the TF-IDF word + char n-gram
+LinearSVC baseline that `evaluate` fits on the same train split:
 
-    python bench/small_shops.py                          # 1,000 and 3,000 products, into /tmp/small-shops
-    python bench/small_shops.py --sizes 1000 --scale 4   # one shop, smaller photos
+    python bench/quality.py --skip-peers --skip-huse --small-shops 1000,3000   # -> bench/results/quality/small-shops
 
-Prints a markdown table per shop (accuracy and macro-F1 per head: photo, title, fused, baseline) and writes
-bench/results/small_shops/<sizes>.json and .md (`bench/quality.py --small-shops` runs the same beside the 44k split).
+`table` renders one shop as a markdown table (accuracy and macro-F1 per head: photo, title, fused, baseline).
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
-from common import DEFAULT_DATA, write_result
 from other_shop import TRAIN_FLAGS, build
 
 from huse_core.cli import main as huse
@@ -59,25 +55,3 @@ def table(n: int, res: dict) -> str:
         diff = f"{(per['fused']['accuracy'] - b['accuracy']) * 100:+.1f}" if b and "fused" in per else "–"
         lines.append(f"| {head} | {' | '.join(cells)} | {bcell} | {diff} |")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the fashion catalogue (tar.gz, folder or CSV)")
-    p.add_argument("--out", type=Path, default=Path("/tmp/small-shops"), help="folder for the shops and runs")
-    p.add_argument("--sizes", default="1000,3000", help="comma-separated shop sizes")
-    p.add_argument("--scale", type=int, default=8, help="photo enlargement (8: 480x640 JPEGs)")
-    args = p.parse_args(argv)
-    started, results = time.time(), {}
-    for n in (int(s) for s in args.sizes.split(",")):
-        results[n] = run_shop(args.data, args.out / f"shop{n}", n, args.scale)
-        print(table(n, results[n]) + "\n", flush=True)
-    report = {"seconds": round(time.time() - started, 1), "shops": results}
-    markdown = "\n\n".join(table(n, res) for n, res in results.items())
-    path = write_result("small_shops", args.sizes.replace(",", "-"), report, markdown)
-    print(f"results: {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
