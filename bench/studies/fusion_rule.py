@@ -5,7 +5,7 @@
 For every single-label head of each run: the validation and test accuracy of the photo, the title, every photo +
 title mix on training's grid, and the fusion layer; then the test accuracy of `fused` under two rules, both chosen
 on validation only (validation.tune_fusion_weights picks the mix the same way):
-  "beat": the layer only where it beats the best mix by FUSION_MIN_GAIN (the rule before 2026-12-02);
+  "beat": the layer only where it beats the best mix by FUSION_MIN_GAIN (the earlier rule);
   "prefer": the layer unless the chosen mix beats it by FUSION_MIN_GAIN (the rule now);
   "log-loss": the layer or mix with the least validation log-loss (ties to the layer), as the wide head's t is chosen.
 Runs need a fusion layer; their catalogue (and decoded-photo cache) must still be where they were trained.

@@ -81,6 +81,7 @@ def model_config(variant: str) -> tuple[ModelConfig, dict[str, float]]:
 def single_heads(prep) -> list[str]:
     return [h["name"] for h in prep.heads if h["kind"] == "single"]
 
+
 SUMMARIES: list[str] = []  # one line per variant, written to the result at the end
 
 
