@@ -278,11 +278,15 @@ def default_variant(args: argparse.Namespace, n_products: int) -> str:
         return f"ablation-{size}"
     if args.skip_huse:
         return f"{size}-peers"
-    changed = [f"{dest.split('.', 1)[1].replace('_', '-')}-{value if not isinstance(value, list) else '+'.join(value)}"
-               for dest, value in sorted(vars(args).items())
-               if "." in dest and value is not None and not isinstance(value, bool)]
-    changed += [dest.split(".", 1)[1].replace("_", "-") for dest, value in sorted(vars(args).items())
-                if "." in dest and value is True]
+    changed = []  # every training flag given (None = not given), as it reads: epochs-16, no-fusion-layer, ...
+    for dest, value in sorted(vars(args).items()):
+        if "." not in dest or value is None:
+            continue
+        name = dest.split(".", 1)[1].replace("_", "-")
+        if isinstance(value, bool):
+            changed.append(name if value else f"no-{name}")
+        else:
+            changed.append(f"{name}-{'+'.join(map(str, value)) if isinstance(value, list) else value}")
     return "-".join([size, *changed]) if changed else f"{size}-default"
 
 
