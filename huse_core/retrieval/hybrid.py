@@ -6,8 +6,10 @@ side (BM25 over titles and label text, retrieval.keyword) on one candidate list,
 The candidates are the vector side's K nearest and the keyword side's K best; a candidate gets both sides' scores
 (its cosine is computed where only the keyword side found it). BM25 is divided by the query's best BM25 so w means
 the same for a two-word query as for a whole title. The rule and w were chosen on validation queries of the real
-catalogue (attribute queries, noisy titles, photo-only products; bench/search_queries.py), where reciprocal-rank
-fusion was the alternative. Used by the Searcher and, through the same function, by the evaluation of query sets.
+catalogue (attribute queries and noisy titles; bench/search_queries.py --sweep-only), where reciprocal-rank fusion
+was the alternative. A large w makes the words decide wherever they discriminate and the shared space and labels
+order what they leave tied (products matching the same words) or find nothing for. Used by the Searcher and, through
+hybrid_top, by evaluate's whole-catalogue protocol.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 
 MODES = ("hybrid", "vector", "keyword")  # search --mode; the Searcher's and the Search page's setting
 DEFAULT_MODE = "hybrid"  # why: docs/decisions.md#hybrid-search
-KEYWORD_WEIGHT = 8.0  # w: the keyword side's weight in the hybrid score. why: docs/decisions.md#hybrid-search
+KEYWORD_WEIGHT = 128.0  # w: the keyword side's weight in the hybrid score. why: docs/decisions.md#hybrid-search
 RRF_K = 60  # reciprocal-rank fusion's constant (the usual 60), for the rule compared on validation
 KEYWORD_CANDIDATES = 1000  # the keyword side's best products joined to the vector side's candidates
 
