@@ -3,7 +3,47 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
+
+# The values each enumerated setting accepts: the CLI offers them as argparse choices, and every config checks its
+# own in __post_init__, so a typo stops before any photo is decoded. model.backbones / model.hub build them.
+CHOICES = {
+    "cnn_pool": ("avg", "avgmax"),
+    "gap_anchor": ("text", "none"),
+    "nce_anchor": ("none", "text"),  # or None = auto
+    "graph_distance": ("tree", "names"),
+    "optimizer": ("adamw", "rmsprop"),
+    "select_by": ("fused", "mean"),  # or None = auto
+    "precision": ("auto", "bf16", "fp32"),
+}
+IMAGE_BACKBONES = ("cnn", "lite0", "resnet18", "resnet50", "vgg16")  # and hub encoders, HUB_FORMS["image"]
+TEXT_BACKBONES = ("ngram", "conv", "conv+ngram", "minilm")  # and hub encoders, HUB_FORMS["text"]
+HUB_FORMS = {"image": {"openclip": "openclip:MODEL[/TAG]", "timm": "timm:NAME"},
+             "text": {"openclip": "openclip:MODEL[/TAG]", "st": "st:NAME"}}
+LOSS_TERMS = ("cls", "graph", "gap", "nce")
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _one_of(values) -> str:
+    return ", ".join(values[:-1]) + " or " + values[-1]
+
+
+def _check_choices(cfg) -> None:
+    """ValueError in one line for the first enumerated field of `cfg` holding a value it does not accept."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in CHOICES and value is not None and value not in CHOICES[f.name]:
+            raise ValueError(f"unknown {f.name} {value!r}: choose {_one_of(CHOICES[f.name])} "
+                             f"(--{f.name.replace('_', '-')})")
+
+
+def _check_backbone(name: str, value: str, fixed: tuple, role: str) -> None:
+    library, sep, rest = value.partition(":")
+    if value in fixed or (sep and library in HUB_FORMS[role] and rest.strip("/")):
+        return
+    forms = _one_of((*fixed, *HUB_FORMS[role].values()))
+    raise ValueError(f"unknown {name} {value!r}: choose {forms} (--{name.replace('_', '-')})")
 
 
 @dataclass
@@ -77,6 +117,11 @@ class ModelConfig:
     # the train split after the towers and weighed per head on validation (training.wide_fit).
     wide_head: bool = True  # title logits = shared classifier(text_emb) + t * linear SVM margins of its n-grams
 
+    def __post_init__(self):
+        _check_backbone("backbone", self.backbone, IMAGE_BACKBONES, "image")
+        _check_backbone("text_backbone", self.text_backbone, TEXT_BACKBONES, "text")
+        _check_choices(self)
+
 
 @dataclass
 class LossConfig:
@@ -103,6 +148,13 @@ class LossConfig:
     nce_anchor: str | None = None  # none = both towers move | text = only photos move (titles held fixed)
     nce_scale: float = 20.0  # the alignment's inverse temperature at the start
     nce_learn_scale: bool = True  # learn the inverse temperature (clamped to [1, 100])
+
+    def __post_init__(self):
+        unknown = [t for t in self.losses if t not in LOSS_TERMS]
+        if unknown or not self.losses:
+            raise ValueError(f"unknown loss terms {', '.join(map(repr, unknown)) or '(none given)'}: choose from "
+                             f"{_one_of(LOSS_TERMS)} (--losses)")
+        _check_choices(self)
 
 
 @dataclass
@@ -137,6 +189,11 @@ class TrainConfig:
     # bf16 runs the from-scratch cnn's convolutions in bfloat16 while training (1.8-2.1x faster steps on a CPU
     # with native bf16); the towers' MLPs, the losses and every prediction and embedding stay float32.
     precision: str = "auto"  # auto = bf16 where the CPU/GPU supports it natively, else fp32 | bf16 | fp32
+
+    def __post_init__(self):
+        if not DEVICE.fullmatch(str(self.device)):
+            raise ValueError(f"unknown device {self.device!r}: choose auto, cpu, cuda, cuda:N or mps (--device)")
+        _check_choices(self)
 
 
 # What an auto (None) setting means where no training schedule resolved it: a model or catalogue built outside train.
