@@ -16,8 +16,8 @@ Names load on first use, so `import huse_core` stays light (no torch until a mod
 import importlib
 import os
 
-# OpenMP's default busy-wait makes torch's threads spin while they wait; on a shared 2-core machine that
-# measured ~6x more CPU per training step and ~5x longer steps. Must be set before torch is first imported.
+# OpenMP's default busy-wait makes torch's threads spin while they wait, several times the CPU and time per
+# training step on a shared machine. Must be set before torch is first imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"

@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of the image in a text+image or --product query (0..1)")
     p.add_argument("--cosine-only", action="store_true",
                    help="rank a --text query by cosine alone; by default its hits are also ranked by how likely "
-                        "the title's class predictions find each product's labels (README: search)")
+                        "the title's class predictions find each product's labels")
     p.add_argument("--json", action="store_true", help="print a JSON list of hits, best first")
     p.set_defaults(func=cmd_search)
 

@@ -23,17 +23,13 @@ from .map import build_map
 from .layout import (INDEX_FORMAT, MANIFEST, build_folder, faiss_path, forest_path, index_dir, load_embeddings,
                      load_product_emb, new_build_folder, remove_other_builds)
 
-# A build's steps and their rough shares of its time, for one progress bar (demo shop on 2 cores: embedding 6.5 s,
-# each forest 0.2 s, the map 10 s; at 44k products embedding takes a larger share, the map is sampled).
+# A build's steps and their rough shares of its time on the demo shop, for one progress bar (at larger catalogues
+# embedding takes a larger share, the map is sampled).
 BUILD_STEPS = {"embed": 0.4, "index_image": 0.05, "index_text": 0.05, "index_product": 0.05, "map": 0.45}
 Progress = Callable[[dict], None]
 BACKENDS = ("auto", "annoy", "faiss", "exact")
-# `--backend auto` builds faiss (when installed) from this many products on, Annoy below. Measured at dim 512 on
-# 2 cores, both tuned to recall@10 0.98 (BENCHMARKS.md, "Scale: vector indexes"), faiss vs Annoy in CPU time:
-# 100k: build 18 vs 21 s, a query 0.38 vs 0.90 ms, 546 vs 2,284 bytes a vector on disk; 1M: build 214 vs 248 s,
-# 1.1 vs 1.9 ms, 528 vs 2,264 bytes, build peak 3.5 vs 4.8 GB. So faiss is ahead from 100k on. Below it both
-# answer in under 1 ms and Annoy, a core dependency measured on the real 44k catalogue, stays (faiss led at 20k
-# and 44k too, by 0.2-0.3 ms, but re-ranking touches the float32 rows: serving RSS 3.1-3.6 vs 2.5 KB a vector).
+# `--backend auto` builds faiss (when installed) from this many products on, Annoy (a core dependency) below,
+# where both answer in under a millisecond.  # why: docs/decisions.md#index-backend
 FAISS_FROM = 100_000
 
 

@@ -14,11 +14,8 @@ classifier's logit scale for a run trained without it): a product of experts of 
 no weight to tune. Heads where the product has no label (or the run no such head) add nothing. The candidates
 are the K products nearest by cosine (the index's answer), re-ordered; those past K keep their cosine order.
 
-Measured on the real 44k catalogue (whole-catalogue protocol, 2,000 test titles against all 44,072 photos; README):
-title -> photo R@10 0.282 -> 0.480, R@1 0.059 -> 0.145 with K = 1,000 (bench/search_rerank.py: the choices, on
-validation). Photo queries are not re-ranked: the photo's
-own predictions are weaker (84 % leaf, 67 % colour) and re-ranking by them lowered photo -> title R@10 on
-validation (0.239 -> 0.209).
+Photo queries are not re-ranked: the photo's own predictions are weaker, and re-ranking by them lowered
+photo -> title recall on validation (why: docs/decisions.md#search-rerank).
 """
 
 from __future__ import annotations
@@ -27,7 +24,7 @@ import numpy as np
 
 from ..data.catalog import OTHER
 
-CANDIDATES = 1000  # products re-ranked per query: the K nearest by cosine (500 gave 0.001 less R@10 on validation)
+CANDIDATES = 1000  # products re-ranked per query: the K nearest by cosine  # why: docs/decisions.md#search-rerank
 BLANK = ("", "nan", "None")  # label cells that mean "no label"
 FLOOR = 1e-6  # the least probability a head gives a class (log p >= -13.8): a sure, wrong head costs a bounded amount
 
