@@ -1,4 +1,4 @@
-"""The `huse` command line (also `python -m huse_core`): one argparse parser and the thin function behind each command."""
+"""The `huse` command line (also `python -m huse_core`): one argparse parser and a thin function per command."""
 
 from __future__ import annotations
 
@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_flags(p, cls, title)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="measure a run on its test split (accuracy, retrieval) and store it in run.json",
+    p = sub.add_parser("evaluate", help="measure a run on its test split (accuracy, retrieval); stored in run.json",
                        description="Measure a run on a split: accuracy per head from photo, title and both, "
                                    "retrieval recall, and a TF-IDF title baseline beside it; stored in run.json.")
     p.add_argument("--run", required=True, help="run directory")
