@@ -20,7 +20,7 @@ import os
 # training step on a shared machine. Must be set before torch is first imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the version: pyproject.toml reads it from here
 
 _API = {  # public name -> the module that defines it
     "DataConfig": "config", "ModelConfig": "config", "LossConfig": "config", "TrainConfig": "config",

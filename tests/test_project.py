@@ -1,0 +1,43 @@
+"""The habits of a maintained project: one version, ruff's target and rules as the project declares, ruff in CI."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_version_is_written_once_and_the_cli_reports_it(capsys):
+    import huse_core
+    from huse_core.cli import main
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "huse_core.__version__"}
+    assert re.fullmatch(r"\d+\.\d+\.\d+", huse_core.__version__)
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"huse {huse_core.__version__}"
+
+
+def test_ruff_targets_requires_python_checks_broad_excepts_and_runs_in_ci():
+    ruff = tomllib.loads((ROOT / "ruff.toml").read_text())
+    floor = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert ruff["target-version"] == "py" + re.fullmatch(r">=\s*(\d+)\.(\d+)", floor).expand(r"\1\2")
+    assert "BLE" in ruff["lint"]["select"]  # the `# noqa: BLE001 - why` comments mean something
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "ruff check ." in ci and ci.index("ruff check .") < ci.index("pytest")
+
+
+def test_ruff_passes():
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", "."], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0 and "No module named ruff" in done.stderr:
+        pytest.skip("ruff is not installed (pip install -e .[test])")
+    assert done.returncode == 0, done.stdout[-3000:]
