@@ -16,6 +16,8 @@ Names load on first use, so `import huse_core` stays light (no torch until a mod
 import importlib
 import os
 
+from .logs import to_stderr as _to_stderr
+
 # OpenMP's default busy-wait makes torch's threads spin while they wait, several times the CPU and time per
 # training step on a shared machine. Must be set before torch is first imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -31,6 +33,10 @@ _API = {  # public name -> the module that defines it
     "IndexMissingError": "retrieval.layout", "StaleIndexError": "retrieval.layout",
 }
 __all__ = ["__version__", *_API]
+
+# Progress, notes and warnings (each module's logging.getLogger(__name__)) show on stderr, as a command-line tool's
+# would; a program with its own logging removes this handler: logging.getLogger("huse_core").handlers.clear().
+_to_stderr()
 
 
 def __getattr__(name: str):

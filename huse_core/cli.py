@@ -6,11 +6,15 @@ import argparse
 import dataclasses
 import inspect
 import json
+import logging
 import re
 import sys
 
 from . import __version__
 from .config import CHOICES, DataConfig, LossConfig, ModelConfig, TrainConfig
+from .logs import to_stderr
+
+log = logging.getLogger(__name__)
 
 # Config fields whose flag name differs from the field name (two configs share the name "seed").
 RENAMED = {(DataConfig, "seed"): "split-seed", (DataConfig, "catalog"): None}
@@ -187,8 +191,7 @@ def cmd_classify(args) -> int:
 
     run = load_run(args.run)  # labels need only the model: no index
     if not args.json and not index_ready(args.run):
-        print(f"note: nearest products need a search index: `python -m huse_core index --run {args.run}`",
-              file=sys.stderr)
+        log.warning(f"note: nearest products need a search index: `python -m huse_core index --run {args.run}`")
     if args.labels:
         ranked = run.zero_shot(_parse_list(args.labels), image=args.image, text=args.text)
         if args.json:
@@ -339,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    to_stderr()  # progress, notes and warnings on stderr; results and JSON on stdout
     try:
         return args.func(args)
     except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as err:

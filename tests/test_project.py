@@ -41,3 +41,19 @@ def test_ruff_passes():
     if done.returncode != 0 and "No module named ruff" in done.stderr:
         pytest.skip("ruff is not installed (pip install -e .[test])")
     assert done.returncode == 0, done.stdout[-3000:]
+
+
+def test_library_progress_goes_through_logging_to_stderr(capsys, caplog):
+    """A library function's progress is a log record (an embedding program can route it) shown on stderr."""
+    import logging
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from huse_core.training.validation import validation_rows
+
+    with caplog.at_level(logging.INFO, logger="huse_core"):
+        picked = validation_rows(np.arange(50), SimpleNamespace(val_max=10, seed=0), progress=True)
+    assert len(picked) == 10
+    assert [r.name for r in caplog.records] == ["huse_core.training.validation"]
+    assert "a seeded sample of 10 of the 50 validation products" in capsys.readouterr().err

@@ -10,6 +10,7 @@ code; and `UMAP.transform` is slower per point than the fit itself (why: docs/de
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -23,6 +24,8 @@ from tqdm.auto import tqdm
 from ..artifacts import atomic_write
 from .knn import StackedRows, exact_search
 from .layout import MAP
+
+log = logging.getLogger(__name__)
 
 # Points UMAP is fitted on; the rest are placed (place_points). Its exact neighbour graph grows with the square of
 # this, placement linearly in it.  # why: docs/decisions.md#map-sample
@@ -106,7 +109,7 @@ def fit_xy(points, seed: int = 0, fit_limit: int = FIT_LIMIT, progress: bool = T
            else np.sort(np.random.default_rng(seed).choice(n_fit, fit_limit, replace=False)))
     t0 = time.time()
     if progress:
-        print(f"map: fitting UMAP on {len(fit):,} of {n:,} points", file=sys.stderr)
+        log.info(f"map: fitting UMAP on {len(fit):,} of {n:,} points")
     args = {**UMAP_ARGS, "n_neighbors": min(UMAP_ARGS["n_neighbors"], len(fit) - 1)}
     fit_raw = np.asarray(points[fit], np.float32)
     axes = principal_axes(fit_raw)
@@ -119,7 +122,7 @@ def fit_xy(points, seed: int = 0, fit_limit: int = FIT_LIMIT, progress: bool = T
         warnings.simplefilter("ignore")
         fit_xy_ = reducer.fit_transform(fit_points).astype(np.float32)
     if progress:
-        print(f"map: UMAP fit took {time.time() - t0:.1f}s", file=sys.stderr)
+        log.info(f"map: UMAP fit took {time.time() - t0:.1f}s")
     if len(fit) == n:
         return fit_xy_
     xy = np.zeros((n, 2), np.float32)
