@@ -228,7 +228,7 @@ Train an image + text model on your shop's catalogue (a CSV of titles, photo pat
 new products from a photo and/or a title, search the catalogue by words, photo or product, and add new products
 to a trained run's search index. Everything runs locally; nothing is downloaded unless you ask for a hub encoder.
 
-Start with `huse demo-data`, then `huse train --catalog data/demo/metadata.csv --out runs/demo`,
+Start with `huse demo-data`, then `huse train --catalog data/demo/metadata.csv --out runs/demo --preset demo`,
 `huse index --run runs/demo` and `huse search --run runs/demo --text "red dress"`.
 `huse COMMAND --help` lists each command's flags."""
 
