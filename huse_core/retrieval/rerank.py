@@ -23,26 +23,27 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.catalog import OTHER
+from ..data.heads import Head, as_heads
 
 CANDIDATES = 1000  # products re-ranked per query: the K nearest by cosine  # why: docs/decisions.md#search-rerank
 BLANK = ("", "nan", "None")  # label cells that mean "no label"
 FLOOR = 1e-6  # the least probability a head gives a class (log p >= -13.8): a sure, wrong head costs a bounded amount
 
 
-def label_codes(values: dict[str, np.ndarray], heads: list[dict]) -> dict[str, np.ndarray]:
+def label_codes(values: dict[str, np.ndarray], heads: list[Head] | list[dict]) -> dict[str, np.ndarray]:
     """Per single-label head, each product's class index from its label strings (rows of `values[head]`): a label
     outside the head's classes is `other` where rare classes were merged into it, else -1 (no label), as is ""."""
     import pandas as pd
 
     codes = {}
-    for h in heads:
-        if h["kind"] != "single" or h["name"] not in values:
+    for h in as_heads(heads):
+        if h.kind != "single" or h.name not in values:
             continue
-        index = {c: i for i, c in enumerate(h["classes"])}
-        labels = pd.Series(np.asarray(values[h["name"]], dtype=object)).astype(str)
+        index = {c: i for i, c in enumerate(h.classes)}
+        labels = pd.Series(np.asarray(values[h.name], dtype=object)).astype(str)
         found = labels.map(index).to_numpy(dtype=np.float64)  # NaN: not one of the classes
         blank = labels.isin(BLANK).to_numpy()
-        codes[h["name"]] = np.where(np.isnan(found), np.where(blank, -1, index.get(OTHER, -1)), found).astype(np.int64)
+        codes[h.name] = np.where(np.isnan(found), np.where(blank, -1, index.get(OTHER, -1)), found).astype(np.int64)
     return codes
 
 
