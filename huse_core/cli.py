@@ -240,12 +240,8 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the flags)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="huse", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_demo_data_command(sub) -> None:
+    """The `demo-data` command's flags."""
     p = sub.add_parser("demo-data", help="write the built-in synthetic demo shop (a catalogue CSV and its photos)",
                        description="Write a synthetic shop to try the workbench on: metadata.csv and images/.")
     p.add_argument("--out", default="data/demo", help="folder for metadata.csv and images/")
@@ -254,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo_data)
 
+
+def add_train_command(sub) -> None:
+    """The `train` command's flags."""
     p = sub.add_parser("train", help="train a model on a catalogue CSV or Parquet file into a run folder",
                        description="Train a run: the photo and title towers and their shared classifier, written to "
                                    "--out (model.pt, run.json). Column flags are auto-detected for the common "
@@ -269,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_flags(p, cls, title)
     p.set_defaults(func=cmd_train)
 
+
+def add_evaluate_command(sub) -> None:
+    """The `evaluate` command's flags."""
     p = sub.add_parser("evaluate", help="measure a run on its test split (accuracy, retrieval); stored in run.json",
                        description="Measure a run on a split: accuracy per head from photo, title and both, "
                                    "retrieval recall, and a TF-IDF title baseline beside it; stored in run.json.")
@@ -280,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the TF-IDF title baseline (word + char n-grams, LinearSVC on the train split)")
     p.set_defaults(func=cmd_evaluate)
 
+
+def add_index_command(sub) -> None:
+    """The `index` command's flags."""
     p = sub.add_parser("index", help="embed the catalogue, build the search index and the map",
                        description="Embed every product with the run's model, build the search index (Annoy, faiss "
                                    "or exact) and the 2-D map; `search`, `add` and the app read them.")
@@ -293,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_index)
 
+
+def add_embed_command(sub) -> None:
+    """The `embed` command's flags."""
     p = sub.add_parser("embed", help="embed the catalogue into index/parts/, here or on Ray workers",
                        description="Embed the catalogue in parts (index/parts/); a rerun skips finished parts and "
                                    "`index` reads them instead of embedding again.")
@@ -305,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_embed)
 
+
+def add_add_command(sub) -> None:
+    """The `add` command's flags."""
     p = sub.add_parser("add", help="add new products (titles + photos) to a run's search index",
                        description="Embed and label new products with the run's model and store them beside its "
                                    "search index: searches find them at once, the next `index` folds them in. Bad "
@@ -321,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_add)
 
+
+def add_search_command(sub) -> None:
+    """The `search` command's flags."""
     p = sub.add_parser("search", help="search the catalogue by text, image (or both) or a product id",
                        description="Find the products nearest a title, a photo, both, or a product of the catalogue.")
     p.add_argument("--run", required=True, help="run directory (with an index)")
@@ -341,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON list of hits, best first")
     p.set_defaults(func=cmd_search)
 
+
+def add_classify_command(sub) -> None:
+    """The `classify` command's flags."""
     p = sub.add_parser("classify", help="predict a product's labels from its photo and/or title",
                        description="Predict each head's labels from a photo, a title or both; with --labels, rank "
                                    "your own labels instead (zero-shot).")
@@ -351,6 +368,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=3, help="labels shown per head")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_classify)
+
+
+COMMANDS = (add_demo_data_command, add_train_command, add_evaluate_command, add_index_command, add_embed_command,
+            add_add_command, add_search_command, add_classify_command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """huse's argument parser: one sub-command per COMMANDS entry, in the order `huse --help` lists them."""
+    parser = Parser(prog="huse", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
     return parser
 
 

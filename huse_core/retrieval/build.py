@@ -48,6 +48,27 @@ def _rows(emb):
     return emb if isinstance(emb, RowView) else RowView(emb)
 
 
+def step_starts(backend: str, with_map: bool) -> dict[str, float]:
+    """Build step -> the share of the whole build done when it starts (the steps this build runs, by cost)."""
+    steps = [name for name in BUILD_STEPS if (with_map or name != "map") and (backend != "exact" or
+                                                                               not name.startswith("index"))]
+    shares = np.array([BUILD_STEPS[name] for name in steps])
+    return dict(zip(steps, np.concatenate([[0.0], np.cumsum(shares)[:-1]]) / shares.sum()))
+
+
+def build_one(kind: str, name: str, emb, queries: np.ndarray, ids, stage: Path, fingerprint: str, n_trees: int,
+              progress: bool) -> dict:
+    """Build one modality's faiss index or Annoy forest in `stage`; its settings and measured recall."""
+    if kind == "faiss":
+        built = FaissIndex.build(emb, ids, faiss_path(stage, name), fingerprint, queries=queries, progress=progress)
+        keys = ("nlist", "nprobe", "rerank", "recall_at_10", "recall_at_10_low", "file_bytes")
+    else:
+        built = AnnoyIndex.build(emb, ids, forest_path(stage, name), fingerprint, n_trees, queries=queries,
+                                 progress=progress)
+        keys = ("n_trees", "search_k", "recall_at_10", "recall_at_10_low", "file_bytes")
+    return {k: built.meta[k] for k in keys}  # the index itself (faiss: 512 MB at 1M rows) leaves memory here
+
+
 def build_index(run_dir: str | Path, n_trees: int = N_TREES, with_map: bool = True, progress: bool = True,
                 callback: Progress | None = None, backend: str = "auto") -> dict:
     """Build a run's search index in a new `run_dir/index/build-<id>/`: catalogue + added products' embeddings, one
@@ -67,10 +88,7 @@ def build_index(run_dir: str | Path, n_trees: int = N_TREES, with_map: bool = Tr
     if backend == "faiss":
         require_faiss()  # missing: say how to install it before minutes of embedding
     t_start, seconds = time.time(), {}
-    steps = [name for name in BUILD_STEPS if (with_map or name != "map") and (backend != "exact" or
-                                                                               not name.startswith("index"))]
-    shares = np.array([BUILD_STEPS[name] for name in steps])
-    starts = dict(zip(steps, np.concatenate([[0.0], np.cumsum(shares)[:-1]]) / shares.sum()))
+    starts = step_starts(backend, with_map)
     emit = callback or (lambda event: None)
 
     def report(step: str, message: str) -> None:
@@ -113,18 +131,9 @@ def build_index(run_dir: str | Path, n_trees: int = N_TREES, with_map: bool = Tr
         what = {"image": "photo", "text": "title", "product": "whole-product"}[name]
         report(f"index_{name}", f"building the {what} search index ({kind})")
         # Recall is measured with the other modality's rows as queries: a title searching photos is the app's case.
-        queries = np.asarray(other[pick])
-        if kind == "faiss":
-            built = FaissIndex.build(emb, products["id"], faiss_path(stage, name), run.fingerprint, queries=queries,
-                                     progress=progress)
-            keys = ("nlist", "nprobe", "rerank", "recall_at_10", "recall_at_10_low", "file_bytes")
-        else:
-            built = AnnoyIndex.build(emb, products["id"], forest_path(stage, name), run.fingerprint, n_trees,
-                                     queries=queries, progress=progress)
-            keys = ("n_trees", "search_k", "recall_at_10", "recall_at_10_low", "file_bytes")
+        forests[name] = build_one(kind, name, emb, np.asarray(other[pick]), products["id"], stage, run.fingerprint,
+                                  n_trees, progress)
         seconds[f"{kind}_{name}"] = round(time.time() - t, 2)
-        forests[name] = {k: built.meta[k] for k in keys}
-        del built  # its codes (faiss: 512 MB at 1M rows) leave memory before the next build and the map
     if with_map:
         t = time.time()
         report("map", f"laying out the map of {2 * len(products):,} points (UMAP)"
