@@ -130,8 +130,7 @@ class LossConfig:
     # nce: the alignment term that tells products apart; runs store their own list, so older ones keep theirs
     losses: list[str] = field(default_factory=lambda: ["cls", "graph", "gap", "nce"])  # terms trained (ablations)
     alpha: float = 1.0  # class-level cross-entropy weight
-    # why: docs/decisions.md#graph-weight
-    beta: float = 4.0  # semantic-graph loss weight
+    beta: float = 4.0  # semantic-graph loss weight  # why: docs/decisions.md#gap-anchor
     gamma: float = 0.5  # cross-modal gap loss weight
     # text: a title's embedding is the photo's fixed target, so the gap loss stops dragging the stronger text
     # tower toward photos.  # why: docs/decisions.md#gap-anchor
