@@ -4,6 +4,7 @@ stderr; a program embedding huse_core (a Ray worker, a torchrun rank, a web app)
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 LOGGER = "huse_core"
@@ -25,11 +26,16 @@ class StderrHandler(logging.StreamHandler):
 
 
 def to_stderr(level: int = logging.INFO) -> logging.Logger:
-    """Show huse_core's progress, notes and warnings on stderr as plain lines (once, however often it is called)."""
+    """Show huse_core's progress, notes and warnings on stderr as plain lines (one handler, however often called).
+
+    Under torchrun (WORLD_SIZE > 1) rank 0 reports the run's progress once, as a single process would; the other
+    ranks show warnings only, each line naming its rank."""
     logger = logging.getLogger(LOGGER)
-    if not any(isinstance(h, StderrHandler) for h in logger.handlers):
+    handler = next((h for h in logger.handlers if isinstance(h, StderrHandler)), None)
+    if handler is None:
         handler = StderrHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
-    logger.setLevel(level)
+    rank, world = int(os.environ.get("RANK") or 0), int(os.environ.get("WORLD_SIZE") or 1)
+    handler.setFormatter(logging.Formatter(f"[rank {rank}] %(message)s" if world > 1 and rank else "%(message)s"))
+    logger.setLevel(level if rank == 0 else max(level, logging.WARNING))
     return logger

@@ -57,3 +57,26 @@ def test_library_progress_goes_through_logging_to_stderr(capsys, caplog):
     assert len(picked) == 10
     assert [r.name for r in caplog.records] == ["huse_core.training.validation"]
     assert "a seeded sample of 10 of the 50 validation products" in capsys.readouterr().err
+
+
+def test_under_torchrun_rank_0_reports_progress_and_other_ranks_only_warnings_naming_themselves(monkeypatch, capsys):
+    import logging
+
+    from huse_core.logs import to_stderr
+
+    log = logging.getLogger("huse_core.some_module")
+    try:
+        monkeypatch.setenv("RANK", "1")
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        to_stderr()
+        log.info("epoch 1 done")
+        log.warning("disk nearly full")
+        assert capsys.readouterr().err == "[rank 1] disk nearly full\n"
+        monkeypatch.setenv("RANK", "0")
+        to_stderr()
+        log.info("epoch 1 done")
+        assert capsys.readouterr().err == "epoch 1 done\n"  # as a single process prints it
+    finally:
+        monkeypatch.delenv("RANK")
+        monkeypatch.delenv("WORLD_SIZE")
+        to_stderr()  # back to plain lines for the tests after this one
