@@ -7,6 +7,7 @@ The public API (the CLI, the app and the benches use these names):
     evaluate("runs/shop")                                   # test-split metrics, stored in run.json
     run = load_run("runs/shop")                             # the model: encode_images / encode_texts / classify
     run.classify(text="navy striped shirt")                 # {head: {"image"|"text"|"fused": [{label, prob, path}]}}
+    read_summary("runs/shop").test.accuracy()               # run.json's figures, typed (no model loaded)
     build_index("runs/shop")                                # embeddings, Annoy forests, the map
     Searcher.open("runs/shop").search(text="navy striped shirt", target="image", k=10)
 
@@ -27,7 +28,8 @@ __version__ = "0.1.0"  # the version: pyproject.toml reads it from here
 _API = {  # public name -> the module that defines it
     "DataConfig": "config", "ModelConfig": "config", "LossConfig": "config", "TrainConfig": "config",
     "load_catalog": "data.catalog", "generate_demo": "data.demo",
-    "Run": "run", "RunError": "run", "load_run": "run",
+    "Head": "data.heads", "Run": "run", "RunError": "run", "load_run": "run",
+    "RunSummary": "summary", "read_summary": "summary",
     "train": "training.train", "evaluate": "training.evaluate",
     "build_index": "retrieval.build", "Searcher": "retrieval.search", "Hit": "retrieval.search",
     "IndexMissingError": "retrieval.layout", "StaleIndexError": "retrieval.layout",
