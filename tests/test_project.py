@@ -80,3 +80,18 @@ def test_under_torchrun_rank_0_reports_progress_and_other_ranks_only_warnings_na
         monkeypatch.delenv("RANK")
         monkeypatch.delenv("WORLD_SIZE")
         to_stderr()  # back to plain lines for the tests after this one
+
+
+def test_help_opens_with_usage_huse_and_speaks_to_users(capsys):
+    """`huse --help` and each command's help: the program's name, no notes to maintainers, no lab history."""
+    from huse_core.cli import COMMANDS, main
+
+    texts = []
+    for argv in [["--help"]] + [[c.__name__.removeprefix("add_").removesuffix("_command").replace("_", "-"),
+                                 "--help"] for c in COMMANDS]:
+        with pytest.raises(SystemExit):
+            main(argv)
+        texts.append(capsys.readouterr().out)
+    assert texts[0].startswith("usage: huse ") and all(t.startswith("usage: huse ") for t in texts[1:])
+    for text in texts:
+        assert not re.search(r"20\d\d-\d\d-\d\d|issue \d+|bench/results|Over \d+ lines", text), text[:300]
