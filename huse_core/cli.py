@@ -13,6 +13,7 @@ import sys
 from . import __version__
 from .config import CHOICES, DataConfig, LossConfig, ModelConfig, TrainConfig
 from .logs import to_stderr
+from .retrieval.hybrid import DEFAULT_MODE, MODES
 
 log = logging.getLogger(__name__)
 
@@ -180,17 +181,22 @@ def cmd_search(args) -> int:
         raise ValueError("--product searches with a product's own embeddings; leave out --text and --image")
     if not (args.product or args.text or args.image):
         raise ValueError("nothing to search for: pass --text, --image (or both) or --product ID")
+    mode = "vector" if args.cosine_only and args.mode == "hybrid" else args.mode  # cosine alone: no keywords
     hits = Searcher.open(args.run).search(text=args.text, image=args.image, product=args.product,
                                           target=args.target, k=args.k, filters=dict(args.filter or []),
-                                          image_weight=args.image_weight, use_labels=not args.cosine_only)
+                                          image_weight=args.image_weight, use_labels=not args.cosine_only,
+                                          mode=mode)
     if args.json:
         print(json.dumps([dataclasses.asdict(h) for h in hits], indent=2, ensure_ascii=False))
         return 0
     if not hits:
         print("no products match")
+    elif mode == "keyword" and args.text and not args.image:
+        print("ranked by BM25 of your words in each product's title and labels; the number is the cosine")
     elif hits[0].agreement is not None:
-        print("ranked by closeness and by how well each product's labels fit the title's predicted classes "
-              "(--cosine-only: closeness alone); the number is the cosine")
+        print("ranked by closeness and by how well each product's labels fit the title's predicted classes"
+              + (", and by your words in titles and labels (BM25)" if hits[0].keyword is not None else "")
+              + " (--cosine-only: without the labels; --mode: keyword or vector alone); the number is the cosine")
     for rank, h in enumerate(hits, 1):
         labels = " / ".join(v for v in h.labels.values() if v)
         print(f"{rank:>3}. {h.score:6.3f}  {h.id:<12} {h.title[:48]:<48}  {labels[:60]}" + ("  [added]" * h.added))
@@ -351,7 +357,11 @@ def add_search_command(sub) -> None:
                    help="share of the image in a text+image or --product query (0..1)")
     p.add_argument("--cosine-only", action="store_true",
                    help="rank a --text query by cosine alone; by default its hits are also ranked by how likely "
-                        "the title's class predictions find each product's labels (docs/search.md)")
+                        "the title's class predictions find each product's labels and by its words (docs/search.md)")
+    p.add_argument("--mode", choices=list(MODES), default=DEFAULT_MODE,
+                   help="for words alone: hybrid (default) = the shared space, labels and keywords (BM25 over "
+                        "titles and label words, typo-tolerant) on one ranking; vector = without the keywords; "
+                        "keyword = BM25 alone (docs/search-modes.md)")
     p.add_argument("--json", action="store_true", help="print a JSON list of hits, best first")
     p.set_defaults(func=cmd_search)
 
