@@ -6,6 +6,7 @@ Over 300 lines: one argparse parser and the thin function behind each command; t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -88,7 +89,13 @@ def cmd_train(args) -> int:
         data_cfg.seed = train_cfg.seed  # one --seed sets both unless --split-seed says otherwise
     if args.__dict__.get("DataConfig.image_size") is None:
         data_cfg.image_size = default_image_size(model_cfg.backbone)  # pretrained backbones: 224 px photos
-    meta = train(data_cfg, model_cfg, loss_cfg, train_cfg, args.out, resume=args.resume, progress=not args.quiet)
+    from .jobs import progress_writer, training_lock
+
+    callback = progress_writer(args.progress_file) if args.progress_file else None
+    # one training per run folder (the app's jobs hold the same lock); under torchrun rank 0 holds it
+    with training_lock(args.out) if is_main_process() else contextlib.nullcontext():
+        meta = train(data_cfg, model_cfg, loss_cfg, train_cfg, args.out, resume=args.resume,
+                     progress=not args.quiet, callback=callback)
     if not is_main_process():
         return 0  # under torchrun rank 0 reports
     best = meta["history"][meta["best_epoch"] - 1] if meta["best_epoch"] else None
@@ -225,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory to write (model.pt, run.json)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--progress-file", metavar="PATH", help="append training events (step losses, epoch accuracies) "
+                   "to PATH as JSON lines, for a monitor such as the app's Train page")
     for cls, title in ((DataConfig, "catalogue"), (ModelConfig, "model"), (LossConfig, "losses"),
                        (TrainConfig, "training")):
         add_config_flags(p, cls, title)
