@@ -14,11 +14,11 @@ whose process is gone without finishing is "interrupted", and `resume` carries i
 """
 
 from .command import config_argv, train_argv
-from .control import (DONE, FAILED, INTERRUPTED, RUNNING, JobStatus, is_running, list_jobs, resume, start,
+from .control import (DONE, FAILED, INTERRUPTED, RUNNING, JobStatus, dismiss, is_running, list_jobs, resume, start,
                       start_training, status, stop)
 from .lock import JobRunning, lock_path, training_lock
 from .progress import events, log_tail, progress_writer
 
-__all__ = ["DONE", "FAILED", "INTERRUPTED", "RUNNING", "JobRunning", "JobStatus", "config_argv", "events",
+__all__ = ["DONE", "FAILED", "INTERRUPTED", "RUNNING", "JobRunning", "JobStatus", "config_argv", "dismiss", "events",
            "is_running", "list_jobs", "lock_path", "log_tail", "progress_writer", "resume", "start", "start_training",
            "status", "stop", "train_argv", "training_lock"]

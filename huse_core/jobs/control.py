@@ -31,6 +31,7 @@ class JobStatus:
     message: str = ""  # why it failed or stopped, or who trains it (another process)
     pid: int | None = None  # the job's process (its process group); None when it is not the app's job
     started: float | None = None  # time.time() of the start or the last resume
+    seen: bool = False  # its end was shown to a user (dismiss): lists of news leave it out
 
     @property
     def resumable(self) -> bool:
@@ -135,7 +136,7 @@ def status(run_dir: str | Path) -> JobStatus | None:
     if held:  # not the app's job: the command line, or the app's first-start build
         return JobStatus(run_dir, RUNNING, step="train", message="trained by another process")
     if job.get("state") in (DONE, FAILED, INTERRUPTED):
-        return JobStatus(run_dir, job["state"], message=job.get("message", ""), **common)
+        return JobStatus(run_dir, job["state"], message=job.get("message", ""), seen=bool(job.get("seen")), **common)
     try:
         meta = read_json(run_dir / "run.json")
     except (OSError, ValueError):
@@ -159,6 +160,14 @@ def is_running(run_dir: str | Path) -> bool:
     run_dir = Path(run_dir)
     return (run_dir / JOB).is_file() and read_job(run_dir).get("state") == RUNNING and (
         lock_held(run_dir) or (fcntl is None and _alive(read_job(run_dir).get("pid"))))
+
+
+def dismiss(run_dir: str | Path) -> None:
+    """Mark a finished, failed or interrupted job as shown (it stays resumable; `resume` clears the mark)."""
+    run_dir = Path(run_dir)
+    now = status(run_dir)
+    if now is not None and now.state != RUNNING:
+        write_json(run_dir / JOB, {**read_job(run_dir), "state": now.state, "message": now.message, "seen": True})
 
 
 def stop(run_dir: str | Path, wait: float = 15.0) -> JobStatus:
