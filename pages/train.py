@@ -242,13 +242,12 @@ def hub_encoders() -> dict | None:
 
 
 def launch(run_dir: Path, start) -> None:
-    """Start (or resume) a background training job; this session then watches it and selects the run when done."""
+    """Start (or resume) a background training job; the page then shows it (jobs_section) until it ends."""
     try:
         start()
     except (jobs.JobRunning, FileExistsError, ValueError, OSError) as err:  # already running, nothing to resume, …
         st.error(ui.describe(err))
         return
-    st.session_state.setdefault("train_watch", set()).add(run_dir.name)
     st.rerun()
 
 
@@ -280,7 +279,6 @@ def ended_job(job: jobs.JobStatus) -> None:
         jobs.dismiss(job.run_dir)
         ui.select_run(job.run_dir)
         st.session_state["train_done"] = name
-        st.session_state.get("train_watch", set()).discard(name)
         st.rerun()
     c1, c2, c3 = st.columns([6, 1, 1])
     if job.state == jobs.FAILED:

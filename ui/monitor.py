@@ -1,4 +1,5 @@
-"""Live training progress on a page: a progress bar, the latest figures and loss / accuracy curves."""
+"""Live training progress: on a page (a progress bar, the latest figures, loss / accuracy curves), and the
+sidebar's line per background training."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import time
 
 import pandas as pd
 import streamlit as st
+
+from huse_core import jobs
 
 from .text import MODALITY_NAMES, esc
 
@@ -92,3 +95,54 @@ class TrainMonitor:
                 f"{k} {v:.1%}" for k, v in self.accs[-1].items() if k != "epoch"))
         else:
             self.acc_chart.line_chart(pd.DataFrame(self.accs).set_index("epoch"), height=220, x_label="epoch")
+
+
+# ---------------------------------------------------------------- background trainings, on every page
+
+
+def job_line(job) -> tuple[float | None, str]:
+    """(fraction done or None, one line) for a background training (a jobs.JobStatus), from its newest events."""
+    name = esc(job.run_dir.name)
+    if job.state != jobs.RUNNING:
+        return None, {jobs.DONE: f"{name} is trained", jobs.FAILED: f"{name} failed",
+                      jobs.INTERRUPTED: f"{name} was interrupted"}.get(job.state, name)
+    if job.pid is None:
+        return None, f"{name}: {job.message}"
+    step = jobs.latest(job.run_dir)["step"]
+    if job.step in ("evaluate", "index"):
+        return 1.0, f"{name}: {'evaluating' if job.step == 'evaluate' else 'building its index'}"
+    if step is None:
+        return 0.0, f"{name}: reading the catalogue"
+    frac = TrainMonitor._fraction(step)
+    return frac, f"{name}: epoch {step['epoch']} of {step['epochs']} ({frac:.0%})"
+
+
+def jobs_sidebar(train_page=None) -> None:
+    """The sidebar's list of trainings running in the background (and ones that ended unseen), each with its
+    progress, and a link to `train_page`; redrawn every few seconds while one runs, and the whole app once one
+    ends (its run joins the run picker)."""
+    from .runs import runs_root
+
+    def news() -> list:
+        return [j for j in jobs.list_jobs(runs_root()) if j.state == jobs.RUNNING or not j.seen]
+
+    running = {j.run_dir.name for j in news() if j.state == jobs.RUNNING}
+
+    def panel() -> None:
+        found = news()
+        if {j.run_dir.name for j in found if j.state == jobs.RUNNING} != running:
+            st.rerun()
+        if not found:
+            return
+        st.subheader("Training", anchor=False)
+        for job in found:
+            frac, line = job_line(job)
+            if frac is None:
+                st.caption(line)
+            else:
+                st.progress(min(1.0, frac), text=line)
+        if train_page is not None:
+            st.page_link(train_page, label="Watch, stop or resume", icon=":material/model_training:")
+
+    with st.sidebar:
+        st.fragment(panel, run_every=3 if running else None)()

@@ -9,6 +9,7 @@ whose process is gone without finishing is "interrupted", and `resume` carries i
     start_training(run_dir, data_cfg, model_cfg, loss_cfg, train_cfg, index=True)   # returns at once
     status(run_dir)    # JobStatus: running | done | failed | interrupted; None: no job, nothing to resume
     events(run_dir)    # the progress events written so far (train's callback dicts, plus the job's steps)
+    latest(run_dir)    # only the newest of them (the last training step, the last event): cheap to poll
     stop(run_dir)      # ends the job's process group; the run stays resumable
     resume(run_dir)    # a new job: `train --resume` (or the stored start), evaluate, index
 """
@@ -17,8 +18,8 @@ from .command import config_argv, train_argv
 from .control import (DONE, FAILED, INTERRUPTED, RUNNING, JobStatus, dismiss, is_running, list_jobs, resume, start,
                       start_training, status, stop)
 from .lock import JobRunning, lock_path, training_lock
-from .progress import events, log_tail, progress_writer
+from .progress import events, latest, log_tail, progress_writer
 
 __all__ = ["DONE", "FAILED", "INTERRUPTED", "RUNNING", "JobRunning", "JobStatus", "config_argv", "dismiss", "events",
-           "is_running", "list_jobs", "lock_path", "log_tail", "progress_writer", "resume", "start", "start_training",
-           "status", "stop", "train_argv", "training_lock"]
+           "is_running", "latest", "list_jobs", "lock_path", "log_tail", "progress_writer", "resume", "start",
+           "start_training", "status", "stop", "train_argv", "training_lock"]

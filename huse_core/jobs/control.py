@@ -129,6 +129,8 @@ def status(run_dir: str | Path) -> JobStatus | None:
     held = lock_held(run_dir)
     common = {"step": job.get("step", ""), "pid": job.get("pid"), "started": job.get("started")}
     if job.get("state") == RUNNING:
+        if held and not _alive(job.get("pid")):  # the job died and another process (a terminal) trains now
+            return JobStatus(run_dir, RUNNING, step="train", message="trained by another process")
         if held or (fcntl is None and _alive(job.get("pid"))):
             return JobStatus(run_dir, RUNNING, **common)
         return JobStatus(run_dir, INTERRUPTED, message="its process ended before it finished (the computer or the "
@@ -170,6 +172,17 @@ def dismiss(run_dir: str | Path) -> None:
         write_json(run_dir / JOB, {**read_job(run_dir), "state": now.state, "message": now.message, "seen": True})
 
 
+def _group_alive(run_dir: Path, pid: int) -> bool:
+    """Whether any process of the job's group is left (or, without process groups, the job itself)."""
+    if not hasattr(os, "killpg"):
+        return _alive(pid)
+    try:
+        os.killpg(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return lock_held(run_dir)  # a step that left the group would still hold the lock
+    return True
+
+
 def stop(run_dir: str | Path, wait: float = 15.0) -> JobStatus:
     """End a running job (its whole process group: the job and the step it runs); the run stays resumable from
     its last finished epoch. Waits up to `wait` seconds for it to go, then kills it."""
@@ -183,9 +196,9 @@ def stop(run_dir: str | Path, wait: float = 15.0) -> JobStatus:
         except (ProcessLookupError, PermissionError):
             break
         deadline = time.time() + grace
-        while time.time() < deadline and (lock_held(run_dir) if fcntl else _alive(now.pid)):
+        while time.time() < deadline and _group_alive(run_dir, now.pid):
             time.sleep(0.1)
-        if not (lock_held(run_dir) if fcntl else _alive(now.pid)):
+        if not _group_alive(run_dir, now.pid):
             break
     job = read_job(run_dir)
     write_json(run_dir / JOB, {**job, "state": INTERRUPTED, "message": "stopped on request"})

@@ -43,10 +43,16 @@ def lock_held(run_dir: Path) -> bool:
     """Whether some process holds the run's lock (False where there are no file locks)."""
     if fcntl is None:
         return False
-    fd = try_lock(run_dir)
-    if fd is None:
+    try:  # no lock file: never trained by a job or `train` (and reading must not litter the runs folder)
+        fd = os.open(lock_path(run_dir), os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
         return True
-    os.close(fd)  # closing the only descriptor releases the lock
+    finally:
+        os.close(fd)  # closing the only descriptor releases the lock
     return False
 
 

@@ -52,6 +52,30 @@ def events(run_dir: str | Path) -> list[dict]:
     return out
 
 
+def latest(run_dir: str | Path, tail: int = 65536) -> dict:
+    """The job's newest events, read from the end of progress.jsonl alone (cheap enough to poll every few seconds
+    on a long run): {"step": its last training step or None, "last": its last event or None}."""
+    try:
+        with open(Path(run_dir) / EVENTS, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - tail))
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return {"step": None, "last": None}
+    found: dict = {"step": None, "last": None}
+    for line in reversed(lines):
+        try:
+            event = json.loads(line)
+        except ValueError:  # cut by the tail, or being written
+            continue
+        if not isinstance(event, dict):
+            continue
+        found["last"] = found["last"] or event
+        if event.get("stage") == "train" and "step" in event:
+            found["step"] = event
+            break
+    return found
+
+
 def log_tail(run_dir: str | Path, lines: int = 20) -> str:
     """The last lines of the job's output (job.log)."""
     try:
