@@ -66,12 +66,13 @@ def trained_epochs(run_dir: Path) -> list[int]:
 
 def test_a_job_outlives_the_process_that_started_it_and_records_its_progress(tiny_demo_csv, tmp_path, cleanup):
     run_dir = tmp_path / "runs" / "bg"
-    starter = (f"from pathlib import Path; from huse_core import jobs; import test_jobs as t; "
+    # the starter finds huse_core by its own sys.path, not PYTHONPATH: the job must find the same one by itself
+    starter = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]; "
+               f"from pathlib import Path; from huse_core import jobs; import test_jobs as t; "
                f"s = jobs.start_training(Path({str(run_dir)!r}), *t.tiny_configs(Path({str(tiny_demo_csv)!r}), 2), "
                f"index=False); print(s.pid)")
     out = subprocess.run([sys.executable, "-c", starter], capture_output=True, text=True, timeout=120, check=True,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])},
-                         cwd=tmp_path)
+                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, cwd=tmp_path)
     cleanup.append(run_dir)
     pid = int(out.stdout.split()[-1])  # the starter has exited: the job carries on without it
     assert group_alive(pid) or jobs.status(run_dir).state == jobs.DONE

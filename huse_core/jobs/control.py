@@ -93,7 +93,7 @@ def _launch(run_dir: Path, train_args: list[str] | None, index: bool, fresh: boo
 
 def _child_env() -> dict:
     env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_MININTERVAL="30")  # a log line per bar every 30 s, not 10/s
-    root = str(Path(__file__).resolve().parents[1])  # this huse_core, wherever the app was started from
+    root = str(Path(__file__).resolve().parents[2])  # the folder holding this huse_core, wherever the app runs
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     return env
 
