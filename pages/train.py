@@ -255,7 +255,9 @@ def job_panel(job: jobs.JobStatus) -> None:
     """A running job: its live progress (from the files it writes) and a Stop button."""
     name = ui.esc(job.run_dir.name)
     step = {"evaluate": "evaluating", "index": "indexing"}.get(job.step, "training")
-    with st.status(f"{step.capitalize()} {name}…", expanded=True, state="running") as box:
+    box = st.container(border=True)  # (st.status would show a finished tick once this script run ends)
+    with box:
+        box.markdown(f"**:blue[:material/progress_activity:] {step.capitalize()} {name}…**")
         ui.TrainMonitor(box).replay(jobs.events(job.run_dir))
         if job.pid is None:  # a terminal's `train`, or the first-start build: not this app's job to stop
             box.caption(f"{ui.sentence(job.message)}; it can't be stopped from here.")
