@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..data.heads import Head
 from ..run import Run, check_weight, load_run, mix
 from .adding import add_products
 from .embed import products_frame
@@ -70,7 +71,7 @@ class Searcher:
     def __init__(self, run: Run, manifest: dict, image_emb, text_emb, products: pd.DataFrame, forests: dict,
                  backend: str):
         self.run, self.manifest, self.backend, self._forests = run, manifest, backend, forests
-        self.heads: list[dict] = run.heads
+        self.heads: list[Head] = run.heads
         self.index_dir = index_dir(run.run_dir)
         self._build_dir = build_folder(self.index_dir, manifest)  # this build's files, even after a newer one
         self._emb = {"image": image_emb, "text": text_emb}  # "product" joins on first use (_product_vectors)

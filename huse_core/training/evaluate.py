@@ -6,7 +6,7 @@ sharing their names (KS, LABELS, SHORT); the numerics it shares with search live
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,8 @@ from ..run import load_run
 from .baseline import NAME as BASELINE_NAME
 from .baseline import fit_predict, verdict
 from .baseline import format_lines as baseline_lines
+
+log = logging.getLogger(__name__)
 
 KS = (1, 5, 10)
 LABELS = "t2i_labels"  # title -> photo ranked as the search ranks a typed title (retrieval.rerank)
@@ -214,7 +216,7 @@ def whole_catalog_retrieval(run, prep: Prepared, split: str, progress: bool = Fa
     """`catalog_retrieval` for a run: every product of its catalogue embedded, `split`'s titles as queries."""
     everything = np.arange(len(prep.catalog.df))
     if progress:
-        print(f"embedding all {len(everything)} products for the whole-catalogue protocol", file=sys.stderr)
+        log.info(f"embedding all {len(everything)} products for the whole-catalogue protocol")
     cpu = torch.device("cpu")
     image_emb, text_emb = (e.numpy() for e in embed(run.model, prep, everything, cpu))
     log_probs_of = lambda rows: title_log_probs(run, prep, rows, text_emb[rows])  # noqa: E731 - queries only
@@ -247,7 +249,7 @@ def evaluate(run_dir: str | Path, split: str = "test", progress: bool = True, ba
     if n < 2:
         raise ValueError(f"the {split} split has {n} products; evaluation needs at least 2")
     if progress:
-        print(f"evaluated {run.run_dir} on {n} {split} products", file=sys.stderr)
+        log.info(f"evaluated {run.run_dir} on {n} {split} products")
     labels, image_np, text_np = pred["labels"], pred["image_emb"], pred["text_emb"]
     result = {
         f"n_{split}": int(n),
@@ -266,8 +268,8 @@ def evaluate(run_dir: str | Path, split: str = "test", progress: bool = True, ba
     if baseline:
         result["baseline"] = baseline_metrics(prep, split, run.heads, result["classification"])
         if progress:
-            print(f"title baseline fitted on {result['baseline']['n_train']} train titles in "
-                  f"{result['baseline']['seconds']:.1f}s", file=sys.stderr)
+            log.info(f"title baseline fitted on {result['baseline']['n_train']} train titles in "
+                     f"{result['baseline']['seconds']:.1f}s")
     meta = dict(run.meta)
     meta.setdefault("metrics", {})[split] = result
     write_json(run.run_dir / "run.json", meta)
