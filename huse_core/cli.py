@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -105,7 +106,13 @@ def cmd_train(args) -> int:
     if not args.resume and not args.catalog:
         raise SystemExit("train: --catalog CSV is required (or --resume to continue a run in --out)")
     data_cfg, model_cfg, loss_cfg, train_cfg = train_configs(args)
-    meta = train(data_cfg, model_cfg, loss_cfg, train_cfg, args.out, resume=args.resume, progress=not args.quiet)
+    from .jobs import progress_writer, training_lock
+
+    callback = progress_writer(args.progress_file) if args.progress_file else None
+    # one training per run folder (the app's jobs hold the same lock); under torchrun rank 0 holds it
+    with training_lock(args.out) if is_main_process() else contextlib.nullcontext():
+        meta = train(data_cfg, model_cfg, loss_cfg, train_cfg, args.out, resume=args.resume,
+                     progress=not args.quiet, callback=callback)
     if not is_main_process():
         return 0  # under torchrun rank 0 reports
     best = meta["history"][meta["best_epoch"] - 1] if meta["best_epoch"] else None
@@ -269,6 +276,8 @@ def add_train_command(sub) -> None:
     p.add_argument("--preset", choices=["demo"], help="start from a named set of settings; flags given still win. "
                    "demo: what the app's first start trains the demo shop with (pipeline.DemoSpec)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--progress-file", metavar="PATH", help="append training events (step losses, epoch accuracies) "
+                   "to PATH as JSON lines, for a monitor such as the app's Train page")
     for cls, title in ((DataConfig, "catalogue"), (ModelConfig, "model"), (LossConfig, "losses"),
                        (TrainConfig, "training")):
         add_config_flags(p, cls, title)
