@@ -7,7 +7,8 @@ import re
 MODALITY_NAMES = {"image": "photo", "text": "title", "product": "whole product", "fused": "photo + title"}
 DIRECTIONS = {"i2i": "photo → photo", "i2t": "photo → title", "t2i": "title → photo", "t2t": "title → title",
               "p2p": "whole product → whole products",
-              "t2i_labels": "title → photo, as Search ranks it (+ the title's predicted classes)"}
+              "t2i_labels": "title → photo, as Search ranks it (+ the title's predicted classes)",
+              "t2i_hybrid": "title → photo, as hybrid Search ranks it (+ classes + keywords)"}
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&=\"'])")
 _AUTOLINK = re.compile(r"(?i)(:(?=//)|www(?=\.)|@)")  # what GitHub-flavoured Markdown turns into links by itself
