@@ -9,10 +9,14 @@ import argparse
 import dataclasses
 import inspect
 import json
+import os
 import re
+import signal
 import sys
+import threading
 
 from .config import DataConfig, LossConfig, ModelConfig, TrainConfig
+from .errors import one_line
 
 # Config fields whose flag name differs from the field name (two configs share the name "seed").
 RENAMED = {(DataConfig, "seed"): "split-seed", (DataConfig, "catalog"): None}
@@ -307,13 +311,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupted(args, err: KeyboardInterrupt) -> str:
+    """What a Ctrl-C left behind, for the command that was running."""
+    if str(err):
+        return str(err)  # the command said what it stored (`add`)
+    if args.command == "train":
+        return "interrupted; `train --resume` continues from the last finished epoch"
+    return f"interrupted; {args.command} wrote nothing (its files are written whole or not at all)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(signal, "SIGXFSZ") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file over the size limit: an OSError we report, not a kill
     try:
         return args.func(args)
-    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)  # users get the message, not a traceback
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; `train --resume` continues from the last finished epoch", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(_interrupted(args, err), file=sys.stderr)
         return 130
+    except Exception as err:
+        if os.environ.get("HUSE_DEBUG"):
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)  # users get one line, not a traceback
+        return 2
