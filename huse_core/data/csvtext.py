@@ -149,8 +149,9 @@ def formula_safe(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def csv_bytes(table: pd.DataFrame) -> bytes:
-    """`table` as UTF-8 CSV bytes, formula-safe: what every download of the app sends."""
-    return formula_safe(table).to_csv(index=False).encode("utf-8")
+    """`table` as UTF-8 CSV bytes, formula-safe: what every download of the app sends. Text cells are quoted
+    (pandas leaves a carriage return in a cell unquoted otherwise, which splits the row in a spreadsheet)."""
+    return formula_safe(table).to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC).encode("utf-8")
 
 
 def write_csv(table: pd.DataFrame, path: str | Path) -> Path:

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import stat
+import time
 import uuid
 import zipfile
 from dataclasses import dataclass
@@ -67,8 +68,8 @@ def safe_extract(data: bytes, dest: Path, max_total: int = 2 << 30, max_ratio: f
         for info in infos:
             name = info.filename
             shown = repr(name) if any(ord(c) < 32 for c in name) else name
-            if len(shown) > 120:
-                shown = shown[:60] + "…" + shown[-40:]
+            if len(shown) > 300:
+                shown = shown[:200] + "…" + shown[-40:]
             if info.is_dir():
                 continue
             why = _refusal(info, clashes, max_file, max_ratio)
@@ -176,5 +177,21 @@ def _write(target: Path, body: bytes) -> None:
 
 
 def discard(folder: str | Path) -> None:
-    """Delete an upload's folder once nothing needs its files (a missing one is fine)."""
-    shutil.rmtree(folder, ignore_errors=True)
+    """Delete an upload's folder once nothing needs its files (a missing one, or none given, is fine)."""
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def sweep(parent: str | Path, max_age_s: float = 86_400.0) -> list[Path]:
+    """Delete the upload folders in `parent` untouched for `max_age_s` (left by app sessions that ended);
+    the deleted ones."""
+    gone = []
+    for folder in Path(parent).iterdir() if Path(parent).is_dir() else []:
+        try:
+            old = folder.is_dir() and not folder.is_symlink() and time.time() - folder.stat().st_mtime > max_age_s
+        except OSError:
+            continue
+        if old:
+            discard(folder)
+            gone.append(folder)
+    return gone

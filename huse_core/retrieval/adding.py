@@ -78,10 +78,11 @@ def stage_photo(out_dir: str | Path, photo: np.ndarray) -> Path:
     return Path(tmp)
 
 
-def content_key(source: str, title: str, photo: np.ndarray) -> str:
-    """A product's content as 32 hex digits: the table it came from, its title and its decoded photo's pixels. A
-    product without an id is not stored again when the same table brings it back (a re-run of the same file)."""
-    digest = hashlib.blake2b(source.encode("utf-8", "surrogatepass"), digest_size=16)
+def content_key(source: str, row, title: str, photo: np.ndarray) -> str:
+    """A product's content as 32 hex digits: the table it came from, its row there, its title and its decoded
+    photo's pixels. A product without an id is not stored again when the same table brings the same row back (a
+    re-run of the same file, a second click), while two equal rows of one table are two products as before."""
+    digest = hashlib.blake2b(f"{source}\0{row}".encode("utf-8", "surrogatepass"), digest_size=16)
     for part in (title.encode("utf-8", "surrogatepass"), np.ascontiguousarray(photo).tobytes()):
         digest.update(b"\0")
         digest.update(part)
@@ -91,12 +92,13 @@ def content_key(source: str, title: str, photo: np.ndarray) -> str:
 def add_products(run: Run, out_dir: str | Path, items: list, index: IndexIds, source: str | None = None) -> list[dict]:
     """Embed, label and store new products ({"title", "image", optional "id"}) in the index folder `out_dir`'s store,
     in one transaction; `index` holds the ids the index serves. Bad items are reported and skipped. `source`: the
-    table the items come from (`add`): a product without an id that this table already added (the same title and
-    photo) is reported, not stored twice, so re-running an interrupted `add` is safe.
+    table the items come from (`add`, the app's bulk upload; items then carry their "row"): a product without an
+    id that this row of this table already added (the same title and photo) is reported, not stored twice, so
+    re-running an interrupted `add` is safe.
 
     Returns per item {"id", "title", "ok", "error", "labels": {head: predicted fused label}}.
     """
-    results, good, photos, pixels, batch = [], [], [], [], set()
+    results, good, photos, pixels, rows, batch = [], [], [], [], [], set()
     for item in items:
         item = item if isinstance(item, dict) else {"title": "", "image": None}  # reported: empty title
         result = {"id": str(item.get("id") or "").strip() or None, "ok": False, "error": None,
@@ -112,12 +114,13 @@ def add_products(run: Run, out_dir: str | Path, items: list, index: IndexIds, so
         good.append(result)
         photos.append(photo)
         pixels.append(small)
-    keys = [content_key(source, r["title"], p) if source is not None and r["id"] is None else None
-            for r, p in zip(good, photos)]
+        rows.append(item.get("row"))
+    keys = [content_key(source, row, r["title"], p) if source is not None and r["id"] is None else None
+            for r, row, p in zip(good, rows, photos)]
     known = stored_keys(out_dir, [k for k in keys if k])  # re-added ones are not embedded again
     for i in reversed([i for i, k in enumerate(keys) if k in known]):
-        good[i]["error"] = f"already added as {known[keys[i]]} from this table (the same title and photo)"
-        del good[i], photos[i], pixels[i], keys[i]
+        good[i]["error"] = f"already added as {known[keys[i]]} from this row of this table (the same title and photo)"
+        del good[i], photos[i], pixels[i], rows[i], keys[i]
     if not good:
         return results
     image_emb = run.encode_images(np.stack(pixels))
@@ -233,6 +236,7 @@ def add_catalog(run_dir: str | Path, catalog: str | Path, columns: dict | None =
     items, skipped = read_new_products(cfg)
     index, out, added, done = IndexIds.of(products["id"]), index_dir(run_dir), 0, 0
     source = str(Path(catalog).expanduser().resolve())
+    count_added(out)  # a damaged or linked store is named before any work starts
     try:
         for start in tqdm(range(0, len(items), ADD_BATCH), desc="adding products", disable=not progress,
                           file=sys.stderr):
@@ -246,5 +250,5 @@ def add_catalog(run_dir: str | Path, catalog: str | Path, columns: dict | None =
         upto = f" (up to row {done:,})" if done else ""
         raise AddInterrupted(f"interrupted: {added:,} products of {catalog} were stored{upto}, the rest were not; "
                              "run the same `add` on the same file again to add the rest: rows it already stored (the "
-                             "same id, or the same title and photo) are not stored twice") from None
+                             "same id, or the same row, title and photo) are not stored twice") from None
     return {"added": added, "skipped": sorted(skipped, key=lambda s: s["row"]), "added_total": count_added(out)}

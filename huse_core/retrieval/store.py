@@ -45,7 +45,7 @@ _SCHEMA = (
         dim INTEGER NOT NULL,
         image_emb BLOB NOT NULL,     -- dim float32 (native byte order)
         text_emb BLOB NOT NULL,
-        content_key TEXT)            -- hash of title + photo: the same product without an id is not stored twice""",
+        content_key TEXT)            -- hash of source table, row, title, photo: a re-run adds no row twice""",
     "CREATE INDEX added_auto_n ON added(auto_n)",
     "CREATE INDEX added_content_key ON added(content_key)",
 )
@@ -351,7 +351,7 @@ def insert_added(out_dir: str | Path, products: list[dict], image_emb: np.ndarra
             pid, key = p["id"], p.get("content_key")
             same = key and con.execute("SELECT id FROM added WHERE content_key = ?", (key,)).fetchone()
             if pid is None and same:
-                out.append((None, f"already added as {same[0]} from this table (the same title and photo)"))
+                out.append((None, f"already added as {same[0]} from this row of this table (the same title and photo)"))
                 continue
             if pid is None:
                 next_n = _next_auto(con, index, next_n, taken)
