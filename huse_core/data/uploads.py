@@ -79,9 +79,8 @@ def safe_extract(data: bytes, dest: Path, max_total: int = 2 << 30, max_ratio: f
                 problems.append(f"{shown}: {why}")
                 continue
             if total + info.file_size > budget:
-                problems.append(f"{shown}: refused — the zip's contents would inflate past "
-                                f"{budget / 2**20:,.0f} MB in all ({max_ratio:.0f}x the zip, at most "
-                                f"{max_total / 2**30:.1f} GB; a zip bomb?)")
+                problems.append(f"{shown}: refused — the zip's contents exceed {_size(budget)} in all "
+                                f"({max_ratio:.0f}x the zip's size, at most {_size(max_total)}; a zip bomb?)")
                 continue
             parts = PurePosixPath(name.replace("\\", "/")).parts
             target = dest.joinpath(*parts).resolve()
@@ -104,6 +103,10 @@ def safe_extract(data: bytes, dest: Path, max_total: int = 2 << 30, max_ratio: f
             total += len(body)
             files[name] = target
     return ZipResult(files, problems)
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 1 << 30 else f"{n / 2**20:.1f} MB" if n >= 1 << 20 else f"{n:,} bytes"
 
 
 def _clashes(infos: list[zipfile.ZipInfo]) -> dict[int, str]:
