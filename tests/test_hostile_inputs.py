@@ -369,3 +369,52 @@ def test_interrupted_add_says_what_was_stored_and_a_rerun_adds_each_row_once(tmp
     assert all("already added as new-" in s["error"] for s in result["skipped"])
     ids = stored(indexed_run_copy)
     assert len(ids) == 8 and len(set(ids)) == 8
+
+
+# ---------------------------------------------------------------- the app
+
+
+def test_app_explains_a_damaged_store_and_deletes_replaced_uploads(tmp_path, tiny_demo_csv, tiny_indexed_run,
+                                                                   monkeypatch):
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    from huse_core.retrieval.layout import added_path, index_dir
+
+    root = tmp_path / "app"
+    shutil.copytree(tiny_demo_csv.parent, root / "data" / "demo")
+    shutil.copytree(tiny_indexed_run, root / "runs" / "demo")
+    store = added_path(index_dir(root / "runs" / "demo"))
+    store.parent.mkdir(parents=True, exist_ok=True)
+    store.write_bytes(b"not a database" * 50)
+    monkeypatch.setenv("HUSE_RUNS_DIR", str(root / "runs"))
+    monkeypatch.setenv("HUSE_DATA_DIR", str(root / "data"))
+    monkeypatch.delenv("HUSE_RUN", raising=False)
+    app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    app.switch_page("pages/catalogue.py").run()
+    assert not app.exception, [e.value for e in app.exception]
+    errors = [bc.plain(e.value) for e in app.error]
+    assert any("added.sqlite can't be read as the added-products store" in e and "move it away" in e
+               for e in errors), errors
+
+    store.unlink()  # a new session on a sound store: add-many uploads, one replaced by another
+    app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    app.switch_page("pages/catalogue.py").run()
+    photo = sorted((root / "data" / "demo" / "images").glob("*.png"))[0].read_bytes()
+    table = b"title,image\nBlue shirt,a.png\n"
+    app.file_uploader(key="bulk_csv").set_value(("t.csv", table, "text/csv"))
+    app.file_uploader(key="bulk_zip").set_value(("one.zip", bc.zip_bytes([("a.png", photo)]), "application/zip"))
+    app.run()
+    assert not app.exception
+    first = Path(app.session_state["bulk_folder"])
+    assert (first / "a.png").is_file()
+    app.file_uploader(key="bulk_zip").set_value(("two.zip", bc.zip_bytes([("a.png", photo[::-1][::-1])]),
+                                                 "application/zip"))
+    app.run()
+    second = Path(app.session_state["bulk_folder"])
+    assert second != first and not first.exists() and (second / "a.png").is_file()
+    app.button(key="bulk_add").click().run()
+    assert any("Added 1 product" in s.value for s in app.success)
+    app.button(key="bulk_add").click().run()  # a second click adds nothing twice
+    assert not app.success and any("already added as new-1" in bc.plain(e.value) for e in app.error)
