@@ -200,7 +200,8 @@ def test_a_locked_store_ends_add_in_one_line(tmp_path, indexed_run_copy, tiny_de
 # ---------------------------------------------------------------- 5. damaged stores and planted links
 
 
-@pytest.mark.parametrize("content", [b"", b"this is not a database" * 100, b"SQLite format 3\x00" + b"\xff" * 4080])
+@pytest.mark.parametrize("content", [b"", b"this is not a database" * 100, b"SQLite format 3\x00" + b"\xff" * 4080],
+                         ids=["empty", "not-sqlite", "damaged-pages"])
 def test_a_damaged_store_is_named_before_sqlite_reads_it(tmp_path, indexed_run_copy, tiny_demo_csv, capsys,
                                                          content):
     from huse_core.retrieval.layout import added_path, index_dir
