@@ -25,12 +25,12 @@ import pandas as pd
 
 from .embed import ADDED_SPLIT
 from .layout import DELTA, added_path, added_photo_path, legacy_added_path
+from .storecheck import StoreError, check_files, guarded
 
 STORE_FORMAT = 1  # the store's PRAGMA user_version; bump when its table changes incompatibly
 BUSY_TIMEOUT_S = 120.0  # how long a writer waits for others' batches (each holds the lock well under a second)
 AUTO_MAX = 10**15 - 1  # the largest N of an automatic id new-N: far below SQLite's 2**63 - 1, so N + 1 fits too
 _AUTO_ID = re.compile(r"new-(\d{1,15})")  # ids given automatically: new-1, new-2, ...; longer ones are plain text
-_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database
 _BASE = ("seq", "id", "title", "image", "split", "fingerprint")  # read_added's columns besides one per head
 _SCHEMA = (
     """CREATE TABLE added (
@@ -58,10 +58,6 @@ _UPSERT = _INSERT + " ON CONFLICT(id) DO UPDATE SET " + ", ".join(
     for c in _COLUMNS.split(", ")[1:])
 
 
-class StoreError(ValueError):
-    """The added-products store can't be used; the message names the file and what to do."""
-
-
 def auto_number(pid: str) -> int | None:
     """N of an id of the form new-N with N from 1 to AUTO_MAX, else None (such an id is plain text)."""
     found = _AUTO_ID.fullmatch(pid)
@@ -83,52 +79,6 @@ class IndexIds:
 
 
 # -- opening --------------------------------------------------------------------------------------------------
-
-_MOVE_AWAY = "move it away (its products are then lost to this index)"
-
-
-def check_files(out_dir: str | Path) -> None:
-    """Refuse a store or photo folder that is a symbolic link or lies outside the index folder: the product must
-    never write through a link someone planted (a link may point anywhere), and a damaged store is named before
-    SQLite reads it."""
-    out = Path(out_dir)
-    path = added_path(out)
-    base = out.resolve()
-    for p in (path.parent, path.parent / "images", path, *(Path(f"{path}{s}") for s in ("-wal", "-shm", "-journal"))):
-        if p.is_symlink() or (p.exists() and base not in p.resolve().parents):
-            raise StoreError(f"{p} is a symbolic link or lies outside {out}: added products are kept only in plain "
-                             f"files inside the run folder — {_MOVE_AWAY}")
-    if path.is_file():
-        try:
-            with open(path, "rb") as f:
-                head = f.read(len(_HEADER))
-        except OSError as err:
-            raise StoreError(f"{path} can't be read ({err.strerror}): check its permissions") from None
-        if head != _HEADER:
-            why = "an empty file" if not head else "not an SQLite database"
-            raise StoreError(f"{path} can't be read as the added-products store ({why}): {_MOVE_AWAY}")
-
-
-@contextmanager
-def guarded(path: str | Path) -> Iterator[None]:
-    """SQLite's errors while using the store at `path` as one StoreError naming the file and what to do."""
-    try:
-        yield
-    except sqlite3.Error as err:
-        text = str(err)
-        if "locked" in text or "busy" in text:
-            msg = (f"{path} is busy: another `add` or the app kept it locked for over {BUSY_TIMEOUT_S:.0f} s — "
-                   "let it finish, then run this again")
-        elif "full" in text:
-            msg = f"{path}: the disk is full ({text}) — free some space, then run this again"
-        elif "readonly" in text or "unable to open" in text or "access permission" in text:
-            msg = f"{path} can't be written ({text}): check the permissions of the run folder"
-        elif isinstance(err, sqlite3.DatabaseError) and not isinstance(err, sqlite3.OperationalError):
-            msg = f"{path} can't be read as the added-products store ({text}): {_MOVE_AWAY}"
-        else:
-            msg = f"{path}: {text} — run this again; if it persists, {_MOVE_AWAY}"
-        raise StoreError(msg) from None
-
 
 def _connect(path: str | Path) -> sqlite3.Connection:
     con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)  # transactions are explicit
@@ -181,10 +131,10 @@ def open_store(out_dir: str | Path, create: bool = False) -> sqlite3.Connection 
     if not path.is_file():
         if not create and not legacy_added_path(out_dir).is_file():
             return None
-        with guarded(path):
+        with guarded(path, BUSY_TIMEOUT_S):
             _create(out_dir)
         check_files(out_dir)  # a link planted meanwhile
-    with guarded(path):
+    with guarded(path, BUSY_TIMEOUT_S):
         con = _connect(path)
         try:
             version = con.execute("PRAGMA user_version").fetchone()[0]
@@ -248,7 +198,7 @@ def read_added(out_dir: str | Path, dim: int, since: int = 0) -> tuple[pd.DataFr
     rows = []
     if con is not None:
         try:
-            with guarded(added_path(out_dir)):
+            with guarded(added_path(out_dir), BUSY_TIMEOUT_S):
                 rows = con.execute("SELECT seq, id, title, image, split, fingerprint, labels, dim, image_emb, "
                                    "text_emb FROM added WHERE seq > ? ORDER BY seq", (int(since),)).fetchall()
         finally:
@@ -273,7 +223,7 @@ def count_added(out_dir: str | Path) -> int:
     if con is None:
         return 0
     try:
-        with guarded(added_path(out_dir)):
+        with guarded(added_path(out_dir), BUSY_TIMEOUT_S):
             return int(con.execute("SELECT COUNT(*) FROM added").fetchone()[0])
     finally:
         con.close()
@@ -285,7 +235,7 @@ def _write(out_dir: str | Path) -> Iterator[sqlite3.Connection]:
     ROLLBACK on any error (a crash leaves nothing half-written either: SQLite's journal), closed either way."""
     con = open_store(out_dir, create=True)
     try:
-        with guarded(added_path(out_dir)):
+        with guarded(added_path(out_dir), BUSY_TIMEOUT_S):
             con.execute("BEGIN IMMEDIATE")
             try:
                 if "content_key" not in {r[1] for r in con.execute("PRAGMA table_info(added)")}:
@@ -310,7 +260,7 @@ def stored_keys(out_dir: str | Path, keys: list[str]) -> dict[str, str]:
         return {}
     found: dict[str, str] = {}
     try:
-        with guarded(added_path(out_dir)):
+        with guarded(added_path(out_dir), BUSY_TIMEOUT_S):
             if "content_key" not in {r[1] for r in con.execute("PRAGMA table_info(added)")}:
                 return {}
             for start in range(0, len(keys), 500):
