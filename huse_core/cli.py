@@ -331,7 +331,7 @@ def _interrupted(args, err: KeyboardInterrupt) -> str:
         return str(err)  # the command said what it stored (`add`)
     if args.command == "train":
         return "interrupted; `train --resume` continues from the last finished epoch"
-    return f"interrupted; {args.command} wrote nothing (its files are written whole or not at all)"
+    return f"interrupted; {args.command} did not finish (its files are written whole or not at all): run it again"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,8 +40,9 @@ def read_table(source: str | Path | bytes, name: str = "", nrows: int | None = N
     if data is None:
         with open(path, "rb") as f:
             data = f.read(_PEEK_BYTES if nrows is not None else -1)  # a peek at the columns needs the start only
-        if nrows is not None and len(data) == _PEEK_BYTES:
-            data = data[: data.rfind(b"\n") + 1] or data
+        if nrows is not None and len(data) == _PEEK_BYTES:  # end on a whole line (UTF-16/32: whole characters)
+            wide = b"\x00" in data[:8192]
+            data = data[: len(data) - len(data) % 4] if wide else data[: data.rfind(b"\n") + 1] or data
     decoded = text.decode_csv(data, str(path))
     sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else text.sniff_separator(decoded.text)
     try:
