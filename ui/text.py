@@ -41,7 +41,6 @@ def sentence(text: str) -> str:
 
 def describe(err: BaseException) -> str:
     """An exception as a one-line message for the page (escaped): ours say what to do; others name their type."""
-    text = str(err).strip() or type(err).__name__
-    if not isinstance(err, (ValueError, RuntimeError, FileNotFoundError, FileExistsError)):
-        text = f"{type(err).__name__}: {text}"
-    return esc(text.splitlines()[0][:500] if text else text)
+    from huse_core.errors import one_line  # the command line's wording: file, problem, what to do
+
+    return esc(one_line(err)[:500])
