@@ -9,6 +9,7 @@ The public API (the CLI, the app and the benches use these names):
     run.classify(text="navy striped shirt")                 # {head: {"image"|"text"|"fused": [{label, prob, path}]}}
     build_index("runs/shop")                                # embeddings, Annoy forests, the map
     Searcher.open("runs/shop").search(text="navy striped shirt", target="image", k=10)
+    audit("runs/shop", kinds="labels,mismatch,duplicates", top=50)   # catalogue errors, as plain rows
 
 Names load on first use, so `import huse_core` stays light (no torch until a model is needed).
 """
@@ -29,6 +30,7 @@ _API = {  # public name -> the module that defines it
     "train": "training.train", "evaluate": "training.evaluate",
     "build_index": "retrieval.build", "Searcher": "retrieval.search", "Hit": "retrieval.search",
     "IndexMissingError": "retrieval.layout", "StaleIndexError": "retrieval.layout",
+    "audit": "audit", "AuditError": "audit",
 }
 __all__ = ["__version__", *_API]
 

@@ -66,11 +66,13 @@ def stage_photo(out_dir: str | Path, photo: np.ndarray) -> Path:
     return Path(tmp)
 
 
-def add_products(run: Run, out_dir: str | Path, items: list, index: IndexIds) -> list[dict]:
+def add_products(run: Run, out_dir: str | Path, items: list, index: IndexIds, resembles=None) -> list[dict]:
     """Embed, label and store new products ({"title", "image", optional "id"}) in the index folder `out_dir`'s store,
     in one transaction; `index` holds the ids the index serves. Bad items are reported and skipped.
 
-    Returns per item {"id", "title", "ok", "error", "labels": {head: predicted fused label}}.
+    Returns per item {"id", "title", "ok", "error", "labels": {head: predicted fused label}, "resembles"}:
+    resembles is {"id", "score"} of a catalogue product the new one looks like (huse_core.audit.resembling, given
+    as `resembles(image_emb, text_emb)`), else None.
     """
     results, good, photos, pixels, batch = [], [], [], [], set()
     for item in items:
@@ -103,8 +105,10 @@ def add_products(run: Run, out_dir: str | Path, items: list, index: IndexIds) ->
     finally:
         for path in staged:  # renamed ones are gone; these are refused products' photos
             path.unlink(missing_ok=True)
-    for result, lab, (pid, error) in zip(good, labels, stored):
-        result.update(id=pid or result["id"], ok=pid is not None, error=error, labels=lab if pid else {})
+    alike = resembles(image_emb, text_emb) if resembles else [None] * len(good)
+    for result, lab, (pid, error), like in zip(good, labels, stored, alike):
+        result.update(id=pid or result["id"], ok=pid is not None, error=error, labels=lab if pid else {},
+                      resembles=like if pid else None)
     return results
 
 
@@ -189,22 +193,34 @@ def add_catalog(run_dir: str | Path, catalog: str | Path, columns: dict | None =
     ids are checked against it). `columns`: DataConfig fields (text_col, image_col, id_col, images_root) over the
     run's own; photo paths are relative to the table's folder unless images_root says otherwise.
 
-    Returns {"added": n, "skipped": [{"row", "id", "title", "error"}], "added_total": products in the store}.
+    Returns {"added": n, "skipped": [{"row", "id", "title", "error"}], "added_total": products in the store,
+    "resembling": [{"id", "like", "score"}]: new products that look like a catalogue product (huse_core.audit)}.
     """
+    from ..audit.duplicates import resembling
+
     run = load_run(run_dir)
     try:
-        _, products, *_ = load_index(run, backend="exact")
+        _, products, image_emb, text_emb, *_ = load_index(run, backend="exact")
     except IndexMissingError as err:
         raise type(err)(f"{err}, then `add` again: added products are kept beside the run's search index and "
                         "checked against it") from None
     cfg = dataclasses.replace(run.data_cfg, catalog=str(catalog), images_root="", **(columns or {}))
     items, skipped = read_new_products(cfg)
-    index, out, added = IndexIds.of(products["id"]), index_dir(run_dir), 0
+    index, out, added, alike = IndexIds.of(products["id"]), index_dir(run_dir), 0, []
+    ids = products["id"].to_numpy(dtype=object)
+
+    def resembles(u, v):
+        return resembling(u, v, image_emb, text_emb, ids)
+
     for start in tqdm(range(0, len(items), ADD_BATCH), desc="adding products", disable=not progress,
                       file=sys.stderr):
         chunk = items[start : start + ADD_BATCH]
-        for item, result in zip(chunk, add_products(run, out, chunk, index)):
+        for item, result in zip(chunk, add_products(run, out, chunk, index, resembles)):
             added += result["ok"]
+            if result.get("resembles"):
+                alike.append({"id": result["id"], "like": result["resembles"]["id"],
+                              "score": result["resembles"]["score"]})
             if not result["ok"]:
                 skipped.append({k: item[k] for k in ("row", "id", "title")} | {"error": result["error"]})
-    return {"added": added, "skipped": sorted(skipped, key=lambda s: s["row"]), "added_total": count_added(out)}
+    return {"added": added, "skipped": sorted(skipped, key=lambda s: s["row"]), "added_total": count_added(out),
+            "resembling": alike}

@@ -306,9 +306,14 @@ class Searcher:
         after a restart; the next `index` build folds them in. Bad items are reported and skipped. Safe from many
         threads and processes at once: the store (SQLite) takes each call's products in one transaction.
 
-        Returns per item {"id", "title", "ok", "error", "labels": {head: predicted fused label}}.
+        Returns per item {"id", "title", "ok", "error", "labels": {head: predicted fused label}, "resembles": {"id",
+        "score"} of a catalogue product it looks like, or None}.
         """
-        results = add_products(self.run, self.index_dir, items, self._index_ids)
+        from ..audit.duplicates import resembling
+
+        ids = self._index_products["id"].to_numpy(dtype=object)
+        results = add_products(self.run, self.index_dir, items, self._index_ids,
+                               lambda u, v: resembling(u, v, self._emb["image"], self._emb["text"], ids))
         self.refresh()  # this call's products, and any another process added meanwhile
         return results
 
