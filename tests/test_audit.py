@@ -32,9 +32,9 @@ def planted_run(tmp_path_factory) -> Path:
     csv = generate_demo(root / "shop", n_products=N_SHOP, seed=0, progress=False, planted=PER_KIND)
     threads = torch.get_num_threads()
     try:
-        model = ModelConfig(cnn_width=8, hidden=64, dim=32, conv_channels=32, word_dim=16)
+        model = ModelConfig(cnn_width=16, hidden=128, dim=64, conv_channels=32, word_dim=16)
         train(DataConfig(catalog=str(csv), image_size=32), model, LossConfig(),
-              TrainConfig(epochs=12, batch_size=32, lr=3e-3, threads=1), root / "run", progress=False)
+              TrainConfig(epochs=24, batch_size=32, lr=3e-3, threads=1), root / "run", progress=False)
     finally:
         torch.set_num_threads(threads)
     build_index(root / "run", progress=False, with_map=False)
@@ -66,8 +66,8 @@ def test_planted_wrong_paths_are_found_near_the_top(planted_run, findings):
 
 def test_planted_photo_swaps_are_found(planted_run, findings):
     swapped = {i for t in _truth(planted_run)["swaps"] for i in (t["id"], t["partner"])}
-    flagged = _ids(findings, "mismatch")
-    assert len(swapped & set(flagged[: 3 * len(swapped)])) >= 0.75 * len(swapped), flagged[: 3 * len(swapped)]
+    flagged = _ids(findings, "mismatch")  # the top 1 % of the shop, at least 20
+    assert len(swapped & set(flagged)) >= 0.75 * len(swapped), flagged
 
 
 def test_planted_duplicates_are_found(planted_run, findings):
@@ -185,3 +185,36 @@ def test_cli_audit_json_csv_and_add_time_flag(planted_run, tmp_path, capsys):
     assert main(["add", "--run", str(run), "--catalog", str(tmp_path / "new.csv"), "--json", "--quiet"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["resembling"] and result["resembling"][0]["like"] == src["id"]
+
+
+def test_audit_page_accept_then_export(tiny_demo_csv, tiny_indexed_run, tmp_path_factory, monkeypatch):
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    from test_app import APP, app_folder
+
+    root = app_folder(tiny_demo_csv, tiny_indexed_run, tmp_path_factory)
+    run = root / "runs" / "demo"
+    shutil.rmtree(run / "audit", ignore_errors=True)
+    src = Path(json.loads((run / "run.json").read_text())["data"]["catalog"])
+    before = src.read_bytes()
+    monkeypatch.setenv("HUSE_RUNS_DIR", str(root / "runs"))
+    monkeypatch.setenv("HUSE_DATA_DIR", str(root / "data"))
+    monkeypatch.delenv("HUSE_RUN", raising=False)
+    at = AppTest.from_file(str(APP), default_timeout=120).run()
+    at.switch_page("pages/audit.py").run()
+    assert not at.exception
+    at.button(key="audit_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    keys = {b.key for b in at.button}
+    kind = next(k for k in ("labels", "mismatch", "duplicates") if f"audit_{k}_0_accept" in keys)
+    at.button(key=f"audit_{kind}_0_accept").click().run()
+    decided = read_decisions(run)
+    assert list(decided["decision"]) == ["accept"]
+    at.switch_page("pages/audit.py").run()  # a new visit (as after a restart) reads the decision back
+    at.button(key="audit_export").click().run()
+    assert not at.exception and at.success, [e.value for e in at.error]
+    out = Path(json.loads((run / "run.json").read_text())["data"]["catalog"]).with_name("metadata.corrected.csv")
+    assert out.is_file() and src.read_bytes() == before
+    shutil.rmtree(run / "audit", ignore_errors=True)
+    out.unlink()

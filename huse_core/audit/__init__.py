@@ -8,12 +8,12 @@ catalogue, the review decisions stored with the run, and the corrected catalogue
 """
 
 from .core import COLUMNS, KINDS, audit, parse_kinds
-from .decisions import DECISIONS, export_corrected, read_decisions, record
+from .decisions import DECISIONS, export_corrected, load_findings, read_decisions, record, save_findings
 from .duplicates import resembling
 from .inputs import AuditError, load_inputs
 
 __all__ = ["COLUMNS", "DECISIONS", "KINDS", "AuditError", "audit", "export_corrected", "load_inputs", "parse_kinds",
-           "read_decisions", "record", "resembling"]
+           "load_findings", "read_decisions", "record", "resembling", "save_findings"]
 
 
 class _CallableModule(__import__("types").ModuleType):

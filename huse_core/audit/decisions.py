@@ -69,6 +69,31 @@ def read_decisions(run_dir: str | Path) -> pd.DataFrame:
         con.close()
 
 
+def findings_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "audit" / "findings.json"
+
+
+def save_findings(run_dir: str | Path, rows: list[dict]) -> None:
+    """Keep an audit's rows with the run (written to a temp name, then renamed), keyed by the model they came from,
+    for the Audit page after a restart and the Map's colouring."""
+    from ..artifacts import file_sha, write_json
+
+    path = findings_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"fingerprint": file_sha(Path(run_dir) / "model.pt"), "rows": rows})
+
+
+def load_findings(run_dir: str | Path) -> list[dict] | None:
+    """The rows save_findings kept for the run's current model, else None."""
+    from ..artifacts import file_sha, read_json
+
+    try:
+        saved = read_json(findings_path(run_dir))
+        return saved["rows"] if saved.get("fingerprint") == file_sha(Path(run_dir) / "model.pt") else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _label_columns(meta: dict, raw: pd.DataFrame) -> tuple[str | None, list[str]]:
     """(hierarchy column or None, level columns in raw) of a run's catalogue."""
     data = meta["data"]
