@@ -48,19 +48,29 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 def _prototypes(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, n: int) -> np.ndarray:
     """(len(test), n) probabilities from class-mean prototypes of the train rows (classes absent there: never)."""
     rows = train[y[train] >= 0]
-    from scipy.sparse import csr_matrix
+    from scipy.sparse import csr_matrix, issparse
 
     onehot = csr_matrix((np.ones(len(rows), np.float32), (y[rows], np.arange(len(rows)))), shape=(n, len(rows)))
-    means = np.asarray(onehot @ x[rows], dtype=np.float32)
+    means = onehot @ x[rows]
+    means = np.asarray(means.toarray() if issparse(means) else means, dtype=np.float32)
     present = np.linalg.norm(means, axis=1) > 0
     means[present] /= np.linalg.norm(means[present], axis=1, keepdims=True)
     fit = rows[:: max(1, len(rows) // 5000)]  # the scale is one number: a sample of train rows picks it
-    sims_fit = x[fit] @ means.T
+    sims_fit = np.asarray(x[fit] @ means.T)
     sims_fit[:, ~present] = -np.inf
     loss = [-np.log(np.maximum(_softmax(s * sims_fit)[np.arange(len(fit)), y[fit]], 1e-12)).mean() for s in SCALES]
-    sims = x[test] @ means.T
+    sims = np.asarray(x[test] @ means.T)
     sims[:, ~present] = -np.inf
     return _softmax(SCALES[int(np.argmin(loss))] * sims).astype(np.float32)
+
+
+def title_features(titles):
+    """Unit TF-IDF rows (words 1-2, sparse) of the titles: features no model has fitted to the labels, so a label the
+    text tower memorised from its own title is not in them."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, dtype=np.float32).fit_transform(
+        [str(t).lower() for t in titles])
 
 
 def out_of_fold(features: np.ndarray, labels: list[np.ndarray], sizes: list[int], folds: int = FOLDS,
@@ -69,10 +79,13 @@ def out_of_fold(features: np.ndarray, labels: list[np.ndarray], sizes: list[int]
 
     features (N, F); labels: (N,) int64 class indices (-1 = unknown); sizes: class counts."""
     if head == "prototype":
-        x = np.ascontiguousarray(features, dtype=np.float32)
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        fold_of = np.random.default_rng(seed).permutation(len(x)) % max(2, folds)
-        out = [np.zeros((len(x), n), np.float32) for n in sizes]
+        from scipy.sparse import issparse
+
+        x = features.tocsr() if issparse(features) else np.ascontiguousarray(features, dtype=np.float32)
+        if not issparse(x):
+            x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        fold_of = np.random.default_rng(seed).permutation(x.shape[0]) % max(2, folds)
+        out = [np.zeros((x.shape[0], n), np.float32) for n in sizes]
         for k in range(max(2, folds)):
             test, train = np.flatnonzero(fold_of == k), np.flatnonzero(fold_of != k)
             for y, n, o in zip(labels, sizes, out):

@@ -10,6 +10,7 @@ import numpy as np
 from .inputs import AuditInputs
 
 SEP = " › "
+DOUBT = 0.6  # a label is doubted when the out-of-sample heads give it less than this (or prefer another class)
 # A path is hierarchy-inconsistent when its leaf sits under other parents in at least this share of the products.
 MAJORITY = 0.9
 
@@ -48,13 +49,17 @@ def _paths(inputs: AuditInputs) -> dict[str, str]:
             best[path[-1]] = (n, path)
     out = {p[-1]: SEP.join(p) for _, p in best.values()}
     for path in inputs.run.meta.get("leaf_paths", []):  # classes merged away in the catalogue still get a path
-        out.setdefault(path[-1], SEP.join(path))
+        if path:
+            out.setdefault(path[-1], SEP.join(path))
     return out
 
 
 def label_findings(inputs: AuditInputs, probs: dict[str, np.ndarray]) -> list[dict]:
-    """One finding per product and head whose label cleanlab flags: for the hierarchy, the leaf head's finding names
-    the whole path (current and suggested); attributes each on their own. Score = 1 - p(catalogue label)."""
+    """One finding per product and head whose catalogue label the out-of-sample heads doubt (give it under DOUBT),
+    suggesting their most likely other class:
+    for the hierarchy, the leaf head's finding names the whole path (current and suggested); attributes each on
+    their own. Score = 1 - cleanlab's label quality (self-confidence); the reason says when cleanlab's confident
+    learning flags it too (its flags alone missed labels the towers had memorised: docs/audit.md)."""
     run, df, rows = inputs.run, inputs.products, []
     levels = run.levels
     paths = _paths(inputs) if levels else {}
@@ -64,8 +69,10 @@ def label_findings(inputs: AuditInputs, probs: dict[str, np.ndarray]) -> list[di
             continue
         y, p = inputs.codes(head), probs[name]
         q, flagged = quality(y, p), issues(y, p)
-        best = p.argmax(1)
-        for i in np.flatnonzero(flagged & (best != y)):
+        other = p.copy()
+        other[np.flatnonzero(y >= 0), y[y >= 0]] = -1
+        best = other.argmax(1)  # the most likely class besides the catalogue's
+        for i in np.flatnonzero((y >= 0) & (q < DOUBT)):
             suggested = head["classes"][best[i]]
             is_path = name in levels
             current = SEP.join(inputs.path_of(i)) if is_path else str(df[name].iat[i])
@@ -73,7 +80,8 @@ def label_findings(inputs: AuditInputs, probs: dict[str, np.ndarray]) -> list[di
                          "current": current, "suggested": paths.get(suggested, suggested) if is_path else suggested,
                          "score": round(float(1 - q[i]), 4), "confidence": round(float(p[i, best[i]]), 4),
                          "reason": f"out-of-sample heads give the catalogue label {q[i]:.0%}, "
-                                   f"'{suggested}' {p[i, best[i]]:.0%}"})
+                                   f"'{suggested}' {p[i, best[i]]:.0%}"
+                                   + ("; cleanlab flags it" if flagged[i] else "")})
     return rows + hierarchy_findings(inputs)
 
 
