@@ -176,6 +176,7 @@ def test_cli_audit_json_csv_and_add_time_flag(planted_run, tmp_path, capsys):
     assert main(["audit", "--run", str(planted_run), "--top", "3", "--csv", str(out), "--quiet"]) == 0
     assert len(pd.read_csv(out)) <= 9
     assert main(["audit", "--run", str(planted_run), "--kinds", "nope"]) == 2
+    capsys.readouterr()
 
     run = Path(shutil.copytree(planted_run, tmp_path / "run"))
     meta = json.loads((run / "run.json").read_text())

@@ -12,12 +12,12 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..data.catalog import normalise_title
+from ..retrieval.adding import ADD_THRESHOLD, resembling  # noqa: F401 - the add-time check, defined where it runs
 from .inputs import AuditInputs
 
 NEIGHBOURS = 8  # candidate pairs: each product's nearest photos in the shared space
 # why: docs/decisions.md#audit
 THRESHOLD = 0.8  # a pair whose duplicate score reaches this is one listing twice
-ADD_THRESHOLD = 0.93  # at `add` time (embeddings only): photo and title cosine both at least this
 
 
 def photo_digests(paths, tick: Callable[[], None] | None = None) -> tuple[list[str], np.ndarray]:
@@ -74,7 +74,7 @@ def pair_scores(inputs: AuditInputs, a: np.ndarray, b: np.ndarray, hashes: np.nd
     photo = np.einsum("nd,nd->n", inputs.image_emb[a], inputs.image_emb[b])
     pixels = 1 - hamming(hashes[a], hashes[b]) / 32  # 0 bits: 1.0; 32 bits (unrelated photos): 0
     title = np.asarray(tfidf[a].multiply(tfidf[b]).sum(1)).ravel()
-    score = np.clip(0.4 * np.clip(pixels, 0, 1) + 0.3 * photo + 0.3 * title, 0, 1)
+    score = np.clip(0.3 * np.clip(pixels, 0, 1) + 0.4 * photo + 0.3 * title, 0, 1)
     return {"photo": photo, "pixels": pixels, "title": title, "score": score}
 
 
@@ -138,17 +138,3 @@ def duplicate_findings(inputs: AuditInputs, pairs: dict, threshold: float = THRE
                          "others": ",".join(ids[r] for r in rows_in if r != row),
                          "reason": f"{len(rows_in)} listings alike ({why})"})
     return rows
-
-
-def resembling(image_emb: np.ndarray, text_emb: np.ndarray, cat_image: np.ndarray, cat_text: np.ndarray,
-               ids, threshold: float = ADD_THRESHOLD) -> list[dict | None]:
-    """Per new product, {"id", "score"} of the catalogue product it resembles (photo and title cosine both at least
-    `threshold`; score = the smaller), else None."""
-    out: list[dict | None] = []
-    if not len(cat_image):
-        return [None] * len(image_emb)
-    for u, v in zip(np.atleast_2d(image_emb), np.atleast_2d(text_emb)):
-        both = np.minimum(np.asarray(cat_image) @ u, np.asarray(cat_text) @ v)
-        j = int(both.argmax())
-        out.append({"id": str(ids[j]), "score": round(float(both[j]), 4)} if both[j] >= threshold else None)
-    return out

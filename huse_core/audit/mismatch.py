@@ -21,9 +21,9 @@ def surprise(p_image: np.ndarray, p_text: np.ndarray) -> np.ndarray:
 
 
 def mismatch_heads(inputs: AuditInputs, probs: dict) -> list[str]:
-    """The leaf and the attribute heads (coarser levels repeat what the leaf says)."""
-    levels = set(inputs.run.levels) - {inputs.run.leaf}
-    return [h["name"] for h in inputs.run.heads if h["name"] in probs and h["name"] not in levels]
+    """Every single-label head: levels and attributes (on a small test shop the coarser levels caught swaps the
+    leaf alone missed)."""
+    return [h["name"] for h in inputs.run.heads if h["name"] in probs]
 
 
 def mismatch_scores(inputs: AuditInputs, p_image: dict[str, np.ndarray], p_text: dict[str, np.ndarray]

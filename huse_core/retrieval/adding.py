@@ -71,8 +71,8 @@ def add_products(run: Run, out_dir: str | Path, items: list, index: IndexIds, re
     in one transaction; `index` holds the ids the index serves. Bad items are reported and skipped.
 
     Returns per item {"id", "title", "ok", "error", "labels": {head: predicted fused label}, "resembles"}:
-    resembles is {"id", "score"} of a catalogue product the new one looks like (huse_core.audit.resembling, given
-    as `resembles(image_emb, text_emb)`), else None.
+    resembles is {"id", "score"} of a catalogue product the new one looks like (`resembles(image_emb, text_emb)`,
+    e.g. resembling below over the catalogue's embeddings), else None.
     """
     results, good, photos, pixels, batch = [], [], [], [], set()
     for item in items:
@@ -110,6 +110,25 @@ def add_products(run: Run, out_dir: str | Path, items: list, index: IndexIds, re
         result.update(id=pid or result["id"], ok=pid is not None, error=error, labels=lab if pid else {},
                       resembles=like if pid else None)
     return results
+
+
+# A new product whose photo and title cosine to one catalogue product are both at least this is flagged at `add`
+# time as resembling it (a duplicate listing?); the audit's own duplicate check reads pixels and titles too.
+ADD_THRESHOLD = 0.93
+
+
+def resembling(image_emb: np.ndarray, text_emb: np.ndarray, cat_image: np.ndarray, cat_text: np.ndarray,
+               ids, threshold: float = ADD_THRESHOLD) -> list[dict | None]:
+    """Per new product, {"id", "score"} of the catalogue product it resembles (photo and title cosine both at least
+    `threshold`; score = the smaller), else None."""
+    out: list[dict | None] = []
+    if not len(cat_image):
+        return [None] * len(image_emb)
+    for u, v in zip(np.atleast_2d(image_emb), np.atleast_2d(text_emb)):
+        both = np.minimum(np.asarray(cat_image) @ u, np.asarray(cat_text) @ v)
+        j = int(both.argmax())
+        out.append({"id": str(ids[j]), "score": round(float(both[j]), 4)} if both[j] >= threshold else None)
+    return out
 
 
 def predict_labels(run: Run, image_emb: np.ndarray, text_emb: np.ndarray, titles: list[str]) -> list[dict[str, str]]:
@@ -194,10 +213,8 @@ def add_catalog(run_dir: str | Path, catalog: str | Path, columns: dict | None =
     run's own; photo paths are relative to the table's folder unless images_root says otherwise.
 
     Returns {"added": n, "skipped": [{"row", "id", "title", "error"}], "added_total": products in the store,
-    "resembling": [{"id", "like", "score"}]: new products that look like a catalogue product (huse_core.audit)}.
+    "resembling": [{"id", "like", "score"}]: new products that look like a catalogue product}.
     """
-    from ..audit.duplicates import resembling
-
     run = load_run(run_dir)
     try:
         _, products, image_emb, text_emb, *_ = load_index(run, backend="exact")

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..run import Run, check_weight, load_run, mix
-from .adding import add_products
+from .adding import add_products, resembling
 from .embed import products_frame
 from .index import load_index, top_matches
 from .knn import exact_search
@@ -309,8 +309,6 @@ class Searcher:
         Returns per item {"id", "title", "ok", "error", "labels": {head: predicted fused label}, "resembles": {"id",
         "score"} of a catalogue product it looks like, or None}.
         """
-        from ..audit.duplicates import resembling
-
         ids = self._index_products["id"].to_numpy(dtype=object)
         results = add_products(self.run, self.index_dir, items, self._index_ids,
                                lambda u, v: resembling(u, v, self._emb["image"], self._emb["text"], ids))
