@@ -63,13 +63,13 @@ def measure_labels(inputs, truth, both, timings) -> tuple[dict, np.ndarray]:
     y = inputs.codes(leaf)
     injected = np.isin(ids, [t["id"] for t in truth["labels"]])
     kinds = {t["id"]: t["kind"] for t in truth["labels"]}
-    ours = 1 - np.nan_to_num(quality(y, both[leaf["name"]]), nan=1.0)
+    ours = 1 - np.nan_to_num(quality(y, both[leaf.name]), nan=1.0)
     t = time.perf_counter()
     peer_p = tfidf_oof(inputs.products["title"].tolist(), y)
     timings["peer_tfidf_lr_s"] = round(time.perf_counter() - t, 1)
     peer = 1 - np.nan_to_num(quality(y, peer_p), nan=1.0)
     out = {}
-    for name, score, probs in (("huse", ours, both[leaf["name"]]), ("cleanlab_tfidf_lr", peer, peer_p)):
+    for name, score, probs in (("huse", ours, both[leaf.name]), ("cleanlab_tfidf_lr", peer, peer_p)):
         flagged = issues(y, probs)
         top = np.argsort(-score)[: 2 * int(injected.sum())]
         out[name] = ranking(injected, score) | {

@@ -36,15 +36,15 @@ def out_of_fold_probs(inputs: AuditInputs, features: str, tick=None, folds: int 
                       head: str = "prototype") -> dict[str, np.ndarray]:
     """{head: (N, C) out-of-sample probabilities} of the single-label heads from K-fold heads on the "image",
     "text" or "both" (side by side) embeddings, or on the titles' TF-IDF ("tfidf")."""
-    heads = [h for h in inputs.run.heads if h["kind"] == "single"]
+    heads = [h for h in inputs.run.heads if h.kind == "single"]
     x = {"image": inputs.image_emb, "text": inputs.text_emb}.get(features)
     if features == "tfidf":
         x = title_features(inputs.products["title"])
     elif x is None:
         x = np.hstack([inputs.image_emb, inputs.text_emb])
-    probs = out_of_fold(x, [inputs.codes(h) for h in heads], [len(h["classes"]) for h in heads], folds, tick=tick,
+    probs = out_of_fold(x, [inputs.codes(h) for h in heads], [len(h.classes) for h in heads], folds, tick=tick,
                         head=head)
-    return {h["name"]: p for h, p in zip(heads, probs)}
+    return {h.name: p for h, p in zip(heads, probs)}
 
 
 def label_probs(inputs: AuditInputs, tick=None) -> dict[str, np.ndarray]:

@@ -36,12 +36,12 @@ class AuditInputs:
 
     def codes(self, head: dict) -> np.ndarray:
         """(N,) int64 class index of each product's catalogue label in `head` (-1: none or unknown)."""
-        if head["name"] not in self._codes:
-            index = {c: i for i, c in enumerate(head["classes"])}
+        if head.name not in self._codes:
+            index = {c: i for i, c in enumerate(head.classes)}
             other = index.get("other", -1)
-            self._codes[head["name"]] = np.array(
-                [index.get(v, other) if v else -1 for v in self.products[head["name"]].astype(str)], dtype=np.int64)
-        return self._codes[head["name"]]
+            self._codes[head.name] = np.array(
+                [index.get(v, other) if v else -1 for v in self.products[head.name].astype(str)], dtype=np.int64)
+        return self._codes[head.name]
 
     def path_of(self, row: int) -> tuple[str, ...]:
         """The product's catalogue category path (its hierarchy levels, coarse first)."""
@@ -57,7 +57,7 @@ def _changed(run: Run, products: pd.DataFrame) -> str | None:
     current = run.load_catalog(progress=False).df
     if size is not None and len(current) != size:
         return f"the catalogue {catalog} has {len(current):,} usable products, the run was trained on {size:,}"
-    cols = ["id", "title"] + [h["name"] for h in run.heads if h["kind"] == "single"]
+    cols = ["id", "title"] + [h.name for h in run.heads if h.kind == "single"]
     now = current[cols].astype(str).reset_index(drop=True)
     then = products[cols].astype(str).reset_index(drop=True)
     if len(now) != len(then):

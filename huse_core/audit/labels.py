@@ -64,8 +64,8 @@ def label_findings(inputs: AuditInputs, probs: dict[str, np.ndarray]) -> list[di
     levels = run.levels
     paths = _paths(inputs) if levels else {}
     for head in run.heads:
-        name = head["name"]
-        if head["kind"] != "single" or name not in probs or (name in levels and name != levels[-1]):
+        name = head.name
+        if head.kind != "single" or name not in probs or (name in levels and name != levels[-1]):
             continue
         y, p = inputs.codes(head), probs[name]
         q, flagged = quality(y, p), issues(y, p)
@@ -73,7 +73,7 @@ def label_findings(inputs: AuditInputs, probs: dict[str, np.ndarray]) -> list[di
         other[np.flatnonzero(y >= 0), y[y >= 0]] = -1
         best = other.argmax(1)  # the most likely class besides the catalogue's
         for i in np.flatnonzero((y >= 0) & (q < DOUBT)):
-            suggested = head["classes"][best[i]]
+            suggested = head.classes[best[i]]
             is_path = name in levels
             current = SEP.join(inputs.path_of(i)) if is_path else str(df[name].iat[i])
             rows.append({"kind": "labels", "head": "category path" if is_path else name, "row": int(i),

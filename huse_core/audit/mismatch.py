@@ -23,7 +23,7 @@ def surprise(p_image: np.ndarray, p_text: np.ndarray) -> np.ndarray:
 def mismatch_heads(inputs: AuditInputs, probs: dict) -> list[str]:
     """Every single-label head: levels and attributes (on a small test shop the coarser levels caught swaps the
     leaf alone missed)."""
-    return [h["name"] for h in inputs.run.heads if h["name"] in probs]
+    return [h.name for h in inputs.run.heads if h.name in probs]
 
 
 def mismatch_scores(inputs: AuditInputs, p_image: dict[str, np.ndarray], p_text: dict[str, np.ndarray]
@@ -36,7 +36,7 @@ def mismatch_scores(inputs: AuditInputs, p_image: dict[str, np.ndarray], p_text:
 
 
 def _describe(inputs: AuditInputs, probs: dict[str, np.ndarray], heads: list[str], i: int) -> str:
-    return ", ".join(inputs.run.heads[[h["name"] for h in inputs.run.heads].index(name)]["classes"][probs[name][i]
+    return ", ".join(inputs.run.heads[[h.name for h in inputs.run.heads].index(name)].classes[probs[name][i]
                      .argmax()] for name in heads)
 
 

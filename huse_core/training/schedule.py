@@ -16,10 +16,8 @@ SMALL_SHOP, MID_SHOP, LARGE_SHOP = 2_000, 10_000, 100_000  # training products: 
 BASE_BATCH, BASE_LR = 128, 2e-3  # the 44k catalogue's tuned pair; other batch sizes scale the rate by sqrt
 # ~ what the 44k catalogue trains today (14 epochs x 273 steps of 128 = 3,822 steps, ~27 min on 2 CPU cores).
 TARGET_STEPS = 3_800
-# On a CUDA device a step of the 80 px CNN costs a small fraction of a CPU step, so auto epochs aim at this many
-# times the steps (44k: 35 epochs instead of 14, capped by MAX_EPOCHS). On the CPU the photo tower's validation
-# accuracy was still rising at the 14th epoch, and 16 epochs raised its test accuracy 84.0 -> 85.1 % (fused the same;
-# bench/results/quality-2026-12-02-11.md), past the CPU's 30 minutes; not yet measured on a GPU.
+# On a CUDA device a step costs a small fraction of a CPU step, so auto epochs aim at this many times the steps
+# (capped by MAX_EPOCHS): the photo tower still gains past the CPU's epoch budget.  # why: docs/decisions.md#epochs
 GPU_STEPS_FACTOR = 2.5
 MIN_EPOCHS, MAX_EPOCHS = 4, 40  # a huge catalogue still sees its data a few times; a tiny one stops overfitting
 STEADY_BELOW = 1_000  # validation products under which one head's accuracy is too noisy to pick the best epoch

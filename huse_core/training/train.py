@@ -8,6 +8,7 @@ distributed.py. Over 300 lines: one loop whose resume, checkpoint and end-of-tra
 from __future__ import annotations
 
 import dataclasses
+import logging
 import platform
 import sys
 import time
@@ -32,6 +33,8 @@ from .validation import (accuracy_by_modality, choose_flip_tta, selection_score,
                          validation_rows)
 from ..model import build_model
 from ..run import RUN_FORMAT
+
+log = logging.getLogger(__name__)
 
 Callback = Callable[[dict], None]
 # Early stopping counts epochs without a better smoothed score: smooth = SMOOTHING * smooth + (1 - SMOOTHING) * score.
@@ -159,12 +162,12 @@ def train(
         emit({"stage": "schedule", "message": f"schedule: batch {train_cfg.batch_size}, lr {train_cfg.lr:g}, "
               f"up to {train_cfg.epochs} epochs", "schedule": schedule.to_dict()})
         if progress:
-            print(("resuming with the stored " if resume else "") + schedule.describe(), file=sys.stderr)
+            log.info(("resuming with the stored " if resume else "") + schedule.describe())
     with world.main_first():  # rank 0 fills the decode cache; the others then read it
         prep = prepare(data_cfg, model_cfg, cache_dir_for(data_cfg, run_dir), progress=progress,
                        tokenizer=None if not resume else saved["tokenizer"])
     if progress:
-        print(prep.catalog.report.summary(), file=sys.stderr)
+        log.info(prep.catalog.report.summary())
     model = build_model(model_cfg, prep.heads, prep.tokenizer.n_tokens, idf=prep.tokenizer.idf).to(device)
     distance = graph_distance(loss_cfg, prep)
     criterion = HuseLoss(loss_cfg, {h["name"]: h["kind"] for h in prep.heads}, prep.leaf, distance).to(device)
@@ -183,8 +186,8 @@ def train(
     if train_cfg.max_steps and train_cfg.max_steps < total_steps:
         total_steps = train_cfg.max_steps
         if progress:
-            print(f"--max-steps {total_steps:,}: training stops there, in epoch "
-                  f"{-(-total_steps // steps_per_epoch)} of {train_cfg.epochs}", file=sys.stderr)
+            log.info(f"--max-steps {total_steps:,}: training stops there, in epoch "
+                     f"{-(-total_steps // steps_per_epoch)} of {train_cfg.epochs}")
     opt, sched = make_optimizer(model, train_cfg, total_steps, criterion)
     ema = make_ema(model, train_cfg.ema) if world.is_main else None  # validated beside the weights
     # Products with the same normalised title share an id: the alignment loss does not push them apart.
@@ -299,12 +302,11 @@ def train(
                 accs = " ".join(f"{k}={v:.3f}" for k, v in val.items())
                 if val_ema is not None:
                     accs += " | ema " + " ".join(f"{k}={v:.3f}" for k, v in val_ema.items()) + (" (better)" * use_ema)
-                print(f"epoch {epoch + 1}: {terms_txt} | val {prep.leaf} acc {accs} | {record['seconds']:.0f}s",
-                      file=sys.stderr)
+                log.info(f"epoch {epoch + 1}: {terms_txt} | val {prep.leaf} acc {accs} | {record['seconds']:.0f}s")
             stop = stale >= train_cfg.patience
             if stop and progress:
-                print(f"early stop: no better smoothed validation score ({train_cfg.select_by}) for {stale} "
-                      f"epochs", file=sys.stderr)
+                log.info(f"early stop: no better smoothed validation score ({train_cfg.select_by}) for {stale} "
+                         f"epochs")
         if world.broadcast(stop):
             break
     drift = world.max_drift(model, criterion)  # DDP keeps the copies equal; this checks it (0.0 = identical)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 
 import numpy as np
 import torch
 
 from ..prepare import Prepared, embed, title_logits
+
+log = logging.getLogger(__name__)
 
 FUSION_MIN_GAIN = 0.002  # validation accuracy a photo + title mix (or flip TTA) must add to be kept
 FUSION_GRID = np.round(np.linspace(0, 1, 21), 2)  # photo weights w tried: fused = w * photo + (1 - w) * title
@@ -39,8 +41,8 @@ def validation_rows(rows: np.ndarray, train_cfg, progress: bool = False) -> np.n
         return rows
     picked = np.sort(np.random.default_rng(train_cfg.seed).choice(rows, cap, replace=False))
     if progress:
-        print(f"validation: a seeded sample of {cap:,} of the {len(rows):,} validation products "
-              f"(--val-max; 0 uses all)", file=sys.stderr)
+        log.info(f"validation: a seeded sample of {cap:,} of the {len(rows):,} validation products "
+                 f"(--val-max; 0 uses all)")
     return picked
 
 
@@ -103,8 +105,8 @@ def choose_flip_tta(model, prep: Prepared, rows: np.ndarray, device: torch.devic
     flipped = accuracy_by_modality(model, prep, rows, device)["image"]
     model.flip_tta = flipped - plain >= FUSION_MIN_GAIN
     if progress:
-        print(f"flip test-time augmentation: validation photo accuracy {plain:.4f} -> {flipped:.4f}: "
-              f"{'kept' if model.flip_tta else 'not kept'}", file=sys.stderr)
+        log.info(f"flip test-time augmentation: validation photo accuracy {plain:.4f} -> {flipped:.4f}: "
+                 f"{'kept' if model.flip_tta else 'not kept'}")
     return model.flip_tta
 
 
