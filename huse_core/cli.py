@@ -8,11 +8,15 @@ import dataclasses
 import inspect
 import json
 import logging
+import os
 import re
+import signal
 import sys
+import threading
 
 from . import __version__
 from .config import CHOICES, DataConfig, LossConfig, ModelConfig, TrainConfig
+from .errors import one_line
 from .logs import to_stderr
 from .retrieval.hybrid import DEFAULT_MODE, MODES
 
@@ -449,14 +453,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupted(args, err: KeyboardInterrupt) -> str:
+    """What a Ctrl-C left behind, for the command that was running."""
+    if str(err):
+        return str(err)  # the command said what it stored (`add`)
+    if args.command == "train":
+        return "interrupted; `train --resume` continues from the last finished epoch"
+    return f"interrupted; {args.command} did not finish (its files are written whole or not at all): run it again"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     to_stderr()  # progress, notes and warnings on stderr; results and JSON on stdout
+    if hasattr(signal, "SIGXFSZ") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file over the size limit: an OSError we report, not a kill
     try:
         return args.func(args)
-    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)  # users get the message, not a traceback
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; `train --resume` continues from the last finished epoch", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(_interrupted(args, err), file=sys.stderr)
         return 130
+    except Exception as err:
+        if os.environ.get("HUSE_DEBUG"):
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)  # users get one line, not a traceback
+        return 2

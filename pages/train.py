@@ -1,7 +1,6 @@
 """Train & evaluate: train a run on a catalogue in the background with live progress, then its evaluation.
 
-Over 300 lines: one screen with two halves (the training form with its optional hub-encoder fields, the
-evaluation of the chosen run), each a flat script of widgets; the rules they show come from huse_core.
+The Evaluation tab's pieces live in ui/evaluation.py; the rules both halves show come from huse_core.
 """
 
 from __future__ import annotations
@@ -10,9 +9,7 @@ import re
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 import ui
@@ -21,7 +18,6 @@ from huse_core.data import uploads
 from huse_core.data.tables import ATTRIBUTE_COLS, IMAGE_COLS, LEVEL_COLS, TEXT_COLS, matching_columns, read_table
 from huse_core.config import DataConfig, LossConfig, ModelConfig, TrainConfig
 from huse_core.model import backbone_choices, default_image_size
-from huse_core.training.validation import kept_accuracy
 
 ui.page_setup("pages/train.py")
 
@@ -206,7 +202,8 @@ def train_form() -> None:
     loss_cfg = LossConfig(losses=losses, alpha=alpha, beta=beta, gamma=gamma)
     train_cfg = TrainConfig(epochs=epochs or None, batch_size=None if batch == "auto" else batch,
                             lr=None if lr == "auto" else lr)  # None: the size-aware schedule chooses
-    launch(run_dir, lambda: jobs.start_training(run_dir, data_cfg, model_cfg, loss_cfg, train_cfg, index=build_index))
+    ui.launch(run_dir, lambda: jobs.start_training(run_dir, data_cfg, model_cfg, loss_cfg, train_cfg,
+                                                   index=build_index))
 
 
 def hub_encoders() -> dict | None:
@@ -241,199 +238,12 @@ def hub_encoders() -> dict | None:
     return chosen
 
 
-def launch(run_dir: Path, start) -> None:
-    """Start (or resume) a background training job; the page then shows it (jobs_section) until it ends."""
-    try:
-        start()
-    except (jobs.JobRunning, FileExistsError, ValueError, OSError) as err:  # already running, nothing to resume, …
-        st.error(ui.describe(err))
-        return
-    st.rerun()
-
-
-def job_panel(job: jobs.JobStatus) -> None:
-    """A running job: its live progress (from the files it writes) and a Stop button."""
-    name = ui.esc(job.run_dir.name)
-    step = {"evaluate": "evaluating", "index": "indexing"}.get(job.step, "training")
-    box = st.container(border=True)  # (st.status would show a finished tick once this script run ends)
-    with box:
-        box.markdown(f"**:blue[:material/progress_activity:] {step.capitalize()} {name}…**")
-        ui.TrainMonitor(box).replay(jobs.events(job.run_dir))
-        if job.pid is None:  # a terminal's `train`, or the first-start build: not this app's job to stop
-            box.caption(f"{ui.sentence(job.message)}; it can't be stopped from here.")
-            return
-        since = time.strftime("%H:%M", time.localtime(job.started)) if job.started else "?"
-        box.caption(f"Running since {since} in its own process (pid {job.pid}); output in "
-                    f"{ui.code(job.run_dir / 'job.log')}.")
-        if box.button("Stop", key=f"stop_{job.run_dir.name}", icon=":material/stop:",
-                      help="Ends the training; Resume carries on from the last finished epoch."):
-            try:
-                jobs.stop(job.run_dir)
-            except ValueError as err:  # it ended meanwhile
-                st.error(ui.describe(err))
-            st.rerun()
-
-
-def ended_job(job: jobs.JobStatus) -> None:
-    """A job that ended since a user last looked: done (the run is selected), or failed / interrupted (Resume)."""
-    name = job.run_dir.name
-    if job.state == jobs.DONE:
-        jobs.dismiss(job.run_dir)
-        ui.select_run(job.run_dir)
-        st.session_state["train_done"] = name
-        st.rerun()
-    c1, c2, c3 = st.columns([6, 1, 1])
-    if job.state == jobs.FAILED:
-        c1.error(f"Training of {ui.esc(name)} failed ({ui.esc(job.step)}): {ui.sentence(job.message)}")
-        with st.expander("Its output", icon=":material/terminal:"):
-            st.code(jobs.log_tail(job.run_dir, 40), language=None)
-    else:
-        c1.warning(f"Training of {ui.esc(name)} was interrupted — Resume carries on from its last finished epoch "
-                   f"({ui.esc(job.message)}).")
-    if c2.button("Resume", key=f"resume_{name}", icon=":material/replay:"):
-        launch(job.run_dir, lambda: jobs.resume(job.run_dir))
-    if c3.button("Dismiss", key=f"dismiss_{name}", help="Hide this; the run stays in its folder."):
-        jobs.dismiss(job.run_dir)
-        st.rerun()
-
-
-def jobs_section() -> None:
-    """Every training under the runs folder that runs or ended unseen, redrawn every few seconds while one runs."""
-    found = [j for j in jobs.list_jobs(ui.runs_root()) if j.state == jobs.RUNNING or not j.seen]
-    running = {j.run_dir.name for j in found if j.state == jobs.RUNNING}
-
-    def panel() -> None:
-        now = [j for j in jobs.list_jobs(ui.runs_root()) if j.state == jobs.RUNNING or not j.seen]
-        if {j.run_dir.name for j in now if j.state == jobs.RUNNING} != running:
-            st.rerun()  # one ended (or started elsewhere): the whole page, the sidebar's run list too
-        for job in now:
-            job_panel(job) if job.state == jobs.RUNNING else ended_job(job)
-
-    st.fragment(panel, run_every=2 if running else None)()
-
-
 with train_tab:
     if done := st.session_state.pop("train_done", None):
         st.success(f"The run {ui.esc(done)} is ready and selected in the sidebar; its results are on the "
                    "Evaluation tab.")
-    jobs_section()
+    ui.jobs_section()
     train_form()
-
-
-# ---------------------------------------------------------------- evaluation
-
-
-@st.cache_data(show_spinner="Predicting the test split…", max_entries=4)
-def test_predictions(run_dir: str, stamp: float) -> dict:
-    from huse_core.training.evaluate import split_predictions
-
-    return split_predictions(ui.cached_run(Path(run_dir)))
-
-
-def evaluation(run_dir: Path) -> None:
-    run = ui.summary_of(run_dir)
-    test = run.test
-    st.subheader(f"{run_dir.name}", anchor=False)
-    if not test:
-        st.info("This run has not been evaluated yet.")
-        if st.button("Evaluate on the test split", key="eval_now", type="primary"):
-            from huse_core.training.evaluate import evaluate
-
-            with st.spinner("Evaluating…"):
-                try:
-                    evaluate(run_dir, progress=False)
-                except Exception as err:  # noqa: BLE001
-                    st.error(ui.describe(err))
-                    return
-            st.rerun()
-        return
-    leaf = test.leaf
-    figure = lambda x, fmt: "–" if x is None else format(x, fmt)  # noqa: E731 - older runs may lack one
-    c = st.columns(4)
-    c[0].metric("test products", f"{test.n:,}")
-    c[1].metric(f"{leaf} accuracy (fused)", figure(test.accuracy(leaf), ".1%"))
-    c[2].metric("title → photo R@10", figure(test.recall("t2i"), ".1%"),
-                help="Class level: one of the 10 nearest photos has the title's category.")
-    c[3].metric("photo–title cosine", figure(test.pair_cosine, ".2f"),
-                help="Mean cosine of a product's photo and title points: higher = smaller modality gap.")
-
-    st.markdown("**Accuracy per head** (test split)")
-    rows = [{"head": h, **{MOD: per.get(m, {}).get("accuracy") for m, MOD in ui.MODALITY_NAMES.items()},
-             "fused macro-F1": per.get("fused", {}).get("macro_f1")} for h, per in test.classification.items()]
-    pct = {m: st.column_config.ProgressColumn(m, format="percent", min_value=0, max_value=1)
-           for m in list(ui.MODALITY_NAMES.values()) + ["fused macro-F1"]}
-    st.dataframe(pd.DataFrame(rows), hide_index=True, column_config=pct, key="eval_heads")
-    if test.baseline_model:  # fitted by evaluate on the train titles (huse_core/training/baseline.py)
-        from huse_core.training.baseline import comparison_table
-
-        st.markdown(f"**Beside the title baseline** ({test.baseline_model}, fitted on the train split; %)")
-        st.dataframe(comparison_table(test.raw), key="eval_baseline")
-    from huse_core.training.evaluate import wide_line  # the title's n-gram SVM (model/wide.py): where it counts
-
-    if wide_line(test.raw):
-        st.caption(wide_line(test.raw))
-
-    c1, c2 = st.columns(2)
-    with c1:
-        st.markdown("**Retrieval, class level** — a hit has the query's category")
-        table = pd.DataFrame(test.class_level).T.rename(index=ui.DIRECTIONS)
-        st.dataframe(table.style.format("{:.1%}"), key="eval_class_rk")
-    with c2:
-        st.markdown("**Retrieval, instance** — a hit is the product itself (or the same title)")
-        table = pd.DataFrame(test.instance).T.rename(index=ui.DIRECTIONS)
-        st.dataframe(table.style.format("{:.1%}"), key="eval_inst_rk")
-    catalog = test.catalog  # runs evaluated before the whole-catalogue protocol lack it
-    if catalog:
-        st.markdown(f"**Retrieval, whole catalogue** — {catalog.n_queries:,} test titles (and their photos) "
-                    f"searched among all {catalog.n_gallery:,} products; a hit has the same title")
-        table = pd.DataFrame({d: catalog.directions[d] for d in ("t2i", "i2t", "t2i_labels")
-                              if d in catalog.directions}).T.rename(index=ui.DIRECTIONS)
-        st.dataframe(table.style.format("{:.3f}"), key="eval_catalog_rk")
-
-    history = run.history
-    if history:
-        with st.expander("Training history", icon=":material/show_chart:"):
-            h1, h2 = st.columns(2)
-            h1.caption("Loss per epoch")
-            h1.line_chart(pd.DataFrame([{"epoch": r["epoch"], **r["loss"]} for r in history]).set_index("epoch"),
-                          height=220)
-            averaged = any("val_accuracy_ema" in r for r in history)  # trained with --ema: the better of the two
-            h2.caption("Validation accuracy per epoch" + (" (of the weights or their moving average, whichever was "
-                                                          "better)" if averaged else ""))
-            h2.line_chart(pd.DataFrame([{"epoch": r["epoch"], **{ui.MODALITY_NAMES[k]: v for k, v in
-                                        kept_accuracy(r).items()}} for r in history]).set_index("epoch"), height=220)
-
-    from huse_core.training.evaluate import class_accuracy, confusion_matrix
-
-    st.markdown("**Confusion matrix**")
-    names = [h.name for h in run.single_heads]
-    c1, c2 = st.columns([1, 2])
-    head_name = c1.selectbox("Head", names, index=names.index(leaf) if leaf in names else 0, key="eval_head")
-    modality = c2.segmented_control("From", list(ui.MODALITY_NAMES), default="fused", format_func=ui.MODALITY_NAMES.get,
-                                    key="eval_modality", required=True)
-    try:
-        preds = test_predictions(str(run_dir), ui.mtime(run_dir / "model.pt"))
-    except Exception as err:  # noqa: BLE001 - e.g. the catalogue moved since training
-        st.error(f"Could not predict the test split: {ui.describe(err)}")
-        return
-    classes = run.head(head_name).classes
-    cm = confusion_matrix(preds["labels"][head_name], preds["probs"][head_name][modality])
-    n, support = len(classes), cm.sum(1)
-    share = cm / np.maximum(support[:, None], 1)
-    fig = go.Figure(go.Heatmap(z=share, x=classes, y=classes, colorscale="Blues", zmin=0, zmax=1,
-                               customdata=cm, hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata} products"
-                               " (%{z:.0%} of the row)<extra></extra>", colorbar={"title": "share"}))
-    size = max(360, min(900, 26 * n + 160))
-    fig.update_layout(height=size, margin={"l": 10, "r": 10, "t": 10, "b": 10},
-                      xaxis={"title": "predicted", "tickangle": -45}, yaxis={"title": "true", "autorange": "reversed"})
-    c1, c2 = st.columns([3, 2])
-    c1.plotly_chart(fig, key="eval_confusion", config={"displaylogo": False})
-    per_class = pd.DataFrame({"class": classes, "accuracy": class_accuracy(cm), "test products": support}
-                             ).sort_values("accuracy")
-    c2.caption(f"Per-class accuracy of {head_name}, from the {ui.MODALITY_NAMES[modality]}")
-    c2.dataframe(per_class, hide_index=True, height="auto" if n <= 12 else size - 40, key="eval_per_class",
-                 column_config={"accuracy": st.column_config.ProgressColumn("accuracy", format="percent", min_value=0,
-                                                                            max_value=1)})
 
 
 with eval_tab:
@@ -441,4 +251,4 @@ with eval_tab:
     if current is None:
         st.info("Pick a run in the sidebar to see its evaluation.")
     else:
-        evaluation(current)
+        ui.evaluation(current)

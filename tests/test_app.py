@@ -282,7 +282,9 @@ def test_train_page_shows_the_evaluation_with_a_confusion_matrix(app):
     assert "Validation accuracy per epoch" in page and "moving average" not in page  # trained without --ema
     catalog = next(d.value for d in app.dataframe if "MRR" in d.value.columns)
     assert list(catalog.index) == ["title → photo", "photo → title",
-                                   "title → photo, as Search ranks it (+ the title's predicted classes)"]
+                                   "title → photo, as Search ranks it (+ the title's predicted classes)",
+                                   "title → photo, as hybrid Search ranks it (+ classes + keywords)"]
+    assert {"recall@10", "R@10", "MRR"} <= set(catalog.columns)  # BEIR recall beside the hit rate
     assert catalog.notna().all().all()
 
 

@@ -1,16 +1,18 @@
-"""Live training progress: on a page (a progress bar, the latest figures, loss / accuracy curves), and the
-sidebar's line per background training."""
+"""Live training progress: on a page (a progress bar, the latest figures, loss / accuracy curves), the sidebar's
+line per background training, and the Train page's panel of them (progress, Stop, Resume, Dismiss)."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from huse_core import jobs
 
-from .text import MODALITY_NAMES, esc
+from .runs import runs_root, select_run
+from .text import MODALITY_NAMES, code, describe, esc, sentence
 
 
 class TrainMonitor:
@@ -146,3 +148,77 @@ def jobs_sidebar(train_page=None) -> None:
 
     with st.sidebar:
         st.fragment(panel, run_every=3 if running else None)()
+
+
+# ---------------------------------------------------------------- the Train page's panel of background trainings
+
+
+def launch(run_dir: Path, start) -> None:
+    """Start (or resume) a background training job; the page then shows it (jobs_section) until it ends."""
+    try:
+        start()
+    except (jobs.JobRunning, FileExistsError, ValueError, OSError) as err:  # already running, nothing to resume, …
+        st.error(describe(err))
+        return
+    st.rerun()
+
+
+def job_panel(job: jobs.JobStatus) -> None:
+    """A running job: its live progress (from the files it writes) and a Stop button."""
+    name = esc(job.run_dir.name)
+    step = {"evaluate": "evaluating", "index": "indexing"}.get(job.step, "training")
+    box = st.container(border=True)  # (st.status would show a finished tick once this script run ends)
+    with box:
+        box.markdown(f"**:blue[:material/progress_activity:] {step.capitalize()} {name}…**")
+        TrainMonitor(box).replay(jobs.events(job.run_dir))
+        if job.pid is None:  # a terminal's `train`, or the first-start build: not this app's job to stop
+            box.caption(f"{sentence(job.message)}; it can't be stopped from here.")
+            return
+        since = time.strftime("%H:%M", time.localtime(job.started)) if job.started else "?"
+        box.caption(f"Running since {since} in its own process (pid {job.pid}); output in "
+                    f"{code(job.run_dir / 'job.log')}.")
+        if box.button("Stop", key=f"stop_{job.run_dir.name}", icon=":material/stop:",
+                      help="Ends the training; Resume carries on from the last finished epoch."):
+            try:
+                jobs.stop(job.run_dir)
+            except ValueError as err:  # it ended meanwhile
+                st.error(describe(err))
+            st.rerun()
+
+
+def ended_job(job: jobs.JobStatus) -> None:
+    """A job that ended since a user last looked: done (the run is selected), or failed / interrupted (Resume)."""
+    name = job.run_dir.name
+    if job.state == jobs.DONE:
+        jobs.dismiss(job.run_dir)
+        select_run(job.run_dir)
+        st.session_state["train_done"] = name
+        st.rerun()
+    c1, c2, c3 = st.columns([6, 1, 1])
+    if job.state == jobs.FAILED:
+        c1.error(f"Training of {esc(name)} failed ({esc(job.step)}): {sentence(job.message)}")
+        with st.expander("Its output", icon=":material/terminal:"):
+            st.code(jobs.log_tail(job.run_dir, 40), language=None)
+    else:
+        c1.warning(f"Training of {esc(name)} was interrupted — Resume carries on from its last finished epoch "
+                   f"({esc(job.message)}).")
+    if c2.button("Resume", key=f"resume_{name}", icon=":material/replay:"):
+        launch(job.run_dir, lambda: jobs.resume(job.run_dir))
+    if c3.button("Dismiss", key=f"dismiss_{name}", help="Hide this; the run stays in its folder."):
+        jobs.dismiss(job.run_dir)
+        st.rerun()
+
+
+def jobs_section() -> None:
+    """Every training under the runs folder that runs or ended unseen, redrawn every few seconds while one runs."""
+    found = [j for j in jobs.list_jobs(runs_root()) if j.state == jobs.RUNNING or not j.seen]
+    running = {j.run_dir.name for j in found if j.state == jobs.RUNNING}
+
+    def panel() -> None:
+        now = [j for j in jobs.list_jobs(runs_root()) if j.state == jobs.RUNNING or not j.seen]
+        if {j.run_dir.name for j in now if j.state == jobs.RUNNING} != running:
+            st.rerun()  # one ended (or started elsewhere): the whole page, the sidebar's run list too
+        for job in now:
+            job_panel(job) if job.state == jobs.RUNNING else ended_job(job)
+
+    st.fragment(panel, run_every=2 if running else None)()
