@@ -23,6 +23,7 @@ PAGES = [
     st.Page("pages/neighbours.py", title="Neighbours", icon=":material/hub:"),
     st.Page("pages/map.py", title="Map", icon=":material/scatter_plot:"),
     st.Page("pages/catalogue.py", title="Catalogue", icon=":material/inventory_2:"),
+    st.Page("pages/audit.py", title="Audit", icon=":material/fact_check:"),
     st.Page("pages/train.py", title="Train & evaluate", icon=":material/model_training:"),
 ]
 

@@ -10,6 +10,7 @@ The public API (the CLI, the app and the benches use these names):
     read_summary("runs/shop").test.accuracy()               # run.json's figures, typed (no model loaded)
     build_index("runs/shop")                                # embeddings, Annoy forests, the map
     Searcher.open("runs/shop").search(text="navy striped shirt", target="image", k=10)
+    audit("runs/shop", kinds="labels,mismatch,duplicates", top=50)   # catalogue errors, as plain rows
 
 Names load on first use, so `import huse_core` stays light (no torch until a model is needed).
 """
@@ -33,6 +34,7 @@ _API = {  # public name -> the module that defines it
     "train": "training.train", "evaluate": "training.evaluate",
     "build_index": "retrieval.build", "Searcher": "retrieval.search", "Hit": "retrieval.search",
     "IndexMissingError": "retrieval.layout", "StaleIndexError": "retrieval.layout",
+    "audit": "audit", "AuditError": "audit",
 }
 __all__ = ["__version__", *_API]
 

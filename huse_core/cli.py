@@ -171,10 +171,39 @@ def cmd_add(args) -> int:
     skipped = result["skipped"]
     print(f"added {result['added']:,} of {result['added'] + len(skipped):,} products to {args.run} "
           f"({result['added_total']:,} added in all): searchable now, folded in by the next `index`")
+    for like in result["resembling"][:20]:
+        print(f"  {like['id']} looks like catalogue product {like['like']} (score {like['score']:.2f}): "
+              f"a duplicate listing?")
     for s in skipped[:20]:
         print(f"  skipped row {s['row']} (id {s['id'] or '-'}): {s['error']}")
     if len(skipped) > 20:
         print(f"  … and {len(skipped) - 20:,} more (--json lists every one)")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    import csv
+
+    from .audit import COLUMNS, audit
+
+    rows = audit(args.run, kinds=args.kinds, top=args.top, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+    elif args.csv:
+        with open(args.csv, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"wrote {len(rows):,} findings to {args.csv}")
+    else:
+        for kind in dict.fromkeys(r["kind"] for r in rows):
+            found = [r for r in rows if r["kind"] == kind]
+            print(f"{kind}: {len(found):,} findings")
+            for r in found[:10]:
+                print(f"  {r['score']:.2f}  {r['id']:<12} {r['head']}: {r['current']} -> {r['suggested']}  "
+                      f"({r['reason']})")
+        if not rows:
+            print("no findings")
     return 0
 
 
@@ -393,8 +422,25 @@ def add_classify_command(sub) -> None:
     p.set_defaults(func=cmd_classify)
 
 
+def add_audit_command(sub) -> None:
+    """The `audit` command's flags."""
+    p = sub.add_parser("audit", help="find catalogue errors: wrong labels, photo/title mismatches, duplicates",
+                       description="Audit a trained, indexed run's own catalogue: labels the model doubts (out of "
+                                   "sample, per head), photos that don't match their titles, and duplicate listings. "
+                                   "Reads what train and index stored; review the findings on the app's Audit page.")
+    p.add_argument("--run", required=True, help="run directory (trained and indexed)")
+    p.add_argument("--kinds", default="labels,mismatch,duplicates",
+                   help="comma-separated: labels, mismatch, duplicates (default all)")
+    p.add_argument("--top", type=int, default=None, help="keep each kind's N highest-scoring findings")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the findings as a JSON list")
+    out.add_argument("--csv", metavar="OUT", help="write the findings to this CSV file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_audit)
+
+
 COMMANDS = (add_demo_data_command, add_train_command, add_evaluate_command, add_index_command, add_embed_command,
-            add_add_command, add_search_command, add_classify_command)
+            add_add_command, add_search_command, add_classify_command, add_audit_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -104,6 +104,9 @@ def add_items(items: list[dict], source: str | None = None) -> list[dict]:
     for r in results:
         if not r.get("ok"):
             st.error(f"{ui.esc(ui.short(r.get('title') or r.get('id') or '?', 60))}: {ui.esc(r.get('error'))}")
+        elif r.get("resembles"):  # photo and title both close to one catalogue product: a duplicate listing?
+            st.warning(f"{ui.esc(r['id'])} looks like catalogue product {ui.esc(r['resembles']['id'])} (score "
+                       f"{r['resembles']['score']:.2f}): is it listed twice? The Audit page lists duplicates.")
     return results
 
 

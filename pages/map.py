@@ -48,9 +48,14 @@ if frame["id"].nunique() < n_products:
                "added since the index was built is in it), so the map stays fast in the browser. Search finds any "
                "product.")
 
+from huse_core.audit import load_findings  # noqa: E402 - the Audit page's saved findings colour the map
+
+flagged = {r["id"]: r["kind"] for r in reversed(load_findings(run_dir) or [])}  # best finding per product wins
+if flagged:
+    frame = frame.assign(audit=[flagged.get(i, "no finding") for i in frame["id"]])
 has_product = bool((frame["modality"] == "product").any())
 c1, c2, c3, c4 = st.columns([2, 3, 2, 1] if has_product else [2, 2, 2, 1])
-colour_opts = ["modality"] + [h.name for h in heads if h.kind == "single"]
+colour_opts = ["modality"] + [h.name for h in heads if h.kind == "single"] + (["audit"] if flagged else [])
 leaf = searcher.run.leaf_head.name  # coloured by the model's leaf head at first
 colour = c1.selectbox("Colour by", colour_opts, index=colour_opts.index(leaf), key="map_colour")
 SHOW = {"photos": ["image"], "titles": ["text"], "both": ["image", "text"], "products": ["product"],

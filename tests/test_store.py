@@ -261,7 +261,8 @@ def test_add_command_json_shape_bad_rows_and_searchable_at_once(indexed_run_copy
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
-    assert set(result) == {"added", "skipped", "added_total"} and result["added"] == result["added_total"] == 4
+    assert set(result) == {"added", "skipped", "added_total", "resembling"}
+    assert result["added"] == result["added_total"] == 4
     assert all(set(s) == {"row", "id", "title", "error"} for s in result["skipped"])
     errors = {s["row"]: s["error"] for s in result["skipped"]}
     assert sorted(errors) == list(range(5, 12))

@@ -288,8 +288,11 @@ def _article_counts(n: int) -> dict[str, int]:
 
 
 def generate_demo(out_dir: str | Path, n_products: int = 3000, seed: int = 0, image_size: int = 96,
-                  progress: bool = True) -> Path:
-    """Write out_dir/metadata.csv and out_dir/images/<id>.png; return the CSV path."""
+                  progress: bool = True, planted: int | None = None) -> Path:
+    """Write out_dir/metadata.csv and out_dir/images/<id>.png; return the CSV path.
+
+    planted: catalogue errors of each kind the audit finds (data.planted; listed in planted.json); None = a few
+    from AUTO_FROM products on, none in smaller (test) shops."""
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     r = random.Random(seed)
@@ -325,5 +328,10 @@ def generate_demo(out_dir: str | Path, n_products: int = 3000, seed: int = 0, im
     csv = out / "metadata.csv"
     tmp = csv.with_name(csv.name + ".tmp")
     pd.DataFrame(rows, columns=COLUMNS).to_csv(tmp, index=False)
+    from .planted import AUTO_FROM, PER_KIND, plant_errors
+
+    planted = (PER_KIND if n_products >= AUTO_FROM else 0) if planted is None else planted
+    if planted:
+        plant_errors(tmp, planted, seed)
     os.replace(tmp, csv)  # the CSV appears last and whole: a reader never sees a partial catalogue
     return csv

@@ -89,14 +89,17 @@ def content_key(source: str, row, title: str, photo: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def add_products(run: Run, out_dir: str | Path, items: list, index: IndexIds, source: str | None = None) -> list[dict]:
+def add_products(run: Run, out_dir: str | Path, items: list, index: IndexIds, source: str | None = None,
+                 resembles=None) -> list[dict]:
     """Embed, label and store new products ({"title", "image", optional "id"}) in the index folder `out_dir`'s store,
     in one transaction; `index` holds the ids the index serves. Bad items are reported and skipped. `source`: the
     table the items come from (`add`, the app's bulk upload; items then carry their "row"): a product without an
     id that this row of this table already added (the same title and photo) is reported, not stored twice, so
     re-running an interrupted `add` is safe.
 
-    Returns per item {"id", "title", "ok", "error", "labels": {head: predicted fused label}}.
+    Returns per item {"id", "title", "ok", "error", "labels": {head: predicted fused label}, "resembles"}:
+    resembles is {"id", "score"} of a catalogue product the new one looks like (`resembles(image_emb, text_emb)`,
+    e.g. resembling below over the catalogue's embeddings), else None.
     """
     results, good, photos, pixels, rows, batch = [], [], [], [], [], set()
     for item in items:
@@ -136,9 +139,30 @@ def add_products(run: Run, out_dir: str | Path, items: list, index: IndexIds, so
     finally:
         for path in staged:  # renamed ones are gone; these are refused products' photos
             path.unlink(missing_ok=True)
-    for result, lab, (pid, error) in zip(good, labels, stored):
-        result.update(id=pid or result["id"], ok=pid is not None, error=error, labels=lab if pid else {})
+    alike = resembles(image_emb, text_emb) if resembles else [None] * len(good)
+    for result, lab, (pid, error), like in zip(good, labels, stored, alike):
+        result.update(id=pid or result["id"], ok=pid is not None, error=error, labels=lab if pid else {},
+                      resembles=like if pid else None)
     return results
+
+
+# A new product whose photo and title cosine to one catalogue product are both at least this is flagged at `add`
+# time as resembling it (a duplicate listing?); the audit's own duplicate check reads pixels and titles too.
+ADD_THRESHOLD = 0.93
+
+
+def resembling(image_emb: np.ndarray, text_emb: np.ndarray, cat_image: np.ndarray, cat_text: np.ndarray,
+               ids, threshold: float = ADD_THRESHOLD) -> list[dict | None]:
+    """Per new product, {"id", "score"} of the catalogue product it resembles (photo and title cosine both at least
+    `threshold`; score = the smaller), else None."""
+    out: list[dict | None] = []
+    if not len(cat_image):
+        return [None] * len(image_emb)
+    for u, v in zip(np.atleast_2d(image_emb), np.atleast_2d(text_emb)):
+        both = np.minimum(np.asarray(cat_image) @ u, np.asarray(cat_text) @ v)
+        j = int(both.argmax())
+        out.append({"id": str(ids[j]), "score": round(float(both[j]), 4)} if both[j] >= threshold else None)
+    return out
 
 
 def predict_labels(run: Run, image_emb: np.ndarray, text_emb: np.ndarray, titles: list[str]) -> list[dict[str, str]]:
@@ -224,25 +248,34 @@ def add_catalog(run_dir: str | Path, catalog: str | Path, columns: dict | None =
     ids are checked against it). `columns`: DataConfig fields (text_col, image_col, id_col, images_root) over the
     run's own; photo paths are relative to the table's folder unless images_root says otherwise.
 
-    Returns {"added": n, "skipped": [{"row", "id", "title", "error"}], "added_total": products in the store}.
+    Returns {"added": n, "skipped": [{"row", "id", "title", "error"}], "added_total": products in the store,
+    "resembling": [{"id", "like", "score"}]: new products that look like a catalogue product}.
     """
     run = load_run(run_dir)
     try:
-        _, products, *_ = load_index(run, backend="exact")
+        _, products, image_emb, text_emb, *_ = load_index(run, backend="exact")
     except IndexMissingError as err:
         raise type(err)(f"{err}, then `add` again: added products are kept beside the run's search index and "
                         "checked against it") from None
     cfg = dataclasses.replace(run.data_cfg, catalog=str(catalog), images_root="", **(columns or {}))
     items, skipped = read_new_products(cfg)
-    index, out, added, done = IndexIds.of(products["id"]), index_dir(run_dir), 0, 0
+    index, out, added, done, alike = IndexIds.of(products["id"]), index_dir(run_dir), 0, 0, []
+    ids = products["id"].to_numpy(dtype=object)
+
+    def resembles(u, v):
+        return resembling(u, v, image_emb, text_emb, ids)
+
     source = str(Path(catalog).expanduser().resolve())
     count_added(out)  # a damaged or linked store is named before any work starts
     try:
         for start in tqdm(range(0, len(items), ADD_BATCH), desc="adding products", disable=not progress,
                           file=sys.stderr):
             chunk = items[start : start + ADD_BATCH]
-            for item, result in zip(chunk, add_products(run, out, chunk, index, source)):
+            for item, result in zip(chunk, add_products(run, out, chunk, index, source, resembles)):
                 added += result["ok"]
+                if result.get("resembles"):
+                    alike.append({"id": result["id"], "like": result["resembles"]["id"],
+                                  "score": result["resembles"]["score"]})
                 if not result["ok"]:
                     skipped.append({k: item[k] for k in ("row", "id", "title")} | {"error": result["error"]})
             done = chunk[-1]["row"]
@@ -251,4 +284,5 @@ def add_catalog(run_dir: str | Path, catalog: str | Path, columns: dict | None =
         raise AddInterrupted(f"interrupted: {added:,} products of {catalog} were stored{upto}, the rest were not; "
                              "run the same `add` on the same file again to add the rest: rows it already stored (the "
                              "same id, or the same row, title and photo) are not stored twice") from None
-    return {"added": added, "skipped": sorted(skipped, key=lambda s: s["row"]), "added_total": count_added(out)}
+    return {"added": added, "skipped": sorted(skipped, key=lambda s: s["row"]), "added_total": count_added(out),
+            "resembling": alike}

@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..data.heads import Head
 from ..run import Run, check_weight, load_run, mix
-from .adding import add_products
+from .adding import add_products, resembling
 from .embed import products_frame
 from .hybrid import DEFAULT_MODE, KEYWORD_WEIGHT, check_mode, hybrid_order, keyword_top
 from .index import load_index, top_matches
@@ -383,9 +383,12 @@ class Searcher:
         `source` names the table the items come from (each with its "row"): a row it already added is not
         stored twice (adding.add_products).
 
-        Returns per item {"id", "title", "ok", "error", "labels": {head: predicted fused label}}.
+        Returns per item {"id", "title", "ok", "error", "labels": {head: predicted fused label}, "resembles": {"id",
+        "score"} of a catalogue product it looks like, or None}.
         """
-        results = add_products(self.run, self.index_dir, items, self._index_ids, source)
+        ids = self._index_products["id"].to_numpy(dtype=object)
+        results = add_products(self.run, self.index_dir, items, self._index_ids, source,
+                               lambda u, v: resembling(u, v, self._emb["image"], self._emb["text"], ids))
         self.refresh()  # this call's products, and any another process added meanwhile
         return results
 

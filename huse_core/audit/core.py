@@ -1,0 +1,119 @@
+"""audit(): the catalogue audit of a trained, indexed run, as plain rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .crossfit import FOLDS, out_of_fold, title_features
+from .duplicates import duplicate_findings, duplicate_pairs
+from .inputs import AuditError, AuditInputs, load_inputs
+from .labels import label_findings
+from .mismatch import mismatch_findings
+
+KINDS = ("labels", "mismatch", "duplicates")
+COLUMNS = ("kind", "id", "title", "image", "head", "current", "suggested", "score", "confidence", "reason",
+           "cluster", "others")
+# The work of each kind, in rough shares of an audit's time (progress bars and callbacks).
+STEPS = {"labels": 0.3, "mismatch": 0.3, "duplicates": 0.4}
+Progress = Callable[[dict], None]
+
+
+def parse_kinds(kinds) -> list[str]:
+    """A list or comma-separated string of kinds, checked; None or "" = all."""
+    if not kinds:
+        return list(KINDS)
+    names = [k.strip() for k in (kinds.split(",") if isinstance(kinds, str) else kinds) if k.strip()]
+    wrong = [k for k in names if k not in KINDS]
+    if wrong:
+        raise AuditError(f"unknown audit kind {', '.join(map(repr, wrong))}; choose from {', '.join(KINDS)}")
+    return names
+
+
+def out_of_fold_probs(inputs: AuditInputs, features: str, tick=None, folds: int = FOLDS,
+                      head: str = "prototype") -> dict[str, np.ndarray]:
+    """{head: (N, C) out-of-sample probabilities} of the single-label heads from K-fold heads on the "image",
+    "text" or "both" (side by side) embeddings, or on the titles' TF-IDF ("tfidf")."""
+    heads = [h for h in inputs.run.heads if h.kind == "single"]
+    x = {"image": inputs.image_emb, "text": inputs.text_emb}.get(features)
+    if features == "tfidf":
+        x = title_features(inputs.products["title"])
+    elif x is None:
+        x = np.hstack([inputs.image_emb, inputs.text_emb])
+    probs = out_of_fold(x, [inputs.codes(h) for h in heads], [len(h.classes) for h in heads], folds, tick=tick,
+                        head=head)
+    return {h.name: p for h, p in zip(heads, probs)}
+
+
+def label_probs(inputs: AuditInputs, tick=None) -> dict[str, np.ndarray]:
+    """Out-of-sample label probabilities: the mean of K-fold heads on the towers' embeddings and on the titles'
+    TF-IDF. The towers saw every training label, so a label they memorised sits in the embeddings too; the TF-IDF
+    heads never saw it (measured: docs/audit.md)."""
+    # why: docs/decisions.md#audit
+    both, words = out_of_fold_probs(inputs, "both", tick), out_of_fold_probs(inputs, "tfidf", tick)
+    return {h: (both[h] + words[h]) / 2 for h in both}
+
+
+class _Bar:
+    """One progress bar (stderr) and/or callback over the audit's steps."""
+
+    def __init__(self, kinds: list[str], progress: bool, callback: Progress | None):
+        from tqdm.auto import tqdm
+
+        self.total = sum(STEPS[k] for k in kinds)
+        self.done, self.callback = 0.0, callback
+        self.bar = tqdm(total=100, desc="auditing", disable=not progress, bar_format="{l_bar}{bar}| {elapsed}")
+
+    def advance(self, share: float, message: str) -> None:
+        self.done = min(self.total, self.done + share)
+        self.bar.n = round(100 * self.done / self.total)
+        self.bar.set_postfix_str(message)
+        if self.callback:
+            self.callback({"fraction": self.done / self.total, "message": message})
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _rows(inputs: AuditInputs, findings: list[dict], top: int | None) -> list[dict]:
+    df = inputs.products
+    findings = sorted(findings, key=lambda f: -f["score"])[: top or None]
+    out = []
+    for f in findings:
+        i = f.pop("row")
+        row = {"id": str(df["id"].iat[i]), "title": str(df["title"].iat[i]), "image": str(df["image"].iat[i])}
+        out.append({c: (row | f).get(c, "") for c in COLUMNS})
+    return out
+
+
+def audit(run_dir: str | Path, kinds=None, top: int | None = None, progress: bool = False,
+          callback: Progress | None = None, inputs: AuditInputs | None = None) -> list[dict]:
+    """Audit a trained, indexed run's catalogue: label issues (per head, out-of-sample), photo/title mismatches and
+    duplicate listings. Returns plain rows, each kind's best `top` (None: all), highest score first:
+    {kind, id, title, image, head, current, suggested, score, confidence, reason, cluster, others}.
+
+    Raises AuditError with one line saying what to do: no index, a catalogue changed since training, a wrong kind."""
+    kinds = parse_kinds(kinds)
+    inputs = inputs or load_inputs(run_dir)
+    bar = _Bar(kinds, progress, callback)
+    rows: list[dict] = []
+    try:
+        if "labels" in kinds:
+            share = STEPS["labels"] / FOLDS / 2
+            rows += _rows(inputs, label_findings(inputs, label_probs(inputs, lambda: bar.advance(share, "labels"))),
+                          top)
+        if "mismatch" in kinds:
+            share = STEPS["mismatch"] / FOLDS / 2
+            tick = lambda: bar.advance(share, "photo/title mismatches")  # noqa: E731
+            p_image, p_text = (out_of_fold_probs(inputs, f, tick) for f in ("image", "text"))
+            rows += _rows(inputs, mismatch_findings(inputs, p_image, p_text), top)
+        if "duplicates" in kinds:
+            n_ticks = max(1, len(inputs) // 1000)
+            pairs = duplicate_pairs(inputs, lambda: bar.advance(STEPS["duplicates"] / n_ticks / 2, "duplicates"))
+            rows += _rows(inputs, duplicate_findings(inputs, pairs), top)
+        bar.advance(bar.total, "done")
+    finally:
+        bar.close()
+    return rows
