@@ -65,6 +65,20 @@ def build_config(args: argparse.Namespace, cls, **fixed):
     return cls(**{**given, **fixed})
 
 
+def given_settings(args: argparse.Namespace) -> list:
+    """The config flags the user gave, as training.resume.Given (train --resume applies or refuses each)."""
+    from .training.resume import SECTIONS, Given
+
+    given = [Given("--catalog", "data", "catalog", args.catalog)] if args.catalog else []
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            flag = RENAMED.get((cls, f.name), f.name.replace("_", "-"))
+            value = getattr(args, f"{cls.__name__}.{f.name}", None)
+            if flag is not None and value is not None:
+                given.append(Given(f"--{flag}", section, f.name, value))
+    return given
+
+
 def cmd_demo_data(args) -> int:
     from .data.demo import generate_demo
 
@@ -88,7 +102,8 @@ def cmd_train(args) -> int:
         data_cfg.seed = train_cfg.seed  # one --seed sets both unless --split-seed says otherwise
     if args.__dict__.get("DataConfig.image_size") is None:
         data_cfg.image_size = default_image_size(model_cfg.backbone)  # pretrained backbones: 224 px photos
-    meta = train(data_cfg, model_cfg, loss_cfg, train_cfg, args.out, resume=args.resume, progress=not args.quiet)
+    meta = train(data_cfg, model_cfg, loss_cfg, train_cfg, args.out, resume=args.resume, progress=not args.quiet,
+                 given=given_settings(args) if args.resume else None)
     if not is_main_process():
         return 0  # under torchrun rank 0 reports
     best = meta["history"][meta["best_epoch"] - 1] if meta["best_epoch"] else None
