@@ -17,7 +17,8 @@ from ..artifacts import load_torch, save_torch
 from .setup import move_schedule
 
 # Early stopping counts epochs without a better smoothed score: smooth = SMOOTHING * smooth + (1 - SMOOTHING) * score.
-# why: docs/decisions.md#epochs
+# A 1,000-product shop (96 validation products), two runs, last two thirds of the epochs: the raw "mean" score sat
+# below its best in 12/27 and 20/28 epochs (raw fused: 15/27, 19/28), the smoothed one in 10/27 and 11/28.
 SMOOTHING = 0.5
 
 

@@ -1,11 +1,9 @@
 """An exponential moving average of the weights (torch's AveragedModel), validated beside them every epoch.
 
-Measured (`--ema 0.9974`, a horizon of a tenth of the steps; bench/results/quality-2026-12-02-8.md): on the 44k
-catalogue the average validated far better mid-run (epoch 4 of 14: photo 75.6 vs 61.5 %) and the same at the end,
-where the one-cycle rate has annealed to ~0, so training kept the same epoch-13 weights; likewise the 1,000- and
-3,000-product shops (quality-2026-12-02-9.md). Hence off by default: it costs a second validation each epoch
-(+6 % epoch time at 44k: median 111.5 s against 105.1 s).
+Off by default: where the one-cycle rate has annealed by the last epochs the average validates the same as the
+weights, at the cost of a second validation each epoch; it helps a run stopped early.
 """
+# why: docs/decisions.md#ema
 
 from __future__ import annotations
 

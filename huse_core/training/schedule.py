@@ -14,22 +14,16 @@ from ..data.catalog import load_catalog
 
 SMALL_SHOP, MID_SHOP, LARGE_SHOP = 2_000, 10_000, 100_000  # training products: where the size bands start
 BASE_BATCH, BASE_LR = 128, 2e-3  # the 44k catalogue's tuned pair; other batch sizes scale the rate by sqrt
-# ~ what the 44k catalogue trains today (14 epochs x 273 steps of 128 = 3,822 steps, ~27 min on 2 CPU cores).
-TARGET_STEPS = 3_800
-# On a CUDA device a step of the 80 px CNN costs a small fraction of a CPU step, so auto epochs aim at this many
-# times the steps (44k: 35 epochs instead of 14, capped by MAX_EPOCHS). On the CPU the photo tower's validation
-# accuracy was still rising at the 14th epoch, and 16 epochs raised its test accuracy 84.0 -> 85.1 % (fused the same;
-# bench/results/quality-2026-12-02-11.md), past the CPU's 30 minutes; not yet measured on a GPU.
-GPU_STEPS_FACTOR = 2.5
+# why: docs/decisions.md#schedule
+TARGET_STEPS = 3_800  # ~ what the 44k catalogue trains (14 epochs x 273 steps of 128)
+GPU_STEPS_FACTOR = 2.5  # on a CUDA device auto epochs aim at this many times the steps (a GPU step costs far less)
 MIN_EPOCHS, MAX_EPOCHS = 4, 40  # a huge catalogue still sees its data a few times; a tiny one stops overfitting
 STEADY_BELOW = 1_000  # validation products under which one head's accuracy is too noisy to pick the best epoch
 RARE_SHARE = 0.05  # merging rare classes may put at most this share of a head's training products into "other"
 SELECT_BY = ("fused", "mean")
-# A 1,000-product shop, 40 epochs of 32: dropout 0.25 gave level3 fused 69.5 %, level2 85.7 %; 0.15 gave 71.4 / 87.6 %.
-DROPOUT = DEFAULT_DROPOUT
+DROPOUT = DEFAULT_DROPOUT  # the paper's, at every catalogue size measured
 # The alignment loss moves both towers from this many training products, below it only photos (titles held fixed).
-# 12,000-product sample (9,600 train): both -> whole-catalogue title -> photo R@10 0.232 vs 0.118 without the term.
-# 1,000-product shop (800 train): both -> level3 fused 74.3 % vs 84.8 % with titles held, R@10 0.463 vs 0.484.
+# why: docs/decisions.md#alignment-term
 ALIGN_BOTH_FROM = 5_000
 
 
