@@ -11,22 +11,24 @@ Only elements Streamlit has not marked stale (data-stale="true") count, and each
 title or photo, chosen so that the page can't show the expected answer before the query is sent. "Run over" is
 when no element is stale any more (the whole page redrawn). The Searcher calls the page makes are also timed
 in-process (with the server idle), so a reader sees how much is the model and the index, and how much Streamlit.
-Writes bench/results/app_latency-<date>.json and prints a Markdown table.
+Writes bench/results/app_latency/<variant>.json (default: the catalogue's size, e.g. 44k) and prints a Markdown
+table.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from common import ROOT as REPO
+from common import write_result
 
-REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("HUSE_CHROMIUM") or "/usr/bin/chromium"
 WAIT_MS = 60_000  # a single answer slower than this is a failure, not a latency
 SEARCH_K = 12  # the Search page's default "Results"
@@ -219,14 +221,6 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def result_path(out_dir: Path) -> Path:
-    stem = f"app_latency-{time.strftime('%Y-%m-%d')}"
-    path, i = out_dir / f"{stem}.json", 2
-    while path.exists():
-        path, i = out_dir / f"{stem}-{i}.json", i + 1
-    return path
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="an indexed run folder (python -m huse_core index --run RUN)")
@@ -234,7 +228,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3, help="untimed repetitions first (caches, lazy imports)")
     p.add_argument("--port", type=int, default=0, help="server port on 127.0.0.1 (0: a free one)")
     p.add_argument("--seed", type=int, default=0, help="which catalogue titles and photos are the queries")
-    p.add_argument("--out", default=str(REPO / "bench" / "results"), help="folder for the JSON result")
+    p.add_argument("--variant", help="the result's name: bench/results/app_latency/VARIANT.json, overwritten on a "
+                   "rerun (default: the catalogue's size, e.g. 44k or 3k)")
     p.add_argument("--shots", help="folder for a screenshot of each missed answer (default: none)")
     args = p.parse_args(argv)
     run_dir = Path(args.run).expanduser().resolve()
@@ -260,9 +255,7 @@ def main(argv=None) -> int:
     info = {"n_products": len(searcher.products), "backend": searcher.backend}
     del searcher  # the server loads its own
     port = args.port or free_port()
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log_path = out_dir / f"app_latency-server-{port}.log"
+    log_path = Path(tempfile.gettempdir()) / f"app_latency-server-{port}.log"
     with streamlit_server(REPO / "app.py", {"HUSE_RUN": str(run_dir)}, port, log_path) as url, \
             sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM,
@@ -278,8 +271,7 @@ def main(argv=None) -> int:
                           "load_before": [round(x, 2) for x in load_before],
                           "load_after": [round(x, 2) for x in os.getloadavg()]},
               "actions": summarise(results, queries, args.warmup)}
-    path = result_path(out_dir)
-    path.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    path = write_result("app_latency", args.variant or f"{round(info['n_products'] / 1000)}k", report)
     print(f"{info['n_products']:,} products ({info['backend']} search), {args.n} queries per action after "
           f"{args.warmup} warm-up; load average {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} cores\n")

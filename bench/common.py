@@ -1,6 +1,9 @@
 """What every benchmark shares: the repo's paths, the real catalogue's location, the machine it ran on, result files.
 
-Benchmarks run as `python bench/NAME.py ...`, so `from common import ...` needs no sys.path edit. Each writes its
+Benchmarks run as `python bench/NAME.py ...` (studies as `python -m bench.studies.NAME`), so `from common import ...`
+needs no sys.path edit. They measure the huse_core that Python imports: the editable install that
+`pip install -r requirements.txt` makes of this checkout, or this checkout with `PYTHONPATH=.`; importing this module
+stops a benchmark, with that fix, when huse_core would come from another checkout. Each writes its
 result with `write_result(bench, variant, payload, markdown)` to bench/results/<bench>/<variant>.json (+ .md),
 overwriting an earlier run of the same variant (git keeps the history), and stamps it with `provenance()`.
 """
@@ -8,6 +11,7 @@ overwriting an earlier run of the same variant (git keeps the history), and stam
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -26,6 +30,18 @@ RESULTS = ROOT / "bench" / "results"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fashion-product-images-small.tar.gz"
 
 log = logging.getLogger("bench")
+
+
+def check_checkout() -> None:
+    """Stop when `import huse_core` would load another checkout than this one: its figures would be mislabelled."""
+    spec = importlib.util.find_spec("huse_core")
+    found = Path(spec.origin).resolve().parent if spec is not None and spec.origin else None
+    if found != ROOT / "huse_core":
+        raise SystemExit(f"bench/ measures {ROOT / 'huse_core'}, but Python imports huse_core from {found or 'nowhere'}"
+                         f" — install this checkout (pip install -e .) or run with PYTHONPATH={ROOT}")
+
+
+check_checkout()
 
 
 def resolve_catalog(data: Path | str = DEFAULT_DATA) -> Path:
@@ -90,10 +106,21 @@ def git_commit() -> str:
         return "unknown"
 
 
+def command() -> str:
+    """How this benchmark was started, as a reader would retype it from the repository root."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:  # python -m bench.studies.NAME
+        head = ["-m", spec.name]
+    else:
+        script = Path(sys.argv[0]).resolve()
+        head = [str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else sys.argv[0]]
+    return "python " + " ".join(shlex.quote(a) for a in head + sys.argv[1:])
+
+
 def provenance() -> dict:
     """Command, commit, date, CPU model and cores, and the 1-minute load when the result was written."""
     return {
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "command": command(),
         "commit": git_commit(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu": cpu_model(),

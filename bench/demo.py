@@ -1,4 +1,4 @@
-"""Time demo-data + train + evaluate on the built-in demo shop and print the README's demo results table.
+"""Time demo-data + train + evaluate on the built-in demo shop and print the demo's results table.
 
     python bench/demo.py [--out /tmp/huse-demo-bench] [--products 3000]
     python bench/demo.py --first-start     # the app's first-start build (pipeline.build_demo), empty numba cache
@@ -6,6 +6,7 @@
 --first-start times what the app runs on a fresh machine before its first page is usable — demo shop, training,
 evaluation, index and map — in a fresh process with an empty numba cache (UMAP's JIT compiles from nothing), per
 stage; the browser and Streamlit's own start are not in it (a few seconds, `tests/test_browser.py`).
+Results: bench/results/demo/cli.json and .md, or demo/first-start.json and .md, overwritten on a rerun.
 """
 
 from __future__ import annotations
@@ -13,18 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, write_result
 
 
 def demo_train_flags() -> list[str]:
     """The app's demo schedule (pipeline.DemoSpec) as train flags: the bench times what the first start trains."""
-    sys.path.insert(0, str(ROOT))
     from huse_core.pipeline import DemoSpec
 
     spec = DemoSpec()
@@ -67,9 +66,11 @@ def first_start(out: Path) -> int:
     timing = json.loads(done.stdout.strip().splitlines()[-1])
     test = json.loads((out / "run" / "run.json").read_text())["metrics"]["test"]
     acc = {m: round(p["accuracy"] * 100, 1) for m, p in test["classification"][test["leaf"]].items()}
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load "
-          f"{os.getloadavg()[0]:.1f}; first-start build {timing['total']:.0f} s; by stage (s): {timing['stages']}")
-    print(f"demo {test['leaf']} test accuracy (%): {acc}")
+    text = (f"first-start build {timing['total']:.0f} s; by stage (s): {timing['stages']}\n\n"
+            f"demo {test['leaf']} test accuracy (%): {acc}")
+    print(text)
+    path = write_result("demo", "first-start", {**timing, "leaf_accuracy": acc, "test": test}, text)
+    print(f"results: {path}")
     return 0
 
 
@@ -93,21 +94,25 @@ def main() -> int:
     result = meta["metrics"]["test"]
     leaf = result["classification"][result["leaf"]]
     cl, inst = result["retrieval"]["class_level"], result["retrieval"]["instance"]
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads = cores")
     spent = ", ".join(f"{k} {v:.0f} s" for k, v in times.items())
-    print(f"wall time: {spent}, total {sum(times.values()):.0f} s")
-    print(f"epochs run: {len(meta['history'])} (best {meta['best_epoch']}); test products: {result['n_test']}\n")
-    print("| measure | image | text | fused |\n|---|---|---|---|")
+    lines = [f"wall time: {spent}, total {sum(times.values()):.0f} s (torch threads = cores)",
+             f"epochs run: {len(meta['history'])} (best {meta['best_epoch']}); test products: {result['n_test']}", "",
+             "| measure | image | text | fused |", "|---|---|---|---|"]
     for head, per in result["classification"].items():
         cells = " | ".join(f"{per[m]['accuracy'] * 100:.1f} %" for m in ("image", "text", "fused"))
-        print(f"| {head} accuracy | {cells} |")
-    print("\n| class-level retrieval | R@1 | R@5 | R@10 |\n|---|---|---|---|")
+        lines.append(f"| {head} accuracy | {cells} |")
+    lines += ["", "| class-level retrieval | R@1 | R@5 | R@10 |", "|---|---|---|---|"]
     for d, r in {**cl, **{f"{k} (instance)": v for k, v in inst.items()}}.items():
-        print(f"| {d} | {r['R@1']:.3f} | {r['R@5']:.3f} | {r['R@10']:.3f} |")
-    print(f"\nmean paired image-title cosine: {result['modality_gap']['mean_pair_cosine']:.3f}")
+        lines.append(f"| {d} | {r['R@1']:.3f} | {r['R@5']:.3f} | {r['R@10']:.3f} |")
+    lines.append(f"\nmean paired image-title cosine: {result['modality_gap']['mean_pair_cosine']:.3f}")
     first, last = meta["history"][0]["loss"], meta["history"][-1]["loss"]
-    print("loss terms, first -> last epoch: " + ", ".join(f"{k} {first[k]:.3f} -> {last[k]:.3f}" for k in first))
-    print(f"fused {result['leaf']} accuracy {leaf['fused']['accuracy'] * 100:.1f} %")
+    lines.append("loss terms, first -> last epoch: " + ", ".join(f"{k} {first[k]:.3f} -> {last[k]:.3f}" for k in first))
+    lines.append(f"fused {result['leaf']} accuracy {leaf['fused']['accuracy'] * 100:.1f} %")
+    print("\n".join(lines))
+    payload = {"seconds": {k: round(v, 1) for k, v in times.items()}, "epochs_run": len(meta["history"]),
+               "best_epoch": meta["best_epoch"], "test": result}
+    variant = "cli" if args.products == 3000 else f"cli-{args.products}"
+    print(f"results: {write_result('demo', variant, payload, chr(10).join(lines))}")
     return 0
 
 

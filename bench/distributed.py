@@ -12,7 +12,7 @@ Embedding, the 1 x 1 run's model over its whole catalogue, photos decoded from t
   ray-1 / ray-2 = embed_parts on a local Ray with 1 / 2 model actors (num_cpus = workers + 1).
   start-up = ray.init; products/s counts the embedding after it (actors start lazily: their torch import and
   model load are in it); busy s = the parts' decode + embed seconds summed over workers; peak RSS is ru_maxrss.
-Writes bench/results/distributed-<date>.json and prints the tables for BENCHMARKS.md.
+Writes bench/results/distributed/<products>.json (800, 4k, ...) and prints the tables of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+from common import ROOT, write_result
 
 
 def _load() -> list[float]:
@@ -96,6 +95,8 @@ def main() -> None:
     p.add_argument("--part-size", type=int, default=256)
     p.add_argument("--work", type=Path, default=Path("/tmp/huse-distributed"))
     p.add_argument("--skip-train", action="store_true", help="reuse the runs in --work")
+    p.add_argument("--variant", help="the result's name: bench/results/distributed/VARIANT.json (default: the "
+                   "products, e.g. 800 or 4k)")
     p.add_argument("--one", nargs=4, metavar=("ENGINE", "RUN", "WORKERS", "PART"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:  # a child: one embedding measurement, JSON on stdout
@@ -124,9 +125,8 @@ def main() -> None:
     res = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{os.cpu_count()} cores, {platform.machine()}",
            "nice": os.nice(0), "products": args.products, "epochs": args.epochs, "batch": args.batch,
            "training": training, "embedding": embedding}
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"distributed-{time.strftime('%Y-%m-%d')}.json"
-    path.write_text(json.dumps(res, indent=2) + "\n")
+    n = args.products
+    path = write_result("distributed", args.variant or (f"{n // 1000}k" if n % 1000 == 0 else str(n)), res)
     print("| training | products/s | scaling eff. | epoch s | val leaf acc (fused) | load before → after |")
     for r in training:
         print(f"| {r['case']} | {r['products_per_s']} | {r.get('scaling_efficiency', 1.0)} | {r['epoch_s']} | "

@@ -1,4 +1,7 @@
-"""Frozen-feature extraction speed of a hub image encoder (randomly initialised: no download), products/s."""
+"""Frozen-feature extraction speed of a hub image encoder (randomly initialised: no download), products/s.
+
+Results: bench/results/hub_features/<model>-<device>.json, overwritten on a rerun.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import platform
 import time
 
 import torch
+from common import write_result
 
 
 def main() -> None:
@@ -59,11 +63,14 @@ def main() -> None:
         batch()
         n += args.batch_size
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    print(json.dumps({"model": args.model, "device": args.device, "threads": torch.get_num_threads(),
-                      "products": n, "seconds": round(wall, 2), "products_per_s": round(n / wall, 2),
-                      "cpu_seconds": round(cpu, 2), "products_per_cpu_s": round(n / max(cpu, 1e-9), 2),
-                      "load_avg_before_after": [round(v, 1) for v in (*load_before[:1], os.getloadavg()[0])],
-                      "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"}))
+    result = {"model": args.model, "device": args.device, "threads": torch.get_num_threads(),
+              "products": n, "seconds": round(wall, 2), "products_per_s": round(n / wall, 2),
+              "cpu_seconds": round(cpu, 2), "products_per_cpu_s": round(n / max(cpu, 1e-9), 2),
+              "load_avg_before_after": [round(v, 1) for v in (*load_before[:1], os.getloadavg()[0])],
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"}
+    print(json.dumps(result))
+    variant = f"{args.model.replace(':', '-').replace('/', '-')}-{args.device.replace(':', '')}"
+    print(f"results: {write_result('hub_features', variant, result)}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ titles to classify, photos to upload and words to search; what it finds on scree
 Classify card's label) is compared with what huse_core.retrieval.search.Searcher answers for that session's own query,
 computed here beforehand. A screen that never shows the expected answer is an error: "mixed" when it shows
 another session's answer, "wrong results" when it shows nobody's. Times run from the action (Enter, the upload)
-until the expected results are on screen. Writes bench/results/load-<date>.json and prints a Markdown table.
+until the expected results are on screen. Writes bench/results/load/<sessions>-sessions.json and prints a
+Markdown table.
 Stops by itself after --seconds (plus the actions under way, each bounded by --timeout).
 """
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import sys
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from common import ROOT, write_result
 
-ROOT = Path(__file__).resolve().parents[1]
 ACTIONS = ("search_title", "classify_title", "classify_photo")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SEARCH_K, CLASSIFY_K = 12, 6  # the Search page's default number of results; the Classify card's nearest products
@@ -275,7 +275,8 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=8, help="concurrent browser sessions")
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the sessions keep acting")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds one action may take before it is an error")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for load-<date>.json")
+    parser.add_argument("--variant", help="the result's name: bench/results/load/VARIANT.json, overwritten on a rerun "
+                        "(default: SESSIONS-sessions)")
     parser.add_argument("--chromium", default=os.environ.get("HUSE_CHROMIUM", "/usr/bin/chromium"))
     args = parser.parse_args()
     if args.sessions < 1 or args.seconds <= 0:
@@ -283,8 +284,6 @@ def main() -> int:
     t0 = time.time()
     plans = plan(args.run, args.sessions)
     print(f"planned {args.sessions} x {PER_SESSION} queries of each kind in {time.time() - t0:.0f} s", file=sys.stderr)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
     env, log_path = server_env(args.run)
     with ExitStack() as server:
@@ -305,11 +304,7 @@ def main() -> int:
                                                   for n in range(args.sessions)},
               "errors": [r for r in records if r["error"] is not None][:50],
               "queries": [{k: [e.query for e in p[k]] for k in ACTIONS} for p in plans]}
-    path, i = out / f"load-{time.strftime('%Y-%m-%d')}.json", 1
-    while path.exists():  # keep earlier measurements of the same day
-        i += 1
-        path = out / f"load-{time.strftime('%Y-%m-%d')}-{i}.json"
-    path.write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    path = write_result("load", args.variant or f"{args.sessions}-sessions", result)
     print(f"\n{args.sessions} sessions x {args.seconds:.0f} s against one server ({args.run}); load average before "
           f"{load_before[0]:.2f}; results in {path}\n")
     print("| action | actions | errors | p50 | p95 | max |\n|---|---|---|---|---|---|")

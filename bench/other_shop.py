@@ -4,6 +4,7 @@
                                                                 # the train / evaluate / index / search commands
     python bench/other_shop.py --n 1000 --scale 20 --out /tmp/shop2
     python bench/other_shop.py --run                            # build, then time decoding and run the commands
+                                                                # (results: bench/results/other_shop/)
 
 products.csv names every column differently from the fashion layout (sku, product_name, category_path, photo,
 colour, audience, season), so `train` reads it only through its column flags. Photos are the 60x80 originals
@@ -29,8 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import DEFAULT_DATA, ROOT, resolve_catalog  # noqa: E402 - also puts the repo on sys.path
+from common import DEFAULT_DATA, ROOT, resolve_catalog, write_result
 
 LOCAL_DATA = Path("/tmp/data/fashion-product-images-small/metadata.csv")
 AUDIENCE = {"Men": "for men", "Women": "for women", "Boys": "for boys", "Girls": "for girls", "Unisex": "for everyone"}
@@ -255,7 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         src = pd.read_csv(csv, dtype=str)
         by_id = dict(zip(src["id"], src["image"]))
         originals = [csv.parent / by_id[str(int(sku[3:]))] for sku in pd.read_csv(out / "products.csv")["sku"]]
-        print_results(run_example(out, args.epochs, args.batch_size, originals))
+        report = run_example(out, args.epochs, args.batch_size, originals)
+        print_results(report)
+        path = write_result("other_shop", f"{args.n}-products-scale-{args.scale}", {"shop": built, **report})
+        print(f"results: {path}")
     return 0
 
 

@@ -5,14 +5,14 @@ defaults: 80/10/10, seed 0). Choices (C, fusion weight) are made on VAL; every r
 
     python bench/quality.py --data /tmp/data/fashion-product-images-small/metadata.csv --out runs/real
     python bench/quality.py --data ../shared/data/fashion-product-images-small.tar.gz --skip-huse
-    python bench/quality.py --data CSV --out runs/real --skip-peers --reuse bench/results/quality-2026-01-01.json
+    python bench/quality.py --data CSV --out runs/real --skip-peers --reuse bench/results/quality/44k-default.json
     python bench/quality.py --data CSV --out runs/real --skip-peers --no-train   # evaluate a run already there
     python bench/quality.py --data CSV --out runs/abl --skip-peers --skip-huse --ablation --ablation-epochs 6
 
 Any training flag of `python -m huse_core train` passes through (--epochs, --losses, --image-size, --beta, ...).
 Over 300 lines: one benchmark whose parts (peers, HUSE, ablation, small shops) share one split, its configs
 and --reuse; the report it writes is bench/quality_report.py.
-Results: a markdown table on stdout, and bench/results/quality-<date>.json and .md.
+Results: a markdown table on stdout, and bench/results/quality/<variant>.json and .md (--variant).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import os
 import platform
 import sys
 import tarfile
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,14 +38,11 @@ import numpy as np
 from huse_core.cli import add_config_flags, build_config
 from huse_core.config import DataConfig, LossConfig, ModelConfig, TrainConfig, to_dict
 from huse_core.model import default_image_size
+from common import DEFAULT_DATA, ROOT, resolve_catalog, write_result
 from quality_report import markdown
-
-ROOT = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("quality")
 
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fashion-product-images-small.tar.gz"
-RESULTS = ROOT / "bench" / "results"
 PIXEL_SIZE = (16, 21)  # width x height: the 60x80 photos' aspect; the reference peer's raw-pixel size
 TEXT_CS = (10.0, 30.0)  # TF-IDF LogisticRegression C grid, chosen on val (97.0-97.1% val either way)
 PIXEL_CS = (0.1,)  # pixel LogisticRegression C; on val 0.1 beat 1.0 (73.3 vs 72.7 %) at half the fit time
@@ -55,46 +51,6 @@ ABLATIONS = (("cls",), ("cls", "gap"), ("cls", "graph"), ("cls", "graph", "gap")
 
 
 # ---------------------------------------------------------------------------------------------- data
-
-
-def resolve_catalog(data: Path) -> Path:
-    """The catalogue CSV: `data` itself, metadata.csv inside a folder, or inside an unpacked tarball.
-
-    A tarball is unpacked once (tarfile filter="data") into a temp folder named by its path, size and mtime, so
-    later runs reuse it and the decoded-photo cache beside it.
-    """
-    data = data.expanduser()
-    if not data.exists():
-        raise FileNotFoundError(f"catalogue not found: {data} — pass --data with the catalogue CSV (metadata.csv), "
-                                f"its folder, or the fashion-product-images-small.tar.gz tarball")
-    if data.is_dir():
-        return _find_csv(data)
-    if not tarfile.is_tarfile(data):
-        return data
-    st = data.stat()
-    key = hashlib.sha1(f"{data.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:10]
-    dest = Path(tempfile.gettempdir()) / f"huse-quality-{key}"
-    if not (dest / ".unpacked").is_file():
-        log.info("unpacking %s into %s", data, dest)
-        part = dest.with_name(f"{dest.name}.{os.getpid()}.part")
-        with tarfile.open(data) as tar:
-            tar.extractall(part, filter="data")
-        (part / ".unpacked").touch()
-        if dest.exists():  # another run finished first: keep its copy
-            import shutil
-
-            shutil.rmtree(part)
-        else:
-            part.rename(dest)
-    return _find_csv(dest)
-
-
-def _find_csv(folder: Path) -> Path:
-    found = sorted(folder.rglob("metadata.csv"), key=lambda p: len(p.parts)) or sorted(
-        folder.rglob("*.csv"), key=lambda p: len(p.parts))
-    if not found:
-        raise FileNotFoundError(f"no catalogue CSV under {folder} — pass --data with the CSV itself")
-    return found[0]
 
 
 def _small_photo(path: str) -> np.ndarray | None:
@@ -313,16 +269,25 @@ def run_ablation(cfgs: tuple, out: Path, epochs: int | None, progress: bool, mai
     return rows
 
 
-def write_results(res: dict, folder: Path) -> Path:
-    """bench/results/quality-<date>.json and .md; a second run the same day gets -2, -3, ..."""
-    folder.mkdir(parents=True, exist_ok=True)
-    stem, n = f"quality-{res['date']}", 1
-    while (folder / f"{stem}.json").exists():
-        n += 1
-        stem = f"quality-{res['date']}-{n}"
-    (folder / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
-    (folder / f"{stem}.md").write_text(markdown(res))
-    return folder / f"{stem}.json"
+def default_variant(args: argparse.Namespace, n_products: int) -> str:
+    """The result's name from what was measured: 44k-default, 44k-epochs-16, small-shops, ablation-12k, ..."""
+    size = f"{round(n_products / 1000)}k"
+    if args.skip_huse and args.small_shops:
+        return "small-shops"
+    if args.skip_huse and args.ablation:
+        return f"ablation-{size}"
+    if args.skip_huse:
+        return f"{size}-peers"
+    changed = []  # every training flag given (None = not given), as it reads: epochs-16, no-fusion-layer, ...
+    for dest, value in sorted(vars(args).items()):
+        if "." not in dest or value is None:
+            continue
+        name = dest.split(".", 1)[1].replace("_", "-")
+        if isinstance(value, bool):
+            changed.append(name if value else f"no-{name}")
+        else:
+            changed.append(f"{name}-{'+'.join(map(str, value)) if isinstance(value, list) else value}")
+    return "-".join([size, *changed]) if changed else f"{size}-default"
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -333,7 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA,
                    help=f"catalogue CSV, its folder, or a .tar.gz of it (default: {DEFAULT_DATA})")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "quality", help="HUSE run directory to write")
-    p.add_argument("--results", type=Path, default=RESULTS, help="folder for quality-<date>.json and .md")
+    p.add_argument("--variant", default=None,
+                   help="the result's name: bench/results/quality/VARIANT.json and .md, overwritten on a rerun "
+                        "(default: from what was measured, e.g. 44k-default, 44k-epochs-16, small-shops)")
     p.add_argument("--skip-peers", action="store_true", help="don't fit the TF-IDF / pixel LR peers")
     p.add_argument("--skip-huse", action="store_true", help="don't train HUSE (peers and/or ablation only)")
     p.add_argument("--ablation", action="store_true",
@@ -417,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.small_shops and reuse.get("small_shops"):
             res["small_shops"] = reuse["small_shops"]
         if args.small_shops:
-            from small_shops import run_shop, table  # imports this module: only here, not at the top
+            from small_shops import run_shop, table
 
             res["small_shops"] = {}
             for n in (int(v) for v in args.small_shops.split(",")):
@@ -430,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     res["machine"]["load_end"] = round(os.getloadavg()[0], 1)
-    path = write_results(res, args.results)
+    path = write_result("quality", args.variant or default_variant(args, len(cat.df)), res, markdown(res))
     print(markdown(res))
     print(f"wrote {path} and {path.with_suffix('.md')}", file=sys.stderr)
     return 0

@@ -5,7 +5,8 @@
 With --run (a run whose index was built: `python -m huse_core index --run RUN`), sizes the run can fill use its
 real photo embeddings (N random products) and title embeddings as queries (text -> photo search, the app's case).
 Otherwise, and always at 1M, the vectors are synthetic (see `synthetic`): clustered unit vectors whose local
-intrinsic dimension is matched to a trained run's. Results go to --out as JSON and a table to stdout.
+intrinsic dimension is matched to a trained run's. Results go to bench/results/retrieval/<variant>.json (annoy,
+annoy-rank16, ...) and a table to stdout.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import write_result
 from threadpoolctl import threadpool_limits
 
 from huse_core.retrieval.annoy_index import AnnoyIndex
@@ -137,7 +139,8 @@ def main() -> int:
     parser.add_argument("--exact-queries", type=int, default=200, help="of those, timed with exact search too")
     parser.add_argument("--rank", type=int, default=8, help="intrinsic rank of the synthetic vectors (see synthetic)")
     parser.add_argument("--map", type=int, default=0, metavar="N", help="also time the 2-D map of N products")
-    parser.add_argument("--out", default="bench/results/retrieval.json")
+    parser.add_argument("--variant", help="the result's name: bench/results/retrieval/VARIANT.json (default: annoy, "
+                        "with -rankR, -treesT and the sizes added where they differ from the defaults)")
     args = parser.parse_args()
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                "numpy": np.__version__, "load_avg_at_start": [round(x, 1) for x in os.getloadavg()]}
@@ -152,8 +155,11 @@ def main() -> int:
         report["map"] = bench_map(args.map, args.rank)
         print(json.dumps(report["map"]), flush=True)
     machine["load_avg_at_end"] = [round(x, 1) for x in os.getloadavg()]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    variant = args.variant or "-".join(
+        ["annoy"] + ([f"rank{args.rank}"] if args.rank != 8 else []) + ([f"trees{args.n_trees}"] if args.n_trees != 16
+                                                                        else [])
+        + ([args.sizes.replace(",", "-")] if args.sizes != "10000,44000,1000000" else []))
+    print(f"results: {write_result('retrieval', variant, report)}")
     print(f"{'N':>9} {'source':<10} {'build s':>8} {'index MB':>9} {'recall@10':>10} {'annoy p50/p99 ms':>17} "
           f"{'exact p50/p99 ms':>17} {'speedup':>8}")
     for r in results:

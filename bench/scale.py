@@ -5,7 +5,7 @@
     python bench/scale.py --sizes 44000 --baseline /tmp/huse-head   # also older code (a `git archive` copy)
 
 Each catalogue is the real fashion catalogue (../shared/data/fashion-product-images-small.tar.gz, unpacked once
-into /tmp by bench/quality.resolve_catalog) repeated under new ids, copies' titles varied with extra words, so
+into /tmp by bench/common.resolve_catalog) repeated under new ids, copies' titles varied with extra words, so
 every row's photo is really decoded and tokenised. Each command runs in its own process; its peak memory is the
 kernel's ru_maxrss for it (wait4), and its peak anonymous and file-backed resident memory are sampled from
 /proc every 0.2 s (file-backed pages are page cache the kernel can drop; anonymous ones are the process's own).
@@ -28,8 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import DEFAULT_DATA, RESULTS, ROOT, resolve_catalog  # noqa: E402
+from common import DEFAULT_DATA, ROOT, resolve_catalog, write_result
 
 WORDS = ["Classic", "Slim", "Relaxed", "Essential", "Premium", "Everyday", "Urban", "Sport", "Soft", "Light"]
 GB = 1 << 30
@@ -189,6 +188,13 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def default_variant(sizes: str, steps: str) -> str:
+    """44000,200000 + all steps -> 44k-200k; 1000000 + train -> 1m-train."""
+    name = "-".join(f"{n // 1_000_000}m" if n % 1_000_000 == 0 else f"{round(n / 1000)}k"
+                    for n in (int(v) for v in sizes.split(",")))
+    return name if steps == "prepare,train,index" else f"{name}-{steps.replace(',', '-')}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the real catalogue: tarball, folder or CSV")
@@ -200,7 +206,8 @@ def main() -> None:
                     "steps (a 1M-product epoch is ~3,900 steps, hours on 2 cores); 0 = the whole epoch")
     ap.add_argument("--work", type=Path, default=Path("/tmp/huse-scale"), help="catalogues, caches, runs, logs")
     ap.add_argument("--baseline", type=Path, help="a copy of older code (its huse_core/) to measure as well")
-    ap.add_argument("--out", type=Path, help="results JSON (default bench/results/scale-<date>.json)")
+    ap.add_argument("--variant", help="the result's name: bench/results/scale/VARIANT.json, overwritten on a rerun "
+                    "(default: the sizes and steps, e.g. 44k-200k or 1m-train)")
     ap.add_argument("--train-flags", default="", help="more `train` flags, e.g. \"--cnn-width 8\": a narrow photo "
                     "tower embeds ~16x faster, so `index` at 1M measures the data path in minutes, not hours")
     ap.add_argument("--label", default="current", help="names this code's runs and logs (run-<n>-<label>)")
@@ -211,13 +218,14 @@ def main() -> None:
             f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / GB:.0f} GB RAM",
             "load_before": [round(x, 2) for x in os.getloadavg()], "nice": os.nice(0),
             "omp_threads": os.environ.get("OMP_NUM_THREADS", "")}
-    out = args.out or RESULTS / f"scale-{time.strftime('%Y-%m-%d')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    variant = args.variant or default_variant(args.sizes, args.steps)
     results: list[dict] = []
+    out: Path | None = None
 
     def save(partial: dict | None = None) -> None:  # after every step: a long run stopped early keeps its figures
+        nonlocal out
         meta["load_now"] = [round(x, 2) for x in os.getloadavg()]
-        out.write_text(json.dumps({"meta": meta, "results": results + ([partial] if partial else [])}, indent=2))
+        out = write_result("scale", variant, {"meta": meta, "results": results + ([partial] if partial else [])})
 
     for n in (int(s) for s in args.sizes.split(",")):
         for code, label in [(None, args.label)] + ([(args.baseline, "baseline")] if args.baseline else []):

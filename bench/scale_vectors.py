@@ -12,7 +12,7 @@ queries).
 Measured queries are 1,000 other rows that tuning never saw; recall@10 is tie-aware as in annoy_index.
 Times are wall clock and CPU (build: process CPU seconds, all threads; a query: its thread's CPU time), since on a
 shared machine a niced process's wall time mostly measures the other jobs.
-Writes --out as JSON and prints a Markdown table.
+Writes bench/results/scale_vectors/<variant>.json (100k-1m, 10m-faiss, ...) and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -30,12 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo, for a checkout that is not installed
-from huse_core.retrieval.annoy_index import N_TREES, AnnoyIndex  # noqa: E402
-from huse_core.retrieval import faiss_index  # noqa: E402
-from huse_core.retrieval.faiss_index import FaissIndex  # noqa: E402
-from huse_core.retrieval.knn import exact_search  # noqa: E402
-from retrieval import DIM, synthetic  # noqa: E402 - bench/retrieval.py: the vectors of the Annoy benchmark
+from common import write_result
+from retrieval import DIM, synthetic  # bench/retrieval.py: the vectors of the Annoy benchmark
+
+from huse_core.retrieval import faiss_index
+from huse_core.retrieval.annoy_index import N_TREES, AnnoyIndex
+from huse_core.retrieval.faiss_index import FaissIndex
+from huse_core.retrieval.knn import exact_search
 
 CHUNK = 100_000
 TUNE = 200
@@ -177,6 +178,14 @@ def bench_size(n: int, backends: list[str], n_queries: int, rank: int, folder: P
     return out
 
 
+def default_variant(sizes: str, backends: str, rank: int) -> str:
+    """100000,1000000 -> 100k-1m; 10000000 with faiss alone -> 10m-faiss; rank 16 adds -rank16."""
+    parts = [f"{n // 1_000_000}m" if n % 1_000_000 == 0 else f"{round(n / 1000)}k"
+             for n in (int(v) for v in sizes.split(","))]
+    parts += [] if backends == "annoy,faiss" else backends.split(",")
+    return "-".join(parts + ([f"rank{rank}"] if rank != 8 else []))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,1000000")
@@ -186,7 +195,8 @@ def main() -> int:
     parser.add_argument("--lists-per-sqrt", type=float, help="faiss lists = this x sqrt(n) (default: "
                         "faiss_index.LISTS_PER_SQRT_N)")
     parser.add_argument("--dir", help="folder for the vectors and indexes (default: a temp folder, removed)")
-    parser.add_argument("--out", default="bench/results/scale_vectors.json")
+    parser.add_argument("--variant", help="the result's name: bench/results/scale_vectors/VARIANT.json (default: the "
+                        "sizes, e.g. 100k-1m, with the backends and rank added where they differ from the defaults)")
     for hidden in ("--case", "--backend", "--vectors", "--truth"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -197,12 +207,12 @@ def main() -> int:
                "numpy": np.__version__, "nice": os.nice(0), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                "load_avg_at_start": [round(x, 1) for x in os.getloadavg()]}
     results, t0 = [], time.time()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    variant = args.variant or default_variant(args.sizes, args.backends, args.rank)
 
     def save(result: dict) -> None:  # after every case: a long run stopped midway keeps what it measured
         results.append(result)
         machine.update(load_avg_at_end=[round(x, 1) for x in os.getloadavg()], wall_s=round(time.time() - t0))
-        Path(args.out).write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
+        write_result("scale_vectors", variant, {"machine": machine, "results": results})
 
     with tempfile.TemporaryDirectory(prefix="huse-scale-") as tmp:
         folder = Path(args.dir or tmp)

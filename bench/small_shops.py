@@ -1,34 +1,24 @@
-"""Small shops against the built-in title baseline: default `train` + `evaluate` on 1,000- and 3,000-product shops.
+"""Small shops against the built-in title baseline: the `--small-shops` part of bench/quality.py.
 
 Each shop is built from the real fashion data in another layout (bench/other_shop.py: a `category_path` column
-"Master >> Sub >> Article", long product-name titles, photos enlarged `--scale` times), trained with the default
-flags (only the column flags given), then evaluated on its test split (grouped by title) beside the TF-IDF word +
-char n-gram LinearSVC baseline that `evaluate` fits on the same train split.
+"Master >> Sub >> Article", long product-name titles, photos enlarged 8 times), trained with the default flags (only
+the column flags given), then evaluated on its test split (grouped by title) beside the TF-IDF word + char n-gram
+LinearSVC baseline that `evaluate` fits on the same train split:
 
-    python bench/small_shops.py                          # 1,000 and 3,000 products, into /tmp/small-shops
-    python bench/small_shops.py --sizes 1000 --scale 4   # one shop, smaller photos
+    python bench/quality.py --skip-peers --skip-huse --small-shops 1000,3000   # -> bench/results/quality/small-shops
 
-Prints a markdown table per shop (accuracy and macro-F1 per head: photo, title, fused, baseline) and writes
-bench/results/small-shops-<date>.json.
+`table` renders one shop as a markdown table (accuracy and macro-F1 per head: photo, title, fused, baseline).
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
-import json
-import os
-import platform
 import time
 from pathlib import Path
 
 from other_shop import TRAIN_FLAGS, build
-from quality import DEFAULT_DATA
 
 from huse_core.cli import main as huse
 from huse_core.run import read_meta
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def run_shop(data: Path, out: Path, n: int, scale: int) -> dict:
@@ -65,28 +55,3 @@ def table(n: int, res: dict) -> str:
         diff = f"{(per['fused']['accuracy'] - b['accuracy']) * 100:+.1f}" if b and "fused" in per else "–"
         lines.append(f"| {head} | {' | '.join(cells)} | {bcell} | {diff} |")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the fashion catalogue (tar.gz, folder or CSV)")
-    p.add_argument("--out", type=Path, default=Path("/tmp/small-shops"), help="folder for the shops and runs")
-    p.add_argument("--sizes", default="1000,3000", help="comma-separated shop sizes")
-    p.add_argument("--scale", type=int, default=8, help="photo enlargement (8: 480x640 JPEGs)")
-    args = p.parse_args(argv)
-    started, results = time.time(), {}
-    for n in (int(s) for s in args.sizes.split(",")):
-        results[n] = run_shop(args.data, args.out / f"shop{n}", n, args.scale)
-        print(table(n, results[n]) + "\n", flush=True)
-    report = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": platform.platform(),
-              "cpus": os.cpu_count(), "load_at_end": os.getloadavg(), "seconds": round(time.time() - started, 1),
-              "command": "python bench/small_shops.py " + " ".join(argv or []), "shops": results}
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"small-shops-{dt.date.today()}.json"
-    path.write_text(json.dumps(report, indent=2))
-    print(f"results: {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

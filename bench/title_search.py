@@ -1,12 +1,13 @@
 """Does typing a product's title find that product's photo? Real test-split titles searched as a user would.
 
-    python bench/title_search.py --run RUN [--n 12] [--k 50] [--seed 0] [--cosine-only] [--out FILE.md]
+    python bench/title_search.py --run RUN [--n 12] [--k 50] [--seed 0] [--cosine-only] [--variant NAME]
 
 The run needs an index (`python -m huse_core index --run RUN`). Titles are a seeded sample of the run's test split
 (never trained on); each is typed into `Searcher.search(text=..., target="image")` exactly as the Search page
 does, over the whole indexed catalogue. A hit is any product whose normalised title equals the query's (duplicate
 titles are the same product to a shopper). Prints, per title, the rank of its first own photo (or "> k") and the
-first three results' titles, then R@1 / R@10 / R@k over the sample; writes the same as Markdown to --out.
+first three results' titles, then R@1 / R@10 / R@k over the sample; writes the same to
+bench/results/title_search/<variant>.md.
 --cosine-only ranks by the vectors alone (`search --cosine-only`), without the title's class predictions.
 """
 
@@ -16,9 +17,9 @@ import argparse
 import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from common import write_result
 
 from huse_core.data.catalog import normalise_title
 from huse_core.retrieval.search import Searcher
@@ -69,15 +70,16 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cosine-only", action="store_true", help="rank by cosine alone, as `search --cosine-only`")
-    ap.add_argument("--out", type=Path)
+    ap.add_argument("--variant", help="the result's name: bench/results/title_search/VARIANT.md (default: the "
+                    "catalogue's size, e.g. 44k, with -cosine for --cosine-only)")
     args = ap.parse_args()
     searcher = Searcher.open(args.run)
     rows = check(searcher, sample_titles(searcher, args.n, args.seed), args.k, not args.cosine_only)
     flags = (f" --seed {args.seed}" if args.seed else "") + (" --cosine-only" if args.cosine_only else "")
     text = report(rows, args.run, args.k, len(searcher.products), flags)
     print(text)
-    if args.out:
-        args.out.write_text(text)
+    variant = args.variant or f"{round(len(searcher.products) / 1000)}k" + ("-cosine" if args.cosine_only else "")
+    print(f"results: {write_result('title_search', variant, {'run': args.run, 'k': args.k, 'rows': rows}, text)}")
     return 0
 
 

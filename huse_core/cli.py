@@ -58,11 +58,30 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, title: str) -> None:
             group.add_argument(f"--{flag}", type=type(default), metavar=type(default).__name__.upper(), **kw)
 
 
-def build_config(args: argparse.Namespace, cls, **fixed):
-    """The dataclass with defaults overridden by the flags the user gave."""
+def build_config(args: argparse.Namespace, cls, base=None, **fixed):
+    """The dataclass (`base`, else its defaults) overridden by the flags the user gave."""
     given = {f.name: getattr(args, f"{cls.__name__}.{f.name}") for f in dataclasses.fields(cls)
              if getattr(args, f"{cls.__name__}.{f.name}", None) is not None}
-    return cls(**{**given, **fixed})
+    return dataclasses.replace(base, **given, **fixed) if base is not None else cls(**{**given, **fixed})
+
+
+def train_configs(args: argparse.Namespace) -> tuple[DataConfig, ModelConfig, LossConfig, TrainConfig]:
+    """`train`'s four configs: a --preset's settings (else the defaults), then the flags the user gave."""
+    from .model import default_image_size
+    from .pipeline import DemoSpec
+
+    spec = DemoSpec() if args.preset == "demo" else None  # demo: what the app's first start trains
+    data_base = DataConfig(seed=spec.seed, image_size=spec.image_size) if spec else None
+    data_cfg = build_config(args, DataConfig, data_base, catalog=args.catalog or "")
+    model_cfg = build_config(args, ModelConfig, spec and spec.model)
+    loss_cfg = build_config(args, LossConfig, spec and spec.loss)
+    train_cfg = build_config(args, TrainConfig, spec and spec.train)
+    if getattr(args, "DataConfig.seed", None) is None and train_cfg.seed:
+        data_cfg.seed = train_cfg.seed  # one --seed sets both unless --split-seed says otherwise
+    same_photos = spec is not None and model_cfg.backbone == spec.model.backbone
+    if getattr(args, "DataConfig.image_size", None) is None and not same_photos:
+        data_cfg.image_size = default_image_size(model_cfg.backbone)  # pretrained backbones: 224 px photos
+    return data_cfg, model_cfg, loss_cfg, train_cfg
 
 
 def given_settings(args: argparse.Namespace) -> list:
@@ -70,12 +89,15 @@ def given_settings(args: argparse.Namespace) -> list:
     from .training.resume import SECTIONS, Given
 
     given = [Given("--catalog", "data", "catalog", args.catalog)] if args.catalog else []
+    preset = dict(zip(SECTIONS, train_configs(args))) if getattr(args, "preset", None) else {}  # what it sets
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
             flag = RENAMED.get((cls, f.name), f.name.replace("_", "-"))
             value = getattr(args, f"{cls.__name__}.{f.name}", None)
             if flag is not None and value is not None:
                 given.append(Given(f"--{flag}", section, f.name, value))
+            elif section in preset and getattr(preset[section], f.name) not in (None, getattr(cls(), f.name)):
+                given.append(Given(f"--preset {args.preset}", section, f.name, getattr(preset[section], f.name)))
     return given
 
 
@@ -88,20 +110,13 @@ def cmd_demo_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .model import default_image_size
     from .training.distributed import is_main_process
     from .training.train import train
     from .training.validation import kept_accuracy
 
     if not args.resume and not args.catalog:
         raise SystemExit("train: --catalog CSV is required (or --resume to continue a run in --out)")
-    data_cfg = build_config(args, DataConfig, catalog=args.catalog or "")
-    model_cfg, loss_cfg = build_config(args, ModelConfig), build_config(args, LossConfig)
-    train_cfg = build_config(args, TrainConfig)
-    if getattr(args, "DataConfig.seed", None) is None and train_cfg.seed:
-        data_cfg.seed = train_cfg.seed  # one --seed sets both unless --split-seed says otherwise
-    if args.__dict__.get("DataConfig.image_size") is None:
-        data_cfg.image_size = default_image_size(model_cfg.backbone)  # pretrained backbones: 224 px photos
+    data_cfg, model_cfg, loss_cfg, train_cfg = train_configs(args)
     meta = train(data_cfg, model_cfg, loss_cfg, train_cfg, args.out, resume=args.resume, progress=not args.quiet,
                  given=given_settings(args) if args.resume else None)
     if not is_main_process():
@@ -239,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog", help="catalogue CSV or Parquet")
     p.add_argument("--out", required=True, help="run directory to write (model.pt, run.json)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--preset", choices=["demo"], help="start from a named set of settings; flags given still win. "
+                   "demo: what the app's first start trains the demo shop with (pipeline.DemoSpec)")
     p.add_argument("--quiet", action="store_true")
     for cls, title in ((DataConfig, "catalogue"), (ModelConfig, "model"), (LossConfig, "losses"),
                        (TrainConfig, "training")):
@@ -307,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of the image in a text+image or --product query (0..1)")
     p.add_argument("--cosine-only", action="store_true",
                    help="rank a --text query by cosine alone; by default its hits are also ranked by how likely "
-                        "the title's class predictions find each product's labels (README: search)")
+                        "the title's class predictions find each product's labels (docs/search.md)")
     p.add_argument("--json", action="store_true", help="print a JSON list of hits, best first")
     p.set_defaults(func=cmd_search)
 

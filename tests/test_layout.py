@@ -88,6 +88,137 @@ def test_modules_import_downwards_only_and_without_cycles():
             visit(module, [module])
 
 
+# ---------------------------------------------------------------------------------- the app and the benches
+REPO = PACKAGE.parent
+BENCH = REPO / "bench"
+
+
+def _file_imports(path: Path) -> set[str]:
+    """The modules a file imports, anywhere in it (relative imports resolved against its package)."""
+    package = path.relative_to(REPO).with_suffix("").parts[:-1]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = list(package[: len(package) - node.level + 1]) if node.level else []
+            found.add(".".join(base + ([node.module] if node.module else [])))
+    return found
+
+
+def _tops(path: Path) -> set[str]:
+    return {m.split(".")[0] for m in _file_imports(path)}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of `graph` (module -> modules it imports), or None."""
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return trail + [nxt]
+            if nxt in graph and nxt not in state and (found := visit(nxt, trail + [nxt])):
+                return found
+        state[node] = 2
+        return None
+
+    for module in sorted(graph):
+        if module not in state and (found := visit(module, [module])):
+            return found
+    return None
+
+
+def _bench_graph() -> dict[str, set[str]]:
+    """bench module -> the bench modules it imports. Scripts (`python bench/NAME.py`) are named NAME and import
+    their siblings by that name; studies (`python -m bench.studies.NAME`) are bench.studies.NAME; bench.common is
+    common, the same file."""
+    scripts = {p.stem for p in BENCH.glob("*.py") if p.stem != "__init__"}
+    studies = {f"bench.studies.{p.stem}" for p in (BENCH / "studies").glob("*.py") if p.stem != "__init__"}
+
+    def name(module: str) -> str | None:
+        if module in scripts or module in studies:
+            return module
+        if module.startswith("bench."):
+            return module.removeprefix("bench.") if module.removeprefix("bench.") in scripts else module
+        return None
+
+    graph = {}
+    for path in [*BENCH.glob("*.py"), *(BENCH / "studies").glob("*.py")]:
+        if path.stem == "__init__":
+            continue
+        me = path.stem if path.parent == BENCH else f"bench.studies.{path.stem}"
+        graph[me] = {n for m in _file_imports(path) if (n := name(m)) and n != me}
+    return graph
+
+
+def test_bench_imports_run_one_way_without_cycles_or_sys_path_edits():
+    graph = _bench_graph()
+    assert {"common", "quality", "other_shop", "small_shops", "retrieval"} <= set(graph)
+    assert _cycle(graph) is None, f"import cycle in bench/: {' -> '.join(_cycle(graph))}"
+    studies = {m for m in graph if m.startswith("bench.studies.")}
+    assert studies, "bench/studies/ holds the one-off studies"
+    # scripts never import studies; a study (run with -m from the repo root) reaches bench/ only through bench.common
+    assert not {(m, t) for m, ts in graph.items() if m not in studies for t in ts if t in studies}
+    assert not {(m, t) for m in studies for t in graph[m] if t != "common"}, "a study imports another bench module"
+    for path in [*BENCH.rglob("*.py")]:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        edits = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "path"
+                 and isinstance(n.value, ast.Name) and n.value.id == "sys"]
+        assert not edits, f"{path.relative_to(REPO)} touches sys.path (lines {edits})"
+        assert not _tops(path) & {"ui", "pages", "app"}, f"{path.relative_to(REPO)} imports the app"
+
+
+def test_app_layers_import_one_way():
+    """pages -> ui -> huse_core: huse_core imports neither (nor streamlit), ui never imports pages, pages never
+    import each other, and no layer imports the benches."""
+    for path in PACKAGE.rglob("*.py"):
+        bad = _tops(path) & {"ui", "pages", "app", "bench", "streamlit"}
+        assert not bad, f"{path.relative_to(REPO)} imports {bad}"
+    ui_graph = {}
+    for path in (REPO / "ui").glob("*.py"):
+        bad = _tops(path) & {"pages", "app", "bench"}
+        assert not bad, f"{path.relative_to(REPO)} imports {bad}"
+        me = "ui" if path.stem == "__init__" else f"ui.{path.stem}"
+        ui_graph[me] = {m for m in _file_imports(path) if m.startswith("ui.") and m != me}
+    assert _cycle(ui_graph) is None, f"import cycle in ui/: {_cycle(ui_graph)}"
+    pages = sorted((REPO / "pages").glob("*.py"))
+    assert pages
+    for path in pages:
+        bad = _tops(path) & {"pages", "app", "bench"}
+        assert not bad, f"{path.relative_to(REPO)} imports {bad}"
+    assert not _tops(REPO / "app.py") & {"pages", "bench"}
+
+
+DECISION_SLUGS = {"title-tower", "photo-size", "schedule", "epochs", "ema", "cnn-pool", "wide-head", "fusion-rule",
+                  "search-rerank", "alignment-term", "lite0", "index-backend", "annoy-trees", "map-sample", "flip-tta",
+                  "precision", "hybrid-search", "audit"}
+
+
+def _heading_slugs(markdown: str) -> set[str]:
+    """The anchors a Markdown renderer gives the headings (GitHub's rule: lowercase, punctuation dropped,
+    spaces to hyphens)."""
+    import re
+
+    return {re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+            for line in markdown.splitlines() if line.startswith("#")}
+
+
+def test_every_decision_pointer_names_a_section_of_decisions_md():
+    """`docs/decisions.md#SLUG` in code, benches and docs lands on a heading, and each agreed slug has one."""
+    import re
+
+    slugs = _heading_slugs((REPO / "docs" / "decisions.md").read_text(encoding="utf-8"))
+    assert DECISION_SLUGS <= slugs, f"docs/decisions.md lacks sections {sorted(DECISION_SLUGS - slugs)}"
+    files = [*PACKAGE.rglob("*.py"), *BENCH.rglob("*.py"), *(REPO / "ui").glob("*.py"),
+             *(REPO / "pages").glob("*.py"), REPO / "app.py", *(REPO / "docs").glob("*.md"), REPO / "README.md"]
+    dangling = [f"{path.relative_to(REPO)}: #{slug}" for path in files
+                for slug in re.findall(r"decisions\.md#([a-z0-9][a-z0-9-]*)", path.read_text(encoding="utf-8"))
+                if slug not in slugs]
+    assert not dangling, "pointers to no section of docs/decisions.md:\n" + "\n".join(dangling)
+
+
 def test_loading_an_index_or_the_package_does_not_load_torch():
     code = ("import sys, huse_core, huse_core.retrieval.index, huse_core.retrieval.map, huse_core.data.catalog\n"
             "print('torch' in sys.modules)")

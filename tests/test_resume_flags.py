@@ -56,6 +56,11 @@ def test_flags_that_would_change_the_trained_run_are_refused_in_one_line_and_not
     assert len(err.splitlines()) == 1 and "--lr" in err and "--dim" in err, err
     assert "--batch-size" not in err.split("(")[0] and "--catalog" not in err and "new --out" in err
     assert _files(run_dir) == before  # neither run.json nor last.pt nor model.pt touched
+    # a preset's settings are given settings too: its batch and photo size differ from this run's
+    assert main(["train", "--out", str(run_dir), "--resume", "--preset", "demo", "--quiet"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.count("--preset demo") == 1, err
+    assert _files(run_dir) == before
 
 
 def test_epochs_patience_and_threads_apply_on_resume_and_are_said(interrupted, tmp_path, capsys):

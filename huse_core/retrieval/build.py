@@ -29,7 +29,7 @@ BUILD_STEPS = {"embed": 0.4, "index_image": 0.05, "index_text": 0.05, "index_pro
 Progress = Callable[[dict], None]
 BACKENDS = ("auto", "annoy", "faiss", "exact")
 # `--backend auto` builds faiss (when installed) from this many products on, Annoy below. Measured at dim 512 on
-# 2 cores, both tuned to recall@10 0.98 (BENCHMARKS.md, "Scale: vector indexes"), faiss vs Annoy in CPU time:
+# 2 cores, both tuned to recall@10 0.98 (docs/decisions.md#index-backend), faiss vs Annoy in CPU time:
 # 100k: build 18 vs 21 s, a query 0.38 vs 0.90 ms, 546 vs 2,284 bytes a vector on disk; 1M: build 214 vs 248 s,
 # 1.1 vs 1.9 ms, 528 vs 2,264 bytes, build peak 3.5 vs 4.8 GB. So faiss is ahead from 100k on. Below it both
 # answer in under 1 ms and Annoy, a core dependency measured on the real 44k catalogue, stays (faiss led at 20k

@@ -14,7 +14,8 @@ from .layout import (INDEX_FORMAT, MANIFEST, IndexMissingError, StaleIndexError,
                      index_dir, load_embeddings, load_product_emb, rebuild_hint)
 
 # Below this many products the Searcher scans exactly by default: at 512 dims that is ~0.1-0.3 ms a query on an
-# idle 2-core CPU (BENCHMARKS.md) and never misses; the forests are built anyway, so growing past it needs no flag.
+# idle 2-core CPU and never misses; the forests are built anyway, so growing past it needs no flag.
+# why: docs/decisions.md#index-backend
 EXACT_BELOW = 5_000
 
 

@@ -55,7 +55,7 @@ class Stored:
         """Applies the RESUMABLE changes in place and returns one line saying which (None when none); raises
         ValueError naming every other change, before anything is written."""
         changed = self.changes(given)
-        refused = [g.flag for g in changed if g.section != "train" or g.field not in RESUMABLE]
+        refused = list(dict.fromkeys(g.flag for g in changed if g.section != "train" or g.field not in RESUMABLE))
         if refused:
             allowed = ", ".join("--" + name.replace("_", "-") for name in RESUMABLE)
             raise ValueError(f"{', '.join(refused)} cannot change when resuming: the run continues with the settings "
@@ -69,7 +69,12 @@ class Stored:
             planned = {f: getattr(self.train, f) for f in ("epochs", "patience") if f in was}
             why = dict(self.schedule.why, **{f: "given on resume" for f in planned})
             self.schedule = dataclasses.replace(self.schedule, **planned, why=why)
-        return "resuming with " + ", ".join(f"{g.flag} {g.value} (was {was[g.field]})" for g in changed)
+        return "resuming with " + ", ".join(f"{_name(g)} {g.value} (was {was[g.field]})" for g in changed)
+
+
+def _name(g: Given) -> str:
+    """The flag, or for a setting a preset gives, the preset and the setting ("--preset demo's epochs")."""
+    return g.flag if " " not in g.flag else f"{g.flag}'s {g.field.replace('_', '-')}"
 
 
 def _same(stored, value, name: str) -> bool:
