@@ -76,7 +76,7 @@ def first_start() -> None:
         monitor = ui.TrainMonitor(box, overall=True)
         current = {"stage": None}
         if ui.run_status(run_dir) == "training":  # resuming: redraw the epochs already trained
-            for record in ui.meta_of(run_dir).get("history", []):
+            for record in ui.summary_of(run_dir).history:
                 monitor({"stage": "epoch", **record})
 
         def on_event(event: dict) -> None:
@@ -155,7 +155,7 @@ def pick_run() -> Path | None:
 
 def _run_label(path: Path) -> str:
     try:
-        size = ui.meta_of(path).get("catalog_size", 0)
+        size = ui.summary_of(path).catalog_size
         return f"{path.name} · {size:,} products"
     except Exception:  # noqa: BLE001
         return path.name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -27,12 +28,19 @@ def atomic_write(path: str | Path, write) -> Path:
     return path
 
 
+def _plain(obj: Any) -> Any:
+    """A dataclass (a Head, a config) as its dict of fields; json.dump calls this for what it can't write itself."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return obj.to_dict() if hasattr(obj, "to_dict") else dataclasses.asdict(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+
+
 def write_json(path: str | Path, data: Any) -> Path:
     """Write JSON atomically (UTF-8, indented, non-ASCII kept readable)."""
 
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
+            json.dump(data, f, indent=2, ensure_ascii=False, default=_plain)
 
     return atomic_write(path, write)
 

@@ -1,7 +1,4 @@
-"""The command line: python -m huse_core {demo-data,train,evaluate,...} (run with --help for each).
-
-Over 300 lines: one argparse parser and the thin function behind each command; the work itself is in huse_core.
-"""
+"""The `huse` command line (also `python -m huse_core`): one argparse parser and a thin function per command."""
 
 from __future__ import annotations
 
@@ -9,10 +6,16 @@ import argparse
 import dataclasses
 import inspect
 import json
+import logging
 import re
 import sys
 
-from .config import DataConfig, LossConfig, ModelConfig, TrainConfig
+from . import __version__
+from .config import CHOICES, DataConfig, LossConfig, ModelConfig, TrainConfig
+from .logs import to_stderr
+from .retrieval.hybrid import DEFAULT_MODE, MODES
+
+log = logging.getLogger(__name__)
 
 # Config fields whose flag name differs from the field name (two configs share the name "seed").
 RENAMED = {(DataConfig, "seed"): "split-seed", (DataConfig, "catalog"): None}
@@ -44,7 +47,9 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, title: str) -> None:
         help_text = docs.get(f.name, "") + (f" (default: {'auto' if default is None else shown})" if shown != ""
                                              else "")
         kw = {"dest": f"{cls.__name__}.{f.name}", "default": None, "help": help_text}
-        if default is None:
+        if f.name in CHOICES:  # a fixed set: a typo stops here, before anything is read
+            group.add_argument(f"--{flag}", choices=CHOICES[f.name], metavar="|".join(CHOICES[f.name]), **kw)
+        elif default is None:
             kind = AUTO_TYPES[str(f.type).split("|")[0].strip()]
             group.add_argument(f"--{flag}", type=kind, metavar=kind.__name__.upper(), **kw)
         elif isinstance(default, bool):
@@ -194,17 +199,22 @@ def cmd_search(args) -> int:
         raise ValueError("--product searches with a product's own embeddings; leave out --text and --image")
     if not (args.product or args.text or args.image):
         raise ValueError("nothing to search for: pass --text, --image (or both) or --product ID")
+    mode = "vector" if args.cosine_only and args.mode == "hybrid" else args.mode  # cosine alone: no keywords
     hits = Searcher.open(args.run).search(text=args.text, image=args.image, product=args.product,
                                           target=args.target, k=args.k, filters=dict(args.filter or []),
-                                          image_weight=args.image_weight, use_labels=not args.cosine_only)
+                                          image_weight=args.image_weight, use_labels=not args.cosine_only,
+                                          mode=mode)
     if args.json:
         print(json.dumps([dataclasses.asdict(h) for h in hits], indent=2, ensure_ascii=False))
         return 0
     if not hits:
         print("no products match")
+    elif mode == "keyword" and args.text and not args.image:
+        print("ranked by BM25 of your words in each product's title and labels; the number is the cosine")
     elif hits[0].agreement is not None:
-        print("ranked by closeness and by how well each product's labels fit the title's predicted classes "
-              "(--cosine-only: closeness alone); the number is the cosine")
+        print("ranked by closeness and by how well each product's labels fit the title's predicted classes"
+              + (", and by your words in titles and labels (BM25)" if hits[0].keyword is not None else "")
+              + " (--cosine-only: without the labels; --mode: keyword or vector alone); the number is the cosine")
     for rank, h in enumerate(hits, 1):
         labels = " / ".join(v for v in h.labels.values() if v)
         print(f"{rank:>3}. {h.score:6.3f}  {h.id:<12} {h.title[:48]:<48}  {labels[:60]}" + ("  [added]" * h.added))
@@ -217,8 +227,7 @@ def cmd_classify(args) -> int:
 
     run = load_run(args.run)  # labels need only the model: no index
     if not args.json and not index_ready(args.run):
-        print(f"note: nearest products need a search index: `python -m huse_core index --run {args.run}`",
-              file=sys.stderr)
+        log.warning(f"note: nearest products need a search index: `python -m huse_core index --run {args.run}`")
     if args.labels:
         ranked = run.zero_shot(_parse_list(args.labels), image=args.image, text=args.text)
         if args.json:
@@ -238,19 +247,40 @@ def cmd_classify(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m huse_core", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+DESCRIPTION = """\
+Train an image + text model on your shop's catalogue (a CSV of titles, photo paths and categories), then classify
+new products from a photo and/or a title, search the catalogue by words, photo or product, and add new products
+to a trained run's search index. Everything runs locally; nothing is downloaded unless you ask for a hub encoder.
 
-    p = sub.add_parser("demo-data", help="generate the built-in synthetic demo shop")
+Start with `huse demo-data`, then `huse train --catalog data/demo/metadata.csv --out runs/demo --preset demo`,
+`huse index --run runs/demo` and `huse search --run runs/demo --text "red dress"`.
+`huse COMMAND --help` lists each command's flags."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the flag, the problem, where help is) instead of the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the flags)\n")
+
+
+def add_demo_data_command(sub) -> None:
+    """The `demo-data` command's flags."""
+    p = sub.add_parser("demo-data", help="write the built-in synthetic demo shop (a catalogue CSV and its photos)",
+                       description="Write a synthetic shop to try the workbench on: metadata.csv and images/.")
     p.add_argument("--out", default="data/demo", help="folder for metadata.csv and images/")
     p.add_argument("--products", type=int, default=3000, help="number of products")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo_data)
 
-    p = sub.add_parser("train", help="train a HUSE run on a catalogue CSV",
-                       description="Train a run. Column flags are auto-detected for the common fashion layout.")
+
+def add_train_command(sub) -> None:
+    """The `train` command's flags."""
+    p = sub.add_parser("train", help="train a model on a catalogue CSV or Parquet file into a run folder",
+                       description="Train a run: the photo and title towers and their shared classifier, written to "
+                                   "--out (model.pt, run.json). Column flags are auto-detected for the common "
+                                   "fashion layout; settings left at auto are chosen from the catalogue's size.")
     p.add_argument("--catalog", help="catalogue CSV or Parquet")
     p.add_argument("--out", required=True, help="run directory to write (model.pt, run.json)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
@@ -262,7 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_flags(p, cls, title)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="evaluate a run on its test split")
+
+def add_evaluate_command(sub) -> None:
+    """The `evaluate` command's flags."""
+    p = sub.add_parser("evaluate", help="measure a run on its test split (accuracy, retrieval); stored in run.json",
+                       description="Measure a run on a split: accuracy per head from photo, title and both, "
+                                   "retrieval recall, and a TF-IDF title baseline beside it; stored in run.json.")
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -271,7 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the TF-IDF title baseline (word + char n-grams, LinearSVC on the train split)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("index", help="embed the catalogue, build the search index and the map")
+
+def add_index_command(sub) -> None:
+    """The `index` command's flags."""
+    p = sub.add_parser("index", help="embed the catalogue, build the search index and the map",
+                       description="Embed every product with the run's model, build the search index (Annoy, faiss "
+                                   "or exact) and the 2-D map; `search`, `add` and the app read them.")
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--n-trees", type=int, default=None,
                    help="Annoy trees per modality (default 16; more: slower build, slightly better recall)")
@@ -282,8 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("embed", help="embed the catalogue into index/parts/ (a rerun skips finished parts; "
-                                     "index reads them)")
+
+def add_embed_command(sub) -> None:
+    """The `embed` command's flags."""
+    p = sub.add_parser("embed", help="embed the catalogue into index/parts/, here or on Ray workers",
+                       description="Embed the catalogue in parts (index/parts/); a rerun skips finished parts and "
+                                   "`index` reads them instead of embedding again.")
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: Ray Data decodes on CPU "
                    "workers, a pool of model actors embeds (pip install -r requirements-ray.txt); local: here")
@@ -293,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_embed)
 
+
+def add_add_command(sub) -> None:
+    """The `add` command's flags."""
     p = sub.add_parser("add", help="add new products (titles + photos) to a run's search index",
                        description="Embed and label new products with the run's model and store them beside its "
                                    "search index: searches find them at once, the next `index` folds them in. Bad "
@@ -309,7 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_add)
 
-    p = sub.add_parser("search", help="search the catalogue by text, image (or both) or a product id")
+
+def add_search_command(sub) -> None:
+    """The `search` command's flags."""
+    p = sub.add_parser("search", help="search the catalogue by text, image (or both) or a product id",
+                       description="Find the products nearest a title, a photo, both, or a product of the catalogue.")
     p.add_argument("--run", required=True, help="run directory (with an index)")
     p.add_argument("--text", help="query words")
     p.add_argument("--image", help="query photo; with --text the query mixes both")
@@ -324,11 +375,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of the image in a text+image or --product query (0..1)")
     p.add_argument("--cosine-only", action="store_true",
                    help="rank a --text query by cosine alone; by default its hits are also ranked by how likely "
-                        "the title's class predictions find each product's labels (docs/search.md)")
+                        "the title's class predictions find each product's labels and by its words (docs/search.md)")
+    p.add_argument("--mode", choices=list(MODES), default=DEFAULT_MODE,
+                   help="for words alone: hybrid (default) = the shared space, labels and keywords (BM25 over "
+                        "titles and label words, typo-tolerant) on one ranking; vector = without the keywords; "
+                        "keyword = BM25 alone (docs/search-modes.md)")
     p.add_argument("--json", action="store_true", help="print a JSON list of hits, best first")
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("classify", help="predict a product's labels from its photo and/or title")
+
+def add_classify_command(sub) -> None:
+    """The `classify` command's flags."""
+    p = sub.add_parser("classify", help="predict a product's labels from its photo and/or title",
+                       description="Predict each head's labels from a photo, a title or both; with --labels, rank "
+                                   "your own labels instead (zero-shot).")
     p.add_argument("--run", required=True, help="run directory (a trained run; no index needed)")
     p.add_argument("--image", help="product photo")
     p.add_argument("--text", help="product title")
@@ -336,11 +396,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=3, help="labels shown per head")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_classify)
+
+
+COMMANDS = (add_demo_data_command, add_train_command, add_evaluate_command, add_index_command, add_embed_command,
+            add_add_command, add_search_command, add_classify_command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """huse's argument parser: one sub-command per COMMANDS entry, in the order `huse --help` lists them."""
+    parser = Parser(prog="huse", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    to_stderr()  # progress, notes and warnings on stderr; results and JSON on stdout
     try:
         return args.func(args)
     except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as err:

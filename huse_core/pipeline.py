@@ -22,8 +22,7 @@ from .retrieval.layout import index_ready, map_ready
 
 Callback = Callable[[dict], None]
 STAGES = ("demo", "train", "evaluate", "index", "map")
-# Share of the whole build each stage takes, for one progress bar (`python bench/demo.py --first-start` on 2 cores,
-# empty numba cache: 8 s, 101-117 s, 7 s, 5 s, 25-35 s).
+# Share of the whole build each stage takes on the demo's first start, for one progress bar.
 WEIGHTS = {"demo": 0.05, "train": 0.70, "evaluate": 0.04, "index": 0.04, "map": 0.17}
 MARKER = "pipeline.json"
 
@@ -36,14 +35,12 @@ class DemoSpec:
     seed: int = 0  # demo catalogue and split seed
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    # The schedule the demo had before training adapted to a catalogue's size (14 epochs of 128): the whole first
-    # start takes a few minutes on 2 cores (README, Quick start). The auto schedule for 3,000 products (40 epochs
-    # of 64) trains ~3x longer; 8 epochs would save a third but leave photo-only accuracy near 89% instead of ~97%.
+    # A fixed 14 epochs of 128 keep the first start to a few minutes; the auto schedule for 3,000 products trains
+    # about 3x longer.  # why: docs/decisions.md#epochs
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=14, batch_size=128, lr=2e-3, patience=4,
                                                                    select_by="fused"))
-    # Photo side in pixels. The demo's drawn photos (flat colour, pattern and silhouette) need less than real ones:
-    # at 64 px instead of the catalogue default of 80 the first start took 157-163 s instead of 182 s, and the
-    # demo's photo accuracy rose (99.0 -> 99.7 %; README, Results).
+    # Photo side in pixels: the demo's drawn photos (flat colour, pattern and silhouette) need less than real ones.
+    # why: docs/decisions.md#photo-size
     image_size: int = 64
 
     @classmethod

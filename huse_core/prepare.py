@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data.catalog import Catalog, Head, load_catalog
+from .data.catalog import Catalog, load_catalog
+from .data.heads import Head, as_heads
 from .config import DataConfig, ModelConfig
 from .data.images import decode_many
 from .artifacts import texts_key
@@ -33,7 +34,7 @@ class Prepared:
     pixels: RowView  # (N, S, S, 3) uint8: the cache file's rows whose photo decoded
     tokens: RowView  # (N, L) int64 rows of the cache file (encoded_titles)
     labels: dict[str, np.ndarray]  # head -> (N,) int64 (-1 = missing) or (N, C) multi-hot
-    heads: list[dict]  # name, kind, classes, level: JSON-able, stored in run.json
+    heads: list[Head]  # run.json stores them as dicts (Head.to_dict)
     levels: list[str]
     leaf: str  # the head the graph loss and early stopping use
     leaf_paths: list[list[str]]  # leaf class i -> its taxonomy path, for the graph loss's A matrix
@@ -106,12 +107,12 @@ def cache_dir_for(data_cfg: DataConfig, run_dir: str | Path) -> Path:
     return fallback
 
 
-def leaf_paths(catalog: Catalog, leaf: dict, levels: list[str]) -> list[list[str]]:
+def leaf_paths(catalog: Catalog, leaf: Head, levels: list[str]) -> list[list[str]]:
     """Each leaf class's path in the taxonomy (coarse -> fine); [] for classes with no known path ("other")."""
-    if leaf["name"] not in levels:
-        return [[c] for c in leaf["classes"]]
+    if leaf.name not in levels:
+        return [[c] for c in leaf.classes]
     paths = catalog.parent_paths()
-    return [list(paths.get(c, [])) if c != "other" else [] for c in leaf["classes"]]
+    return [list(paths.get(c, [])) if c != "other" else [] for c in leaf.classes]
 
 
 def drop_unreadable(catalog: Catalog, ok: np.ndarray, errors: list[str]) -> None:
@@ -129,7 +130,7 @@ def prepare(
     cache_dir: str | Path,
     progress: bool = True,
     tokenizer: dict | None = None,
-    heads: list[dict] | None = None,
+    heads: list[Head] | list[dict] | None = None,
 ) -> Prepared:
     """Load the catalogue, decode its photos (cached), drop rows whose photo fails, tokenise titles (and hash
     their n-grams, when the tokenizer has n-gram settings); with text_backbone minilm also embed every title with
@@ -138,8 +139,7 @@ def prepare(
     A saved run passes its `tokenizer` and `heads` so ids and class indices match the model's; a new fit learns
     the n-gram IDF from the train split's titles (prep.tokenizer.idf, for build_model).
     """
-    saved_heads = [Head(h["name"], h["kind"], h["classes"], h.get("level")) for h in heads] if heads else None
-    catalog = load_catalog(data_cfg, heads=saved_heads, progress=progress)
+    catalog = load_catalog(data_cfg, heads=as_heads(heads) if heads else None, progress=progress)
     cache_dir = Path(cache_dir)
     # The decoded photos stay in the cache file; rows whose photo failed are skipped by index, not copied out.
     pixels, ok, errors = decode_many(list(catalog.df["image"]), data_cfg.image_size, cache_dir, progress=progress)
@@ -153,9 +153,7 @@ def prepare(
         catalog.df["title"].iloc[catalog.split_indices("train")], model_cfg.vocab_size, model_cfg.max_len,
         settings_for(model_cfg))
     tokens, ngram_ids, ngram_counts = encoded_titles(tok, list(catalog.df["title"]), cache_dir)
-    head_dicts = [{"name": h.name, "kind": h.kind, "classes": list(h.classes), "level": h.level}
-                  for h in catalog.heads]
-    leaf = next(h for h in head_dicts if h["name"] == catalog.leaf)
+    leaf = catalog.head(catalog.leaf)
     text_features = None
     if model_cfg.text_backbone == "minilm" or model_cfg.text_backbone.startswith(("openclip:", "st:")):
         from .model.titles import cached_title_features  # optional packages: imported only when asked for
@@ -163,7 +161,7 @@ def prepare(
         text_features = cached_title_features(model_cfg, list(catalog.df["title"]), cache_dir, progress)
     return Prepared(
         catalog=catalog, pixels=RowView(pixels, kept), tokens=tokens, labels=catalog.labels(),
-        heads=head_dicts, levels=list(catalog.levels), leaf=catalog.leaf,
+        heads=list(catalog.heads), levels=list(catalog.levels), leaf=catalog.leaf,
         leaf_paths=leaf_paths(catalog, leaf, list(catalog.levels)), tokenizer=tok, cache_dir=cache_dir,
         text_features=text_features, ngram_ids=ngram_ids, ngram_counts=ngram_counts,
     )

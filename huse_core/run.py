@@ -12,6 +12,7 @@ from .artifacts import file_sha, load_torch, read_json
 from .config import DataConfig, LossConfig, ModelConfig, TrainConfig, from_dict
 from .model import HuseModel, build_model
 from .model.fusion_rule import FusionRule
+from .data.heads import Head, as_heads
 from .data.images import as_image, decode_image
 from .data.ngrams import NGRAM_BACKBONES
 from .data.text import Tokenizer
@@ -46,7 +47,7 @@ class Run:
         self.model_cfg = from_dict(ModelConfig, meta["model"])
         self.loss_cfg = from_dict(LossConfig, meta["loss"])
         self.train_cfg = from_dict(TrainConfig, meta["train"])
-        self.heads: list[dict] = meta["heads"]
+        self.heads: list[Head] = as_heads(meta["heads"])
         self.levels: list[str] = meta["levels"]
         self.leaf: str = meta["leaf"]
         self.fingerprint = file_sha(self.run_dir / "model.pt")
@@ -154,9 +155,9 @@ class Run:
         return FusionRule.from_meta(self.meta, self.model_cfg.fusion_weight)
 
     @property
-    def leaf_head(self) -> dict:
+    def leaf_head(self) -> Head:
         """The head the model treats as its leaf (the deepest hierarchy level, else the first head)."""
-        return next((h for h in self.heads if h["name"] == self.leaf), self.heads[0])
+        return next((h for h in self.heads if h.name == self.leaf), self.heads[0])
 
     @property
     def taxonomy_paths(self) -> dict[str, dict[str, str]]:
@@ -181,11 +182,11 @@ class Run:
         probs = self.probabilities(image_emb, text_emb, [str(text)] if has_text else None)
         out, all_paths = {}, self.taxonomy_paths
         for h in self.heads:
-            per, paths = probs[h["name"]], all_paths.get(h["name"], {})
-            out[h["name"]] = {m: [{"label": h["classes"][i], "prob": round(float(p[0, i]), 4),
-                                   "path": paths.get(h["classes"][i], h["classes"][i])}
-                                  for i in np.argsort(-p[0], kind="stable")[: max(1, top)]]
-                              for m, p in per.items() if m != "product"}  # fused holds the layer's where chosen
+            per, paths = probs[h.name], all_paths.get(h.name, {})
+            out[h.name] = {m: [{"label": h.classes[i], "prob": round(float(p[0, i]), 4),
+                                "path": paths.get(h.classes[i], h.classes[i])}
+                               for i in np.argsort(-p[0], kind="stable")[: max(1, top)]]
+                           for m, p in per.items() if m != "product"}  # fused holds the layer's where chosen
         return out
 
     def zero_shot(self, labels: list[str], image=None, text: str | None = None) -> list[tuple[str, float]]:
@@ -199,10 +200,9 @@ class Run:
 
     def load_catalog(self, progress: bool = False):
         """The run's catalogue, read with the run's settings and class lists (same split, same labels)."""
-        from .data.catalog import Head, load_catalog
+        from .data.catalog import load_catalog
 
-        heads = [Head(h["name"], h["kind"], h["classes"], h.get("level")) for h in self.heads]
-        return load_catalog(self.data_cfg, heads=heads, progress=progress)
+        return load_catalog(self.data_cfg, heads=self.heads, progress=progress)
 
 
 def read_meta(run_dir: str | Path) -> dict:

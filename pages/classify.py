@@ -53,7 +53,7 @@ if not items:
     st.stop()
 
 zero_labels = [x.strip() for x in (labels_text or "").split(",") if x.strip()][:30]
-leaf = run.leaf_head["name"]  # the card's headline: the finest category the model predicts
+leaf = run.leaf_head.name  # the card's headline: the finest category the model predicts
 
 
 def result_card(n: int, item: dict) -> None:
@@ -82,10 +82,10 @@ def result_card(n: int, item: dict) -> None:
                 col.markdown(f"**From the {ui.MODALITY_NAMES[m]}**")
             for head in heads:
                 cols = st.columns(widths, vertical_alignment="bottom")
-                cols[0].markdown(ui.esc(head["name"]))
+                cols[0].markdown(ui.esc(head.name))
                 for col, m in zip(cols[1:], modalities):
                     with col:
-                        ui.prob_bars(pred.get(head["name"], {}).get(m, []), max_rows=1)
+                        ui.prob_bars(pred.get(head.name, {}).get(m, []), max_rows=1)
             with st.expander("Runner-up labels", icon=":material/format_list_numbered:"):
                 rows = [{"head": h, "from": ui.MODALITY_NAMES[m], "rank": r + 1, "label": x.get("path") or x["label"],
                          "confidence": x["prob"]}

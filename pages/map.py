@@ -50,8 +50,8 @@ if frame["id"].nunique() < n_products:
 
 has_product = bool((frame["modality"] == "product").any())
 c1, c2, c3, c4 = st.columns([2, 3, 2, 1] if has_product else [2, 2, 2, 1])
-colour_opts = ["modality"] + [h["name"] for h in heads if h["kind"] == "single"]
-leaf = searcher.run.leaf_head["name"]  # coloured by the model's leaf head at first
+colour_opts = ["modality"] + [h.name for h in heads if h.kind == "single"]
+leaf = searcher.run.leaf_head.name  # coloured by the model's leaf head at first
 colour = c1.selectbox("Colour by", colour_opts, index=colour_opts.index(leaf), key="map_colour")
 SHOW = {"photos": ["image"], "titles": ["text"], "both": ["image", "text"], "products": ["product"],
         "all": ["image", "text", "product"]}
@@ -117,7 +117,7 @@ with right:
                     st.caption(f"its {ui.MODALITY_NAMES.get(first_modality, first_modality)} point")
                 ui.photo(first["image"])
                 st.text(first["title"])
-                st.caption(" · ".join(ui.esc(first.get(h["name"], "")) for h in heads if h["kind"] == "single"))
+                st.caption(" · ".join(ui.esc(first.get(h.name, "")) for h in heads if h.kind == "single"))
                 if st.button("Show its neighbours", key="map_neighbours", icon=":material/hub:"):
                     st.session_state["nb_product"] = selected[0]
                     st.switch_page("pages/neighbours.py")
@@ -130,7 +130,7 @@ if selected:
     if len(chosen) > 1:
         top = chosen[leaf].value_counts().head(5) if leaf in chosen else pd.Series(dtype=int)
         st.caption("Most common " + ui.esc(leaf) + ": " + ", ".join(f"{ui.esc(k)} ({v})" for k, v in top.items()))
-    table = chosen[["id", "title"] + [h["name"] for h in heads if h["name"] in chosen]].copy()
+    table = chosen[["id", "title"] + [h.name for h in heads if h.name in chosen]].copy()
     table.insert(0, "photo", [ui.thumb_uri(p) if i < MAX_THUMBS else None for i, p in enumerate(chosen["image"])])
     st.dataframe(table, hide_index=True, column_config=ui.label_columns(heads), key="map_table", row_height=60)
     grid = [ui.HitLike(i, r["title"], r["image"]) for i, r in chosen.head(18).iterrows()]

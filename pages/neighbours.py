@@ -19,7 +19,7 @@ st.caption("Pick a product to see what the model puts next to it: photos near it
 searcher = ui.searcher_or_stop()
 products: pd.DataFrame = searcher.products
 heads = searcher.heads
-leaf = searcher.run.leaf_head["name"]  # a neighbour of the same leaf class gets a green tick
+leaf = searcher.run.leaf_head.name  # a neighbour of the same leaf class gets a green tick
 ids = products["id"].astype(str)
 
 if st.session_state.get("nb_product") not in set(ids):
@@ -77,7 +77,7 @@ with st.container(border=True):
     with p2:
         st.markdown(f"### {ui.esc(row['title'])}")
         st.caption(f"id {ui.esc(current)}" + (" · added by you" if bool(row.get("added", False)) else ""))
-        labels = {h["name"]: row.get(h["name"], "") for h in heads}
+        labels = {h.name: row.get(h.name, "") for h in heads}
         st.dataframe(pd.DataFrame([labels]), hide_index=True, key="nb_labels",
                      column_config={k: st.column_config.TextColumn(k) for k in labels})
 k = st.slider("Neighbours per direction", 3, 12, 6, key="nb_k")

@@ -6,10 +6,12 @@ import streamlit as st
 
 import ui
 from huse_core.data import uploads
+from huse_core.retrieval.hybrid import DEFAULT_MODE, MODES
 
 ui.page_setup("pages/search.py")
 
 ANY = "(any)"
+MODE_NAMES = {"hybrid": "both", "vector": "meaning", "keyword": "words"}
 
 st.title("Search the catalogue")
 st.caption("Type what you are looking for, or upload a photo to find look-alikes. Photo and words together refine "
@@ -29,6 +31,11 @@ with st.expander("Options and filters", icon=":material/tune:", expanded=False):
                                   required=True, help="Which side of the catalogue to search: product photos, "
                                                       "product titles, both side by side, or whole products (photo "
                                                       "and title together; a photo plus words is one query).")
+    mode = o1.segmented_control("Match words by", list(MODES), default=DEFAULT_MODE, key="search_mode",
+                                required=True, format_func=MODE_NAMES.get,
+                                help="For words alone. Both: meaning (the shared space and the labels your words "
+                                     "suggest) and the words themselves in titles and labels, typos forgiven. "
+                                     "Meaning: the shared space and labels only. Words: keyword search (BM25) only.")
     k = o2.slider("Results", 4, 48, 12, step=4, key="search_k")
     weight = o3.slider("Photo vs words", 0.0, 1.0, 0.5, 0.05, key="search_weight",
                        help="With both a photo and words: 1 = only the photo counts, 0 = only the words.")
@@ -60,9 +67,12 @@ if image is not None:
     q1.image(ui.preview(image), width="stretch")
     q2.caption("Searching with this photo" + (f" and your words, mixed {weight:.0%} photo / {1 - weight:.0%} words "
                                               "(change it under Options)" if text else ""))
+elif text and mode == "keyword":
+    st.caption("Ranked by your words in each product's title and labels (keyword search; score = closeness)")
 elif text:
     st.caption("Ranked by closeness to your words and by how well each product's labels fit the classes your words "
-               "suggest (score = closeness alone)")
+               "suggest" + (", and by your words in titles and labels" if mode == "hybrid" else "")
+               + " (score = closeness alone)")
 if filters:
     st.caption("Filters: " + " · ".join(f"{ui.esc(h)} = {ui.esc(v)}" for h, v in filters.items()))
 
@@ -70,7 +80,7 @@ if filters:
 def run_search(target_modality: str):
     try:
         return searcher.search(text=text or None, image=image, target=target_modality, k=k, filters=filters or None,
-                               image_weight=weight)
+                               image_weight=weight, mode=mode if image is None else "vector")
     except Exception as err:  # noqa: BLE001 - bad input becomes a message
         st.error(f"Search failed: {ui.describe(err)}")
         return []

@@ -297,8 +297,8 @@ def test_predictions(run_dir: str, stamp: float) -> dict:
 
 
 def evaluation(run_dir: Path) -> None:
-    meta = ui.meta_of(run_dir)
-    test = (meta.get("metrics") or {}).get("test")
+    run = ui.summary_of(run_dir)
+    test = run.test
     st.subheader(f"{run_dir.name}", anchor=False)
     if not test:
         st.info("This run has not been evaluated yet.")
@@ -313,50 +313,50 @@ def evaluation(run_dir: Path) -> None:
                     return
             st.rerun()
         return
-    leaf = test["leaf"]
-    acc = test["classification"]
+    leaf = test.leaf
+    figure = lambda x, fmt: "–" if x is None else format(x, fmt)  # noqa: E731 - older runs may lack one
     c = st.columns(4)
-    c[0].metric("test products", f"{test['n_test']:,}")
-    c[1].metric(f"{leaf} accuracy (fused)", f"{acc[leaf]['fused']['accuracy']:.1%}")
-    c[2].metric("title → photo R@10", f"{test['retrieval']['class_level']['t2i']['R@10']:.1%}",
+    c[0].metric("test products", f"{test.n:,}")
+    c[1].metric(f"{leaf} accuracy (fused)", figure(test.accuracy(leaf), ".1%"))
+    c[2].metric("title → photo R@10", figure(test.recall("t2i"), ".1%"),
                 help="Class level: one of the 10 nearest photos has the title's category.")
-    c[3].metric("photo–title cosine", f"{test['modality_gap']['mean_pair_cosine']:.2f}",
+    c[3].metric("photo–title cosine", figure(test.pair_cosine, ".2f"),
                 help="Mean cosine of a product's photo and title points: higher = smaller modality gap.")
 
     st.markdown("**Accuracy per head** (test split)")
     rows = [{"head": h, **{MOD: per.get(m, {}).get("accuracy") for m, MOD in ui.MODALITY_NAMES.items()},
-             "fused macro-F1": per.get("fused", {}).get("macro_f1")} for h, per in acc.items()]
+             "fused macro-F1": per.get("fused", {}).get("macro_f1")} for h, per in test.classification.items()]
     pct = {m: st.column_config.ProgressColumn(m, format="percent", min_value=0, max_value=1)
            for m in list(ui.MODALITY_NAMES.values()) + ["fused macro-F1"]}
     st.dataframe(pd.DataFrame(rows), hide_index=True, column_config=pct, key="eval_heads")
-    if test.get("baseline"):  # fitted by evaluate on the train titles (huse_core/training/baseline.py)
+    if test.baseline_model:  # fitted by evaluate on the train titles (huse_core/training/baseline.py)
         from huse_core.training.baseline import comparison_table
 
-        st.markdown(f"**Beside the title baseline** ({test['baseline']['model']}, fitted on the train split; %)")
-        st.dataframe(comparison_table(test), key="eval_baseline")
+        st.markdown(f"**Beside the title baseline** ({test.baseline_model}, fitted on the train split; %)")
+        st.dataframe(comparison_table(test.raw), key="eval_baseline")
     from huse_core.training.evaluate import wide_line  # the title's n-gram SVM (model/wide.py): where it counts
 
-    if wide_line(test):
-        st.caption(wide_line(test))
+    if wide_line(test.raw):
+        st.caption(wide_line(test.raw))
 
     c1, c2 = st.columns(2)
     with c1:
         st.markdown("**Retrieval, class level** — a hit has the query's category")
-        table = pd.DataFrame(test["retrieval"]["class_level"]).T.rename(index=ui.DIRECTIONS)
+        table = pd.DataFrame(test.class_level).T.rename(index=ui.DIRECTIONS)
         st.dataframe(table.style.format("{:.1%}"), key="eval_class_rk")
     with c2:
         st.markdown("**Retrieval, instance** — a hit is the product itself (or the same title)")
-        table = pd.DataFrame(test["retrieval"]["instance"]).T.rename(index=ui.DIRECTIONS)
+        table = pd.DataFrame(test.instance).T.rename(index=ui.DIRECTIONS)
         st.dataframe(table.style.format("{:.1%}"), key="eval_inst_rk")
-    catalog = test.get("retrieval_catalog")  # runs evaluated before the whole-catalogue protocol lack it
+    catalog = test.catalog  # runs evaluated before the whole-catalogue protocol lack it
     if catalog:
-        st.markdown(f"**Retrieval, whole catalogue** — {catalog['n_queries']:,} test titles (and their photos) "
-                    f"searched among all {catalog['n_gallery']:,} products; a hit has the same title")
-        table = pd.DataFrame({d: catalog[d] for d in ("t2i", "i2t", "t2i_labels") if d in catalog}
-                             ).T.rename(index=ui.DIRECTIONS)
+        st.markdown(f"**Retrieval, whole catalogue** — {catalog.n_queries:,} test titles (and their photos) "
+                    f"searched among all {catalog.n_gallery:,} products; a hit has the same title")
+        table = pd.DataFrame({d: catalog.directions[d] for d in ("t2i", "i2t", "t2i_labels")
+                              if d in catalog.directions}).T.rename(index=ui.DIRECTIONS)
         st.dataframe(table.style.format("{:.3f}"), key="eval_catalog_rk")
 
-    history = meta.get("history") or []
+    history = run.history
     if history:
         with st.expander("Training history", icon=":material/show_chart:"):
             h1, h2 = st.columns(2)
@@ -372,10 +372,9 @@ def evaluation(run_dir: Path) -> None:
     from huse_core.training.evaluate import class_accuracy, confusion_matrix
 
     st.markdown("**Confusion matrix**")
-    singles = [h for h in meta["heads"] if h["kind"] == "single"]
+    names = [h.name for h in run.single_heads]
     c1, c2 = st.columns([1, 2])
-    head_name = c1.selectbox("Head", [h["name"] for h in singles], index=[h["name"] for h in singles].index(leaf)
-                             if leaf in [h["name"] for h in singles] else 0, key="eval_head")
+    head_name = c1.selectbox("Head", names, index=names.index(leaf) if leaf in names else 0, key="eval_head")
     modality = c2.segmented_control("From", list(ui.MODALITY_NAMES), default="fused", format_func=ui.MODALITY_NAMES.get,
                                     key="eval_modality", required=True)
     try:
@@ -383,8 +382,7 @@ def evaluation(run_dir: Path) -> None:
     except Exception as err:  # noqa: BLE001 - e.g. the catalogue moved since training
         st.error(f"Could not predict the test split: {ui.describe(err)}")
         return
-    head = next(h for h in singles if h["name"] == head_name)
-    classes = head["classes"]
+    classes = run.head(head_name).classes
     cm = confusion_matrix(preds["labels"][head_name], preds["probs"][head_name][modality])
     n, support = len(classes), cm.sum(1)
     share = cm / np.maximum(support[:, None], 1)

@@ -18,8 +18,8 @@ from huse_core.cli import main
 
 PACKAGE = Path(huse_core.__file__).parent
 # Lower layers never import higher ones: base <- data <- model <- (prepare, run) <- training, retrieval <- top.
-LAYER = {"artifacts": 0, "compat": 0, "config": 0, "data": 1, "model": 2, "prepare": 3, "run": 3,
-         "training": 4, "retrieval": 4, "pipeline": 5, "cli": 6, "__main__": 6, "__init__": 6}
+LAYER = {"artifacts": 0, "compat": 0, "config": 0, "logs": 0, "data": 1, "model": 2, "prepare": 3, "run": 3,
+         "summary": 3, "training": 4, "retrieval": 4, "pipeline": 5, "cli": 6, "__main__": 6, "__init__": 6}
 
 
 def _module_name(path: Path) -> str:
@@ -57,8 +57,9 @@ def _layer(module: str) -> int:
 
 
 # Numeric modules of retrieval that evaluation reads too, so that it measures what the search does: exact k-NN and
-# the title re-ranking. Each imports nothing of retrieval (checked below).
-SHARED_NUMERICS = {"huse_core.retrieval.knn", "huse_core.retrieval.rerank"}
+# the title re-ranking, the keyword side and the hybrid rule. They import nothing else of retrieval (checked below).
+SHARED_NUMERICS = {"huse_core.retrieval.knn", "huse_core.retrieval.rerank", "huse_core.retrieval.keyword",
+                   "huse_core.retrieval.hybrid"}
 
 
 def test_modules_import_downwards_only_and_without_cycles():
@@ -70,7 +71,8 @@ def test_modules_import_downwards_only_and_without_cycles():
                         if t in graph and _layer(t) == _layer(m) == 4 and m.split(".")[1] != t.split(".")[1]
                         and t not in SHARED_NUMERICS]
     assert not same_layer_cross, f"training and retrieval import each other: {same_layer_cross}"
-    assert not {t for m in SHARED_NUMERICS for t in graph.get(m, ()) if t.startswith("huse_core.retrieval")}
+    assert not {t for m in SHARED_NUMERICS for t in graph.get(m, ())
+                if t.startswith("huse_core.retrieval") and t not in SHARED_NUMERICS}
     state: dict[str, int] = {}
 
     def visit(node: str, trail: list[str]) -> None:

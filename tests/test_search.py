@@ -10,6 +10,7 @@ from PIL import Image
 
 from huse_core.cli import main
 from huse_core.retrieval.build import build_index
+from huse_core.retrieval.hybrid import KEYWORD_WEIGHT
 from huse_core.retrieval.search import IndexMissingError, Searcher, StaleIndexError
 
 BACKENDS = ["annoy", "exact"]
@@ -36,11 +37,15 @@ def photo_bytes(product_image: str) -> bytes:
 
 
 def test_text_search_returns_k_hits_best_first_with_all_fields(searcher):
-    hits = searcher.search(text="red sneakers", k=7)
+    hits = searcher.search(text="red sneakers", k=7, mode="vector")
     assert len(hits) == 7 and len(set(ids(hits))) == 7
     key = [searcher.scale * h.score + h.agreement for h in hits]  # a title ranks by cosine + its classes
     assert all(a >= b - 1e-9 for a, b in zip(key, key[1:]))
-    plain = searcher.search(text="red sneakers", k=7, use_labels=False)
+    top = float(searcher.keyword_scores("red sneakers").max())  # hybrid: + w * bm25 / the query's best bm25
+    mixed = searcher.search(text="red sneakers", k=7)
+    key = [searcher.scale * h.score + h.agreement + (KEYWORD_WEIGHT * h.keyword / top if top else 0.0) for h in mixed]
+    assert all(a >= b - 1e-9 for a, b in zip(key, key[1:])), [(h.score, h.agreement, h.keyword, top) for h in mixed]
+    plain = searcher.search(text="red sneakers", k=7, use_labels=False, mode="vector")
     assert all(a.score >= b.score for a, b in zip(plain, plain[1:]))
     first = hits[0]
     assert first.modality == "image" and not first.added and first.image.startswith("/")
@@ -90,7 +95,7 @@ def test_image_weight_one_is_the_pure_image_query_and_zero_the_pure_text_query(s
     assert ids(searcher.search(text=title, image=image, image_weight=1.0, k=10)) == pure_image
     # weight 0 is the title's vector alone; a photo is given, so the title's classes do not re-rank (rerank)
     assert ids(searcher.search(text=title, image=image, image_weight=0.0, k=10)) == \
-        ids(searcher.search(text=title, k=10, use_labels=False))
+        ids(searcher.search(text=title, k=10, use_labels=False, mode="vector"))
     mixed = searcher.query_vector(title, image, 0.5)
     assert np.linalg.norm(mixed) == pytest.approx(1.0, abs=1e-5)
 

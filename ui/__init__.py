@@ -16,7 +16,8 @@ Environment variables (all optional):
 from .monitor import TrainMonitor
 from .runs import (APP_DIR, build_index_with_progress, cached_run, current_run, data_root, demo_dirs, demo_spec,
                    list_runs, meta_of, model_and_searcher_or_stop, mtime, offer_index_build, open_searcher, page_setup,
-                   run_or_stop, run_status, runs_root, searcher_or_stop, select_run, unfinished_runs, usable)
+                   run_or_stop, run_status, runs_root, searcher_or_stop, select_run, summary_of, unfinished_runs,
+                   usable)
 from .text import DIRECTIONS, MODALITY_NAMES, code, describe, esc, sentence, short
 from .widgets import (IMAGE_TYPES, PREVIEW_PX, HitLike, hit_grid, hits_table, label_columns, model_card, photo, preview,
                       prob_bars, thumb_uri, unknown_words, upload_folder)
@@ -26,4 +27,5 @@ __all__ = ["APP_DIR", "DIRECTIONS", "HitLike", "IMAGE_TYPES", "MODALITY_NAMES", 
            "describe", "esc", "hit_grid", "hits_table", "label_columns", "list_runs", "meta_of",
            "model_and_searcher_or_stop", "model_card", "mtime", "offer_index_build", "open_searcher", "page_setup",
            "photo", "preview", "prob_bars", "run_or_stop", "run_status", "runs_root", "searcher_or_stop", "select_run",
-           "sentence", "short", "thumb_uri", "unfinished_runs", "unknown_words", "upload_folder", "usable"]
+           "sentence", "short", "summary_of", "thumb_uri", "unfinished_runs", "unknown_words", "upload_folder",
+           "usable"]

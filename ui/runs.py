@@ -156,6 +156,13 @@ def meta_of(run_dir: Path) -> dict:
     return _run_json(str(run_dir), mtime(run_dir / "run.json"))
 
 
+def summary_of(run_dir: Path):
+    """The figures the app shows of a run (huse_core.summary.RunSummary), from its run.json."""
+    from huse_core.summary import RunSummary
+
+    return RunSummary.from_meta(meta_of(run_dir), run_dir)
+
+
 # ---------------------------------------------------------------- a run for the page, or why not
 
 

@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from .runs import data_root, meta_of
+from huse_core.data.heads import Head
+
+from .runs import data_root, summary_of
 from .text import esc, short
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "gif"]  # gif: animations give their first frame
@@ -105,22 +107,22 @@ def hit_grid(hits: list, n_cols: int = 5, show_score: bool = True, key: str = "g
                     st.switch_page("pages/neighbours.py")
 
 
-def label_columns(heads: list[dict]) -> dict:
+def label_columns(heads: list[Head]) -> dict:
     """st.dataframe column configs: thumbnails as images, titles and labels as plain text."""
     cfg = {"photo": st.column_config.ImageColumn("photo", width="small"),
            "title": st.column_config.TextColumn("title", width="large"),
            "score": st.column_config.NumberColumn("score", format="%.3f")}
-    cfg.update({h["name"]: st.column_config.TextColumn(h["name"]) for h in heads})
+    cfg.update({h.name: st.column_config.TextColumn(h.name) for h in heads})
     return cfg
 
 
-def hits_table(hits: list, heads: list[dict], key: str) -> None:
+def hits_table(hits: list, heads: list[Head], key: str) -> None:
     """Hits as a table: thumbnail, title, score, labels (all rendered as text)."""
     if not hits:
         st.info("No matches.")
         return
     rows = [{"photo": thumb_uri(h.image), "title": h.title, "score": h.score,
-             **{k: h.labels.get(k, "") for k in (x["name"] for x in heads)}, "id": h.id} for h in hits]
+             **{k: h.labels.get(k, "") for k in (x.name for x in heads)}, "id": h.id} for h in hits]
     st.dataframe(pd.DataFrame(rows), hide_index=True, column_config=label_columns(heads), key=key,
                  row_height=60)
 
@@ -146,24 +148,21 @@ def unknown_words(run, title: str) -> bool:
 def model_card(run_dir: Path, where=None) -> None:
     """Backbone, heads and class counts, catalogue size and test metrics of a run."""
     where = where or st
-    meta = meta_of(run_dir)
-    m = meta.get("model", {})
-    heads = meta.get("heads", [])
-    where.caption(f"Backbone **{esc(m.get('backbone', '?'))}** · space of **{m.get('dim', '?')}** dimensions · "
-                  f"**{meta.get('catalog_size', 0):,}** products")
-    where.caption("Heads: " + ", ".join(f"{esc(h['name'])} ({len(h['classes'])})" for h in heads))
-    test = (meta.get("metrics") or {}).get("test")
+    run = summary_of(run_dir)
+    dim = "?" if run.dim is None else run.dim
+    where.caption(f"Backbone **{esc(run.backbone)}** · space of **{dim}** dimensions · "
+                  f"**{run.catalog_size:,}** products")
+    where.caption("Heads: " + ", ".join(f"{esc(h.name)} ({len(h.classes)})" for h in run.heads))
+    test = run.test
     if not test:
         where.caption("No test metrics yet (evaluate it on the Train & evaluate page).")
         return
-    leaf = test.get("leaf", meta.get("leaf"))
-    acc = test["classification"].get(leaf, {})
-    pct = lambda m: f"{acc.get(m, {}).get('accuracy', 0):.1%}"  # noqa: E731
+    leaf = test.leaf
+    pct = lambda m: f"{test.accuracy(leaf, m) or 0:.1%}"  # noqa: E731
     where.metric("Test accuracy", pct("fused"), border=True,
                  help=f"How often the finest category ({esc(leaf)}) is right on held-out test products, from "
                       "photo and title together.")
-    class_level = test["retrieval"]["class_level"]  # as the Search page ranks a title, where measured
-    r10 = class_level.get("t2i_labels", class_level.get("t2i", {})).get("R@10", 0)
+    r10 = test.search_r10 or 0  # as the Search page ranks a title, where measured
     where.caption(f"{esc(leaf)} from the photo alone **{pct('image')}**, from the title alone **{pct('text')}** · "
                   f"a title finds a same-category photo in its top 10: **{r10:.1%}**")
 

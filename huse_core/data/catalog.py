@@ -17,6 +17,7 @@ import pandas as pd
 
 from huse_core.config import DEFAULT_MIN_CLASS_COUNT, DataConfig
 
+from .heads import Head
 from .tables import ATTRIBUTE_COLS, IMAGE_COLS, LEVEL_COLS, TEXT_COLS, pick_column, read_table
 
 IMAGE_EXTS = (".jpg", ".png", ".jpeg", ".webp")
@@ -24,16 +25,6 @@ SPLITS = ("train", "val", "test")
 MAX_TITLE = 1000  # characters; longer "titles" are pasted descriptions and only slow tokenising
 OTHER = "other"
 OUTSIDE = "image path outside the catalogue folder"
-
-
-@dataclass
-class Head:
-    """One classification target: a catalogue column and its classes."""
-
-    name: str  # column name, e.g. "articleType"
-    kind: str  # "single" | "multi"
-    classes: list[str]  # class index -> name
-    level: int | None = None  # 0 = coarsest hierarchy level, None for attributes / multi-label
 
 
 @dataclass

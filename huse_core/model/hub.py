@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import sys
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifacts import file_sha
+
+log = logging.getLogger(__name__)
 
 INSTALL = "pip install -r requirements-pretrained.txt"
 IMAGE_LIBRARIES, TEXT_LIBRARIES = ("openclip", "timm"), ("openclip", "st")
@@ -130,7 +133,7 @@ def hub_file(spec: EncoderSpec, repo: str, filenames: list[str]) -> Path:
             return Path(hit)
     if offline():
         raise missing(spec, repo, filenames[-1])
-    print(f"downloading {spec.name} weights from the Hugging Face hub ({repo}) into its cache", file=sys.stderr)
+    log.info(f"downloading {spec.name} weights from the Hugging Face hub ({repo}) into its cache")
     errors = []
     for filename in filenames:
         try:
@@ -149,7 +152,7 @@ def url_file(spec: EncoderSpec, url: str, folder: Path) -> Path:
         raise missing(spec)
     import torch
 
-    print(f"downloading {spec.name} weights from {url}", file=sys.stderr)
+    log.info(f"downloading {spec.name} weights from {url}")
     folder.mkdir(parents=True, exist_ok=True)
     try:
         torch.hub.download_url_to_file(url, str(cached))
@@ -205,7 +208,7 @@ def st_folder(spec: EncoderSpec) -> Path:
     except Exception:  # noqa: BLE001 - not cached (LocalEntryNotFoundError and its kin)
         if offline():
             raise missing(spec, repo) from None
-    print(f"downloading {spec.name} from the Hugging Face hub ({repo}) into its cache", file=sys.stderr)
+    log.info(f"downloading {spec.name} from the Hugging Face hub ({repo}) into its cache")
     try:  # sentence-transformers fetches just the files the model needs; then the cache has its folder
         library("st").SentenceTransformer(repo, device="cpu")
         return Path(snapshot_download(repo, local_files_only=True))

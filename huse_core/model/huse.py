@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..data.heads import as_heads
 from .backbones import SENTENCE_DIMS, TEXT_BACKBONES
 from .fusion import FusionLayer
 from .fusion_rule import READS_TITLE, FusionRule
@@ -43,6 +44,7 @@ class HuseModel(nn.Module):
 
     def __init__(self, cfg: ModelConfig, heads: list[dict], n_tokens: int, load_weights: bool = True, idf=None):
         super().__init__()
+        heads = as_heads(heads)  # Head objects, or run.json's dicts
         self.cfg, self.heads = cfg, heads
         if cfg.zero_shot and not (cfg.backbone == cfg.text_backbone and cfg.backbone.startswith("openclip:")):
             raise ValueError("zero-shot needs the same openclip:MODEL/TAG encoder under both towers "

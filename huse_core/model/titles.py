@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from ..artifacts import save_npy, texts_key
 from ..config import ModelConfig
+from ..data.heads import Head
 from . import hub
 
 PROMPT = "a photo of {}."  # CLIP's own zero-shot prompt around a class name
@@ -142,13 +143,13 @@ def cached_title_features(cfg: ModelConfig, titles: list[str], cache_dir: str | 
     return features
 
 
-def zero_shot_classifier(cfg: ModelConfig, heads: list[dict], classifier: nn.ModuleList) -> None:
+def zero_shot_classifier(cfg: ModelConfig, heads: list[Head], classifier: nn.ModuleList) -> None:
     """Set each head's weights to its class names' prompt embeddings ("a photo of Tshirts."), scaled so that
     logit_scale * cos reaches CLIP's own logit scale: classification as downloaded, before any training.
     The merged class "other" names nothing: its row stays zero (logit 0, below any real match)."""
     encoder = title_encoder(cfg)
     for head, layer in zip(heads, classifier):
-        names = [str(c) for c in head["classes"]]
+        names = [str(c) for c in head.classes]
         weight = torch.from_numpy(encoder.encode([PROMPT.format(n) for n in names])) * (encoder.logit_scale /
                                                                                       cfg.logit_scale)
         weight[[i for i, n in enumerate(names) if n == "other"]] = 0.0

@@ -5,15 +5,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..data.heads import Head
+
 
 # The table is n_buckets x (all heads' classes) float32, in model.pt and in memory wherever the run loads: 2^16
 # buckets x 225 classes (the 44k catalogue) = 59 MB. Past this many cells (128 MB) a run is built without it.
 MAX_CELLS = 1 << 25
 
 
-def fits(n_buckets: int, heads: list[dict]) -> bool:
+def fits(n_buckets: int, heads: list[Head]) -> bool:
     """Whether a wide head for these heads stays within MAX_CELLS (else the model is built without one)."""
-    return n_buckets * sum(len(h["classes"]) for h in heads) <= MAX_CELLS
+    return n_buckets * sum(len(h.classes) for h in heads) <= MAX_CELLS
 
 
 class WideHead(nn.Module):
@@ -30,10 +32,10 @@ class WideHead(nn.Module):
     One EmbeddingBag(mode="sum") of n_buckets x (sum of the heads' classes) and a bias, all zero until fitted.
     """
 
-    def __init__(self, n_buckets: int, heads: list[dict]):
+    def __init__(self, n_buckets: int, heads: list[Head]):
         super().__init__()
-        self.names = [h["name"] for h in heads]
-        self.sizes = [len(h["classes"]) for h in heads]
+        self.names = [h.name for h in heads]
+        self.sizes = [len(h.classes) for h in heads]
         # Zeros given, not drawn and then zeroed: building it takes nothing from the random stream, so the rest of
         # the model starts and trains exactly as without it.
         n = sum(self.sizes)

@@ -17,16 +17,12 @@ from .layout import INDEX_FORMAT, rebuild_hint
 from .sidecar import SidecarIndex, read_checked
 
 METRIC = "angular"  # Annoy's angular distance on unit rows: d = sqrt(2 - 2 cos)
-# 16 trees: build time grows with every tree (1M x 512: 2-4 min for 16 on 2 cores) while recall is bought more
-# cheaply with search_k, which each build tunes on sample queries (AnnoyIndex.tune). Measured:
-# recall@10 0.97-0.98 at 0.2 ms a query on the real 44k catalogue, 0.7 ms at 1M (40x and 144x faster than exact);
-# on a harder geometry than our trained embeddings the tuning keeps the recall but Annoy gains only ~2x at 1M.
-# why: docs/decisions.md#annoy-trees
+# 16 trees: build time grows with every tree while recall is bought more cheaply with search_k, which each build
+# tunes on sample queries (AnnoyIndex.tune).  # why: docs/decisions.md#annoy-trees
 N_TREES = 16
 # Both backends are tuned until recall@10 on 200 sample queries reaches 0.98 *less two standard errors* of that
-# 200-query mean (recall_bound), so that recall on unseen queries stays at 0.98 or above. Tuned to the bare mean
-# (as before 2026-12-02), the least passing setting overfitted the sample: faiss at 10M rows met 0.980 on its
-# tuning queries and 0.965 on 1,000 unseen ones (docs/decisions.md#annoy-trees).
+# 200-query mean (recall_bound), so that recall on unseen queries stays at 0.98 or above; the bare mean overfits
+# the sample.  # why: docs/decisions.md#index-backend
 TARGET_RECALL = 0.98
 RECALL_QUERIES = 200  # sample queries for the recall measured at build time and stored in the sidecar
 RECALL_Z = 2.0  # standard errors the tuning keeps between the sample's mean recall and TARGET_RECALL

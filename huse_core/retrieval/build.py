@@ -23,17 +23,13 @@ from .map import build_map
 from .layout import (INDEX_FORMAT, MANIFEST, build_folder, faiss_path, forest_path, index_dir, load_embeddings,
                      load_product_emb, new_build_folder, remove_other_builds)
 
-# A build's steps and their rough shares of its time, for one progress bar (demo shop on 2 cores: embedding 6.5 s,
-# each forest 0.2 s, the map 10 s; at 44k products embedding takes a larger share, the map is sampled).
+# A build's steps and their rough shares of its time on the demo shop, for one progress bar (at larger catalogues
+# embedding takes a larger share, the map is sampled).
 BUILD_STEPS = {"embed": 0.4, "index_image": 0.05, "index_text": 0.05, "index_product": 0.05, "map": 0.45}
 Progress = Callable[[dict], None]
 BACKENDS = ("auto", "annoy", "faiss", "exact")
-# `--backend auto` builds faiss (when installed) from this many products on, Annoy below. Measured at dim 512 on
-# 2 cores, both tuned to recall@10 0.98 (docs/decisions.md#index-backend), faiss vs Annoy in CPU time:
-# 100k: build 18 vs 21 s, a query 0.38 vs 0.90 ms, 546 vs 2,284 bytes a vector on disk; 1M: build 214 vs 248 s,
-# 1.1 vs 1.9 ms, 528 vs 2,264 bytes, build peak 3.5 vs 4.8 GB. So faiss is ahead from 100k on. Below it both
-# answer in under 1 ms and Annoy, a core dependency measured on the real 44k catalogue, stays (faiss led at 20k
-# and 44k too, by 0.2-0.3 ms, but re-ranking touches the float32 rows: serving RSS 3.1-3.6 vs 2.5 KB a vector).
+# `--backend auto` builds faiss (when installed) from this many products on, Annoy (a core dependency) below,
+# where both answer in under a millisecond.  # why: docs/decisions.md#index-backend
 FAISS_FROM = 100_000
 
 
@@ -50,6 +46,27 @@ def choose_backend(backend: str, n_products: int) -> str:
 def _rows(emb):
     """`emb` read row by row (RowView) where it is not already."""
     return emb if isinstance(emb, RowView) else RowView(emb)
+
+
+def step_starts(backend: str, with_map: bool) -> dict[str, float]:
+    """Build step -> the share of the whole build done when it starts (the steps this build runs, by cost)."""
+    steps = [name for name in BUILD_STEPS if (with_map or name != "map") and (backend != "exact" or
+                                                                               not name.startswith("index"))]
+    shares = np.array([BUILD_STEPS[name] for name in steps])
+    return dict(zip(steps, np.concatenate([[0.0], np.cumsum(shares)[:-1]]) / shares.sum()))
+
+
+def build_one(kind: str, name: str, emb, queries: np.ndarray, ids, stage: Path, fingerprint: str, n_trees: int,
+              progress: bool) -> dict:
+    """Build one modality's faiss index or Annoy forest in `stage`; its settings and measured recall."""
+    if kind == "faiss":
+        built = FaissIndex.build(emb, ids, faiss_path(stage, name), fingerprint, queries=queries, progress=progress)
+        keys = ("nlist", "nprobe", "rerank", "recall_at_10", "recall_at_10_low", "file_bytes")
+    else:
+        built = AnnoyIndex.build(emb, ids, forest_path(stage, name), fingerprint, n_trees, queries=queries,
+                                 progress=progress)
+        keys = ("n_trees", "search_k", "recall_at_10", "recall_at_10_low", "file_bytes")
+    return {k: built.meta[k] for k in keys}  # the index itself (faiss: 512 MB at 1M rows) leaves memory here
 
 
 def build_index(run_dir: str | Path, n_trees: int = N_TREES, with_map: bool = True, progress: bool = True,
@@ -71,10 +88,7 @@ def build_index(run_dir: str | Path, n_trees: int = N_TREES, with_map: bool = Tr
     if backend == "faiss":
         require_faiss()  # missing: say how to install it before minutes of embedding
     t_start, seconds = time.time(), {}
-    steps = [name for name in BUILD_STEPS if (with_map or name != "map") and (backend != "exact" or
-                                                                               not name.startswith("index"))]
-    shares = np.array([BUILD_STEPS[name] for name in steps])
-    starts = dict(zip(steps, np.concatenate([[0.0], np.cumsum(shares)[:-1]]) / shares.sum()))
+    starts = step_starts(backend, with_map)
     emit = callback or (lambda event: None)
 
     def report(step: str, message: str) -> None:
@@ -117,18 +131,9 @@ def build_index(run_dir: str | Path, n_trees: int = N_TREES, with_map: bool = Tr
         what = {"image": "photo", "text": "title", "product": "whole-product"}[name]
         report(f"index_{name}", f"building the {what} search index ({kind})")
         # Recall is measured with the other modality's rows as queries: a title searching photos is the app's case.
-        queries = np.asarray(other[pick])
-        if kind == "faiss":
-            built = FaissIndex.build(emb, products["id"], faiss_path(stage, name), run.fingerprint, queries=queries,
-                                     progress=progress)
-            keys = ("nlist", "nprobe", "rerank", "recall_at_10", "recall_at_10_low", "file_bytes")
-        else:
-            built = AnnoyIndex.build(emb, products["id"], forest_path(stage, name), run.fingerprint, n_trees,
-                                     queries=queries, progress=progress)
-            keys = ("n_trees", "search_k", "recall_at_10", "recall_at_10_low", "file_bytes")
+        forests[name] = build_one(kind, name, emb, np.asarray(other[pick]), products["id"], stage, run.fingerprint,
+                                  n_trees, progress)
         seconds[f"{kind}_{name}"] = round(time.time() - t, 2)
-        forests[name] = {k: built.meta[k] for k in keys}
-        del built  # its codes (faiss: 512 MB at 1M rows) leave memory before the next build and the map
     if with_map:
         t = time.time()
         report("map", f"laying out the map of {2 * len(products):,} points (UMAP)"

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from ..artifacts import atomic_write
 from ..data.catalog import Catalog
+from ..data.heads import Head
 from ..data.images import decode_many
 from ..data.rowfile import write_rows
 from ..prepare import Prepared, cache_dir_for, embed, prepare
@@ -21,19 +22,19 @@ from .layout import IMAGE_EMB, PRODUCT_EMB, PRODUCTS, TEXT_EMB, index_dir
 ADDED_SPLIT = "added"  # the `split` value of added products
 
 
-def head_values(df: pd.DataFrame, heads: list[dict]) -> pd.DataFrame:
+def head_values(df: pd.DataFrame, heads: list[Head]) -> pd.DataFrame:
     """One text column per head; multi-label cells (lists) become "a|b" so every label is one string."""
     out = df.copy()
     for h in heads:
-        if h["kind"] == "multi":
-            out[h["name"]] = ["|".join(v) if isinstance(v, (list, tuple, np.ndarray)) else str(v or "")
-                              for v in out[h["name"]]]
+        if h.kind == "multi":
+            out[h.name] = ["|".join(v) if isinstance(v, (list, tuple, np.ndarray)) else str(v or "")
+                           for v in out[h.name]]
     return out
 
 
-def products_frame(df: pd.DataFrame, heads: list[dict], added: bool) -> pd.DataFrame:
+def products_frame(df: pd.DataFrame, heads: list[Head], added: bool) -> pd.DataFrame:
     """The products table the index serves: id, title, image, split, one column per head, added."""
-    cols = ["id", "title", "image", "split"] + [h["name"] for h in heads]
+    cols = ["id", "title", "image", "split"] + [h.name for h in heads]
     out = head_values(df, heads)
     for c in cols:
         if c not in out:

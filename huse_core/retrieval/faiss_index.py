@@ -1,11 +1,9 @@
 """A faiss IVF index with 8-bit codes over unit rows, re-ranked exactly: build, tune to a target recall, load checked.
 
-Why IVF + SQ8 (8 bits a dimension) and not IVF + PQ: measured on 100k x 512 clustered unit rows
-(docs/decisions.md#index-backend), SQ8 reaches recall@10 0.998 re-ranking just 20 candidates at nprobe 16 (0.43 ms a
-query), while PQ64 (64 bytes a vector) stays at 0.97 even re-ranking 200 and PQ32 below 0.9: our embeddings share
-one offset direction, which product quantisation codes badly. SQ8 also trains in one pass (a min and max per
-dimension) and works at any n and dimension, where PQ needs >= 256 x 39 training rows and a dimension divisible
-by its sub-quantisers. Its codes take 512 bytes a vector at dim 512, a quarter of Annoy's ~2.2 KB.
+SQ8 (8 bits a dimension) rather than PQ: our embeddings share one offset direction, which product quantisation
+codes badly (why: docs/decisions.md#index-backend). SQ8 also trains in one pass (a min and max per dimension) and
+works at any n and dimension, where PQ needs >= 256 x 39 training rows and a dimension divisible by its
+sub-quantisers.
 """
 
 from __future__ import annotations

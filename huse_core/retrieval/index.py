@@ -13,9 +13,8 @@ from .knn import exact_search
 from .layout import (INDEX_FORMAT, MANIFEST, IndexMissingError, StaleIndexError, build_folder, faiss_path, forest_path,
                      index_dir, load_embeddings, load_product_emb, rebuild_hint)
 
-# Below this many products the Searcher scans exactly by default: at 512 dims that is ~0.1-0.3 ms a query on an
-# idle 2-core CPU and never misses; the forests are built anyway, so growing past it needs no flag.
-# why: docs/decisions.md#index-backend
+# Below this many products the Searcher scans exactly by default: under a millisecond a query, and it never misses;
+# the forests are built anyway, so growing past it needs no flag.  # why: docs/decisions.md#index-backend
 EXACT_BELOW = 5_000
 
 

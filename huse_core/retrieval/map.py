@@ -5,11 +5,12 @@ title layout stays the one UMAP found), so the Map page can show where whole pro
 
 Points past the fit sample, and products added later, are placed at the mean map position of their 5 nearest
 fitted points (cosine). We keep no fitted UMAP object: storing one means a pickle, and loading a pickle can run
-code; and `UMAP.transform` measured ~20 ms a point on 2 cores (99 s for 5,000), slower than the fit itself.
+code; and `UMAP.transform` is slower per point than the fit itself (why: docs/decisions.md#map-sample).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -24,19 +25,19 @@ from ..artifacts import atomic_write
 from .knn import StackedRows, exact_search
 from .layout import MAP
 
+log = logging.getLogger(__name__)
+
 # Points UMAP is fitted on; the rest are placed (place_points). Its exact neighbour graph grows with the square of
-# this, placement linearly in it. A 10k sample mapped 88k points faster but kept classes together less well.
-# Measured on 2 cores, fresh process: demo map (6k points) 35 s before these settings, 9 s now; 88k points (44k
-# products) 85 s before, 45 s now.
+# this, placement linearly in it.  # why: docs/decisions.md#map-sample
 FIT_LIMIT = 20_000
 # Neighbours (UMAP's graph and placement) are found on the top PCA_DIMS principal directions of the fitted points, as
-# scanpy finds them on 50 PCs: 4x fewer multiply-adds than 512 dims. On an 88k-point map that saved a quarter of the
-# CPU time (73 -> 55 s), with as many same-class neighbours on the map as before.
+# scanpy finds them on 50 PCs: 4x fewer multiply-adds than 512 dims, as many same-class neighbours on the map.
+# why: docs/decisions.md#map-sample
 PCA_DIMS = 128
 NEIGHBOURS = 5  # fitted points whose positions place one extra point
 PLACE_CHUNK = 65_536  # points read, projected and placed at a time (~128 MB at dim 512)
-# n_epochs 200: umap-learn's default for graphs over 10k points; below that it runs 500, which on the 6k-point demo
-# map took 7.3 s instead of 4.5 s for the same picture (98% of each point's 10 map neighbours share its class).
+# n_epochs 200: umap-learn's default for graphs over 10k points, used below that too (500) for the same picture.
+# why: docs/decisions.md#map-sample
 UMAP_ARGS = {"n_neighbors": 15, "min_dist": 0.1, "metric": "cosine", "n_epochs": 200}
 # Products the Map page draws at most (2-3 points each): a browser's WebGL scatter stays responsive at ~100k
 # points, while 1M products would send 3M points and their hover titles (~300 MB) to it. Past this, a seeded sample.
@@ -108,7 +109,7 @@ def fit_xy(points, seed: int = 0, fit_limit: int = FIT_LIMIT, progress: bool = T
            else np.sort(np.random.default_rng(seed).choice(n_fit, fit_limit, replace=False)))
     t0 = time.time()
     if progress:
-        print(f"map: fitting UMAP on {len(fit):,} of {n:,} points", file=sys.stderr)
+        log.info(f"map: fitting UMAP on {len(fit):,} of {n:,} points")
     args = {**UMAP_ARGS, "n_neighbors": min(UMAP_ARGS["n_neighbors"], len(fit) - 1)}
     fit_raw = np.asarray(points[fit], np.float32)
     axes = principal_axes(fit_raw)
@@ -121,7 +122,7 @@ def fit_xy(points, seed: int = 0, fit_limit: int = FIT_LIMIT, progress: bool = T
         warnings.simplefilter("ignore")
         fit_xy_ = reducer.fit_transform(fit_points).astype(np.float32)
     if progress:
-        print(f"map: UMAP fit took {time.time() - t0:.1f}s", file=sys.stderr)
+        log.info(f"map: UMAP fit took {time.time() - t0:.1f}s")
     if len(fit) == n:
         return fit_xy_
     xy = np.zeros((n, 2), np.float32)
@@ -160,7 +161,7 @@ def stored_map(products: pd.DataFrame, xy: np.ndarray) -> pd.DataFrame:
 
 def full_map(stored: pd.DataFrame, products: pd.DataFrame, heads: list[dict]) -> pd.DataFrame:
     """The map with the columns the app shows (map_frame's): a map.parquet of STORED_COLUMNS joined with its
-    build's `products` in row order; a map written before 2026-12-02 already holds them and is returned as is."""
+    build's `products` in row order; a map written by older versions already holds them and is returned as is."""
     if "title" in stored:
         return stored
     frame = map_frame(products, stored[["x", "y"]].to_numpy(np.float32), heads)

@@ -3,10 +3,10 @@ model actors (Ray Data), each part written once; a rerun skips finished parts an
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +19,8 @@ from ..data.rowfile import write_rows
 from ..run import Run, load_run
 from .embed import products_frame
 from .layout import IMAGE_EMB, PRODUCTS, TEXT_EMB, index_dir
+
+log = logging.getLogger(__name__)
 
 PARTS = "parts"  # index/parts/: products/part-k.parquet, image_emb/part-k.npy, text_emb/part-k.npy, parts.json
 PART_SIZE = 4096  # products per part: ~80 MB of 80 px photos in flight per worker, a few seconds of work each
@@ -211,7 +213,7 @@ def embed_parts(run_dir: str | Path, engine: str = "ray", address: str | None = 
         for pid, rss in ((out["pid"], out["rss_mb"]), (out["decode_pid"], out["decode_rss_mb"])):
             workers_rss[int(pid)] = max(workers_rss.get(int(pid), 0.0), float(rss))
         if progress:
-            print(f"part {k + 1}/{n_parts} embedded ({len(part):,} products)", file=sys.stderr)
+            log.info(f"part {k + 1}/{n_parts} embedded ({len(part):,} products)")
     return {"engine": engine, "n_parts": n_parts, "embedded": sorted(done), "skipped": n_parts - len(todo),
             "n_products": len(df), "seconds": round(time.time() - t0, 2), "busy_seconds": round(busy, 2),
             "peak_rss_mb": workers_rss}

@@ -14,11 +14,8 @@ classifier's logit scale for a run trained without it): a product of experts of 
 no weight to tune. Heads where the product has no label (or the run no such head) add nothing. The candidates
 are the K products nearest by cosine (the index's answer), re-ordered; those past K keep their cosine order.
 
-Measured on the real 44k catalogue (whole-catalogue protocol, 2,000 test titles against all 44,072 photos; README):
-title -> photo R@10 0.282 -> 0.480, R@1 0.059 -> 0.145 with K = 1,000 (bench/search_rerank.py: the choices, on
-validation). Photo queries are not re-ranked: the photo's
-own predictions are weaker (84 % leaf, 67 % colour) and re-ranking by them lowered photo -> title R@10 on
-validation (0.239 -> 0.209).
+Photo queries are not re-ranked: the photo's own predictions are weaker, and re-ranking by them lowered
+photo -> title recall on validation (why: docs/decisions.md#search-rerank).
 """
 
 from __future__ import annotations
@@ -26,26 +23,27 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.catalog import OTHER
+from ..data.heads import Head, as_heads
 
-CANDIDATES = 1000  # products re-ranked per query: the K nearest by cosine (500 gave 0.001 less R@10 on validation)
+CANDIDATES = 1000  # products re-ranked per query: the K nearest by cosine  # why: docs/decisions.md#search-rerank
 BLANK = ("", "nan", "None")  # label cells that mean "no label"
 FLOOR = 1e-6  # the least probability a head gives a class (log p >= -13.8): a sure, wrong head costs a bounded amount
 
 
-def label_codes(values: dict[str, np.ndarray], heads: list[dict]) -> dict[str, np.ndarray]:
+def label_codes(values: dict[str, np.ndarray], heads: list[Head] | list[dict]) -> dict[str, np.ndarray]:
     """Per single-label head, each product's class index from its label strings (rows of `values[head]`): a label
     outside the head's classes is `other` where rare classes were merged into it, else -1 (no label), as is ""."""
     import pandas as pd
 
     codes = {}
-    for h in heads:
-        if h["kind"] != "single" or h["name"] not in values:
+    for h in as_heads(heads):
+        if h.kind != "single" or h.name not in values:
             continue
-        index = {c: i for i, c in enumerate(h["classes"])}
-        labels = pd.Series(np.asarray(values[h["name"]], dtype=object)).astype(str)
+        index = {c: i for i, c in enumerate(h.classes)}
+        labels = pd.Series(np.asarray(values[h.name], dtype=object)).astype(str)
         found = labels.map(index).to_numpy(dtype=np.float64)  # NaN: not one of the classes
         blank = labels.isin(BLANK).to_numpy()
-        codes[h["name"]] = np.where(np.isnan(found), np.where(blank, -1, index.get(OTHER, -1)), found).astype(np.int64)
+        codes[h.name] = np.where(np.isnan(found), np.where(blank, -1, index.get(OTHER, -1)), found).astype(np.int64)
     return codes
 
 

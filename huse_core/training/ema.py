@@ -1,9 +1,8 @@
 """An exponential moving average of the weights (torch's AveragedModel), validated beside them every epoch.
 
-Off by default: where the one-cycle rate has annealed by the last epochs the average validates the same as the
-weights, at the cost of a second validation each epoch; it helps a run stopped early.
+Off by default: the average validates better mid-run but the same at the end, where the one-cycle rate has
+annealed to ~0, and it costs a second validation each epoch (why: docs/decisions.md#ema).
 """
-# why: docs/decisions.md#ema
 
 from __future__ import annotations
 

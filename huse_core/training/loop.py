@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import logging
 import platform
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +29,8 @@ from .schedule import Schedule
 from .setup import graph_distance, make_optimizer, pick_device
 from .validation import accuracy_by_modality, choose_flip_tta, selection_score, tune_fusion_weights, validation_rows
 from .wide_fit import fit_wide_head
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -84,7 +86,7 @@ class Training:
             prep = prepare(data_cfg, model_cfg, cache_dir_for(data_cfg, run_dir), progress=progress,
                            tokenizer=None if stored is None else stored.meta["tokenizer"])
         if progress:
-            print(prep.catalog.report.summary(), file=sys.stderr)
+            log.info(prep.catalog.report.summary())
         model = build_model(model_cfg, prep.heads, prep.tokenizer.n_tokens, idf=prep.tokenizer.idf).to(device)
         criterion = HuseLoss(loss_cfg, {h["name"]: h["kind"] for h in prep.heads}, prep.leaf,
                              graph_distance(loss_cfg, prep)).to(device)
@@ -128,8 +130,7 @@ class Training:
         sums: dict[str, float] = {}
         seen, t0, rate = 0, time.time(), 0.0
         steps = min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch)  # fewer: --max-steps
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress, leave=False,
-                   file=sys.stderr)
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress, leave=False)
         for step in bar:
             rows = world.shard(order[step * self.global_batch : (step + 1) * self.global_batch])
             text_input = prep.text_input(rows).to(device)  # token ids, or cached sentence embeddings (minilm)
@@ -180,8 +181,8 @@ class Training:
             _print_epoch(record, val, val_ema, self.prep.leaf, use_ema)
         stop = self.state.stale >= self.cfg.patience
         if stop and self.progress:
-            print(f"early stop: no better smoothed validation score ({self.cfg.select_by}) for {self.state.stale} "
-                  f"epochs", file=sys.stderr)
+            log.info(f"early stop: no better smoothed validation score ({self.cfg.select_by}) for {self.state.stale} "
+                  f"epochs")
         return stop
 
     def finish(self) -> dict:
@@ -213,8 +214,8 @@ def _capped_steps(steps_per_epoch: int, cfg: TrainConfig, progress: bool) -> int
     if cfg.max_steps and cfg.max_steps < total:
         total = cfg.max_steps
         if progress:
-            print(f"--max-steps {total:,}: training stops there, in epoch {-(-total // steps_per_epoch)} of "
-                  f"{cfg.epochs}", file=sys.stderr)
+            log.info(f"--max-steps {total:,}: training stops there, in epoch {-(-total // steps_per_epoch)} of "
+                  f"{cfg.epochs}")
     return total
 
 
@@ -249,4 +250,4 @@ def _print_epoch(record: dict, val: dict, val_ema: dict | None, leaf: str, use_e
     accs = " ".join(f"{k}={v:.3f}" for k, v in val.items())
     if val_ema is not None:
         accs += " | ema " + " ".join(f"{k}={v:.3f}" for k, v in val_ema.items()) + (" (better)" * use_ema)
-    print(f"epoch {record['epoch']}: {terms} | val {leaf} acc {accs} | {record['seconds']:.0f}s", file=sys.stderr)
+    log.info(f"epoch {record['epoch']}: {terms} | val {leaf} acc {accs} | {record['seconds']:.0f}s")

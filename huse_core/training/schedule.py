@@ -14,9 +14,11 @@ from ..data.catalog import load_catalog
 
 SMALL_SHOP, MID_SHOP, LARGE_SHOP = 2_000, 10_000, 100_000  # training products: where the size bands start
 BASE_BATCH, BASE_LR = 128, 2e-3  # the 44k catalogue's tuned pair; other batch sizes scale the rate by sqrt
-# why: docs/decisions.md#schedule
-TARGET_STEPS = 3_800  # ~ what the 44k catalogue trains (14 epochs x 273 steps of 128)
-GPU_STEPS_FACTOR = 2.5  # on a CUDA device auto epochs aim at this many times the steps (a GPU step costs far less)
+# ~ what the 44k catalogue trains today (14 epochs x 273 steps of 128 = 3,822 steps, ~27 min on 2 CPU cores).
+TARGET_STEPS = 3_800
+# On a CUDA device a step costs a small fraction of a CPU step, so auto epochs aim at this many times the steps
+# (capped by MAX_EPOCHS): the photo tower still gains past the CPU's epoch budget.  # why: docs/decisions.md#epochs
+GPU_STEPS_FACTOR = 2.5
 MIN_EPOCHS, MAX_EPOCHS = 4, 40  # a huge catalogue still sees its data a few times; a tiny one stops overfitting
 STEADY_BELOW = 1_000  # validation products under which one head's accuracy is too noisy to pick the best epoch
 RARE_SHARE = 0.05  # merging rare classes may put at most this share of a head's training products into "other"

@@ -10,7 +10,7 @@ torchrun (DDP) is distributed.py.
 from __future__ import annotations
 
 import dataclasses
-import sys
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +28,8 @@ from .setup import check_before_decoding, graph_distance, make_optimizer, pick_d
 __all__ = ["SMOOTHING", "graph_distance", "make_optimizer", "pick_device", "train", "training_autocast"]
 
 Callback = Callable[[dict], None]
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -103,7 +105,7 @@ def _settings(given_cfgs: Settings, run_dir: Path, resume: bool, given: list[Giv
         applied = stored.apply(given)
         s = Settings(stored.data, stored.model, stored.loss, stored.train, stored.schedule, stored)
         if applied and progress:
-            print(applied, file=sys.stderr)
+            log.info(applied)
         if applied:
             emit({"stage": "resume", "message": applied})
     elif meta_path.exists() and read_json(meta_path).get("status") == "training" and last_path.exists():
@@ -125,5 +127,5 @@ def _settings(given_cfgs: Settings, run_dir: Path, resume: bool, given: list[Giv
         emit({"stage": "schedule", "message": f"schedule: batch {s.train.batch_size}, lr {s.train.lr:g}, "
               f"up to {s.train.epochs} epochs", "schedule": s.schedule.to_dict()})
         if progress:
-            print(("resuming with the stored " if resume else "") + s.schedule.describe(), file=sys.stderr)
+            log.info(("resuming with the stored " if resume else "") + s.schedule.describe())
     return s

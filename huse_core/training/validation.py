@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 
 import numpy as np
 import torch
@@ -12,6 +12,8 @@ from ..prepare import Prepared, embed, title_logits
 
 __all__ = ["FUSION_GRID", "FUSION_MIN_GAIN", "accuracy_by_modality", "choose_flip_tta", "choose_weight",
            "kept_accuracy", "prefers_layer", "selection_score", "tune_fusion_weights", "validation_rows"]
+
+log = logging.getLogger(__name__)
 
 
 def validation_rows(rows: np.ndarray, train_cfg, progress: bool = False) -> np.ndarray:
@@ -25,8 +27,8 @@ def validation_rows(rows: np.ndarray, train_cfg, progress: bool = False) -> np.n
         return rows
     picked = np.sort(np.random.default_rng(train_cfg.seed).choice(rows, cap, replace=False))
     if progress:
-        print(f"validation: a seeded sample of {cap:,} of the {len(rows):,} validation products "
-              f"(--val-max; 0 uses all)", file=sys.stderr)
+        log.info(f"validation: a seeded sample of {cap:,} of the {len(rows):,} validation products "
+                 f"(--val-max; 0 uses all)")
     return picked
 
 
@@ -69,8 +71,8 @@ def choose_flip_tta(model, prep: Prepared, rows: np.ndarray, device: torch.devic
     flipped = accuracy_by_modality(model, prep, rows, device)["image"]
     model.flip_tta = flipped - plain >= FUSION_MIN_GAIN
     if progress:
-        print(f"flip test-time augmentation: validation photo accuracy {plain:.4f} -> {flipped:.4f}: "
-              f"{'kept' if model.flip_tta else 'not kept'}", file=sys.stderr)
+        log.info(f"flip test-time augmentation: validation photo accuracy {plain:.4f} -> {flipped:.4f}: "
+                 f"{'kept' if model.flip_tta else 'not kept'}")
     return model.flip_tta
 
 

@@ -7,8 +7,8 @@ training titles, where liblinear's regularised fit generalises, in seconds.
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,6 +19,8 @@ from ..data.ngrams import NGRAM_BACKBONES
 from ..model.fusion_rule import wide_target
 from ..model.wide import MAX_CELLS
 from ..prepare import Prepared, embed
+
+log = logging.getLogger(__name__)
 
 # t in z = deep + t * SVM margin, chosen per head on validation (0 = the deep prediction alone).
 SCALES = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
@@ -129,8 +131,8 @@ def fit_wide_head(model, prep: Prepared, train_rows: np.ndarray, val_rows: np.nd
     if wide is None:
         if progress and model.cfg.wide_head and model.cfg.text_backbone in NGRAM_BACKBONES:
             cells = model.cfg.ngram_buckets * sum(len(h["classes"]) for h in model.heads)
-            print(f"wide head: left out ({cells * 4 / 1e6:,.0f} MB of n-gram table for this many classes, over "
-                  f"{MAX_CELLS * 4 / 1e6:,.0f} MB; --ngram-buckets lower makes it fit)", file=sys.stderr)
+            log.warning(f"wide head: left out ({cells * 4 / 1e6:,.0f} MB of n-gram table for this many classes, "
+                        f"over {MAX_CELLS * 4 / 1e6:,.0f} MB; --ngram-buckets lower makes it fit)")
         return {}
     t0 = time.perf_counter()
     train_rows = train_sample(prep, train_rows, seed)
@@ -158,9 +160,9 @@ def fit_wide_head(model, prep: Prepared, train_rows: np.ndarray, val_rows: np.nd
         wide.bias[cols[name]] = torch.from_numpy(t * b).to(wide.bias)
         chosen[name] = t
         if progress:
-            print(f"wide head {name}: linear SVM on {len(train_rows):,} train titles, validation {reads} log-loss "
-                  f"{loss[0.0]:.4f} -> {loss[t]:.4f}, accuracy {_accuracy(deep[name].cpu(), y_val, kind):.4f} -> "
-                  f"{_accuracy((deep[name] + t * margin).cpu(), y_val, kind):.4f} (t = {t:g})", file=sys.stderr)
+            log.info(f"wide head {name}: linear SVM on {len(train_rows):,} train titles, validation {reads} log-loss "
+                     f"{loss[0.0]:.4f} -> {loss[t]:.4f}, accuracy {_accuracy(deep[name].cpu(), y_val, kind):.4f} -> "
+                     f"{_accuracy((deep[name] + t * margin).cpu(), y_val, kind):.4f} (t = {t:g})")
     if progress:
-        print(f"wide head fitted in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        log.info(f"wide head fitted in {time.perf_counter() - t0:.0f} s")
     return chosen

@@ -1,0 +1,218 @@
+"""Search on the queries people type: attribute, noisy-title and photo-only query sets, hybrid vs vector vs keyword
+vs a BM25 peer, in one process, plus the search's latency.
+
+    python bench/search_queries.py RUN [--n 300] [--photo 200] [--split test] [--variant NAME] [--sweep]
+
+Query sets: huse_core.retrieval.queries (seeded, drawn from `--split` products only; relevance over the whole
+catalogue). Every ranking goes through Searcher.search on a copy of RUN (the photo-only products are added to the
+copy's store with useless titles, as a shop would add them); the peer is bm25s over the catalogue's titles (its own
+tokenizer and English stop words), the engine a shop would use instead. `--sweep` scores the hybrid rule's variants
+(weighted sum at several weights, reciprocal-rank fusion) on the validation split's attribute and noisy queries, the
+ones the default was chosen on. Latency: each Searcher.search call timed in process (p50, p95), k = 10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import write_result
+
+from huse_core.data.catalog import load_catalog, normalise_title
+from huse_core.retrieval.hybrid import hybrid_top
+from huse_core.retrieval.queries import NOISY_VARIANTS, attribute_queries, noisy_queries, photo_only_products, score
+from huse_core.retrieval.search import Searcher
+from huse_core.retrieval.rerank import class_log_probs
+from huse_core.run import load_run
+from huse_core.training.evaluate import catalog_picks, ranked_hits
+
+DEPTH = 100  # ranks looked at for MRR
+SWEEP = [("sum", w) for w in (4.0, 8.0, 16.0, 32.0, 64.0, 128.0)] + [("rrf", 0.0)]
+
+
+def bm25_peer(products):
+    """Query text -> product ids, best first: bm25s over titles alone (what a shop's keyword engine does)."""
+    import bm25s
+
+    ids = products["id"].astype(str).to_numpy()
+    model = bm25s.BM25()
+    model.index(bm25s.tokenize(products["title"].astype(str).tolist(), stopwords="en", show_progress=False),
+                show_progress=False)
+
+    def rank(text: str) -> list[str]:
+        tokens = bm25s.tokenize([text], stopwords="en", show_progress=False)
+        if not tokens.vocab:
+            return []
+        docs, scores = model.retrieve(tokens, k=min(DEPTH, len(ids)), show_progress=False)
+        return [ids[d] for d, s in zip(docs[0], scores[0]) if s > 0]
+
+    return rank
+
+
+def ranker(searcher: Searcher, mode: str, timings: list | None = None, **kw):
+    def rank(text: str) -> list[str]:
+        t0 = time.perf_counter()
+        hits = searcher.search(text=text, k=DEPTH if timings is None else 10, mode=mode, **kw)
+        if timings is not None:
+            timings.append(time.perf_counter() - t0)
+        return [h.id for h in hits]
+
+    return rank
+
+
+def copy_run(run_dir: Path, to: Path) -> Path:
+    """run.json, model.pt and the index folder (not last.pt): the copy the photo-only products are added to."""
+    to.mkdir(parents=True)
+    for name in ("run.json", "model.pt"):
+        shutil.copy2(run_dir / name, to / name)
+    shutil.copytree(run_dir / "index", to / "index")
+    return to
+
+
+def rankers(searcher: Searcher, peer) -> dict:
+    return {"hybrid": ranker(searcher, "hybrid"), "vector (labels)": ranker(searcher, "vector"),
+            "photo embedding only": ranker(searcher, "vector", use_labels=False),
+            "keyword (ours)": ranker(searcher, "keyword"), "BM25 titles (bm25s)": peer}
+
+
+def table(name: str, results: dict, metrics: tuple) -> list[str]:
+    lines = [f"### {name}", "", "| ranking | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
+    lines += [f"| {r} | " + " | ".join(f"{m[x]:.3f}" for x in metrics) + " |" for r, m in results.items()]
+    return lines + [""]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--n", type=int, default=300, help="attribute queries and noisy-title products")
+    ap.add_argument("--photo", type=int, default=200, help="photo-only products added")
+    ap.add_argument("--split", default="test", choices=["val", "test"])
+    ap.add_argument("--variant", default=None, help="result file name (default: the run folder's name)")
+    ap.add_argument("--sweep", action="store_true", help="also score the hybrid rule's variants on val queries")
+    ap.add_argument("--sweep-only", action="store_true", help="only that (the default weight is chosen on it)")
+    ap.add_argument("--latency", type=int, default=200, help="queries timed per mode")
+    ap.add_argument("--weight", type=float, default=None, help="the hybrid rule's keyword weight (default: the "
+                    "search's)")
+    args = ap.parse_args()
+    t0 = time.time()
+    run = load_run(args.run)
+    df = load_catalog(run.data_cfg, progress=False).df
+    payload: dict = {"run": str(args.run), "n_products": len(df), "split": args.split, "sets": {}}
+    md = [f"# Search on realistic queries: {args.run} ({len(df):,} products, "
+          f"{'val' if args.sweep_only else args.split} queries)", ""]
+    with tempfile.TemporaryDirectory(prefix="search-queries-") as tmp:
+        searcher = Searcher.open(copy_run(Path(args.run), Path(tmp) / "run"))
+        if args.weight is not None:
+            searcher.fusion = ("sum", args.weight)
+        payload["fusion"] = list(searcher.fusion)
+        peer = bm25_peer(searcher.products)
+        if args.sweep_only:
+            payload["sweep"] = sweep(searcher, df, run.leaf, args.n)
+            md += table("hybrid rule on val queries", payload["sweep"], tuple(next(iter(payload["sweep"].values()))))
+            print(write_result("search_queries", args.variant or Path(args.run).name + "-sweep", payload,
+                               "\n".join(md)))
+            return 0
+        payload["whole_catalogue"] = whole_catalogue(searcher, df, args.split)
+        print(payload["whole_catalogue"], flush=True)
+        sets = {"attribute": attribute_queries(df, run.leaf, args.n, args.split),
+                "noisy": noisy_queries(df, args.n, args.split)}
+        for kind, queries in sets.items():
+            groups = {"": queries} if kind == "attribute" else \
+                {v: [q for q in queries if q.variant == v] for v in NOISY_VARIANTS}
+            for variant, qs in groups.items():
+                name = f"{kind} {variant}".strip()
+                payload["sets"][name] = {"n_queries": len(qs), "examples": [q.text for q in qs[:5]],
+                                         "results": {r: score(f, qs) for r, f in rankers(searcher, peer).items()}}
+                print(name, payload["sets"][name]["results"]["hybrid"], flush=True)
+        if args.sweep:
+            payload["sweep"] = sweep(searcher, df, run.leaf, args.n)
+        items, photo = photo_only_products(df, args.photo, args.split)
+        added = searcher.add_products(items)
+        bad = [r for r in added if not r["ok"]]
+        payload["sets"]["photo-only"] = {"n_queries": len(photo), "n_products": len(items) - len(bad),
+                                         "examples": [q.text for q in photo[:5]],
+                                         "results": {r: score(f, photo) for r, f in
+                                                     rankers(searcher, bm25_peer(searcher.products)).items()}}
+        payload["latency_ms"] = latency(searcher, [q.text for q in sets["attribute"] + sets["noisy"]],
+                                        args.latency)
+    payload["seconds"] = round(time.time() - t0, 1)
+    for name, entry in payload["sets"].items():
+        metrics = ("P@10", "nDCG@10") if name == "attribute" else ("MRR", "R@10", "hit@10") if \
+            name.startswith("noisy") else ("R@10", "hit@10", "MRR")
+        md += table(f"{name} ({entry['n_queries']} queries, e.g. " + "; ".join(f"`{e}`" for e in
+                                                                              entry["examples"][:3]) + ")",
+                    entry["results"], metrics)
+    wc = payload["whole_catalogue"]
+    md += table(f"whole catalogue, {wc['n_queries']:,} distinct {args.split} titles against all {wc['n_gallery']:,}"
+                " photos (recall = BEIR recall, the leaderboard's metric; hit = any same-title product)",
+                {k: v for k, v in wc.items() if isinstance(v, dict)}, ("recall@1", "recall@10", "MRR", "hit@1",
+                                                                       "hit@10"))
+    md += ["### latency per Searcher.search call, k = 10 (ms)", "", "| mode | p50 | p95 |", "|---|---:|---:|"]
+    md += [f"| {m} | {v['p50']:.1f} | {v['p95']:.1f} |" for m, v in payload["latency_ms"].items()] + [""]
+    if "sweep" in payload:
+        md += table("hybrid rule on val queries (attribute nDCG@10, noisy typo1 MRR)", payload["sweep"],
+                    ("attribute nDCG@10", "attribute P@10", "noisy typo1 MRR", "noisy typo2 MRR"))
+    print(write_result("search_queries", args.variant or Path(args.run).name, payload, "\n".join(md)))
+    return 0
+
+
+def sweep(searcher: Searcher, df, leaf: str, n: int) -> dict:
+    """The hybrid rule's variants on the validation split's queries."""
+    attr = attribute_queries(df, leaf, n, "val", seed=1)
+    noisy = noisy_queries(df, n, "val", seed=1)
+    out, before = {}, searcher.fusion
+    for rule, weight in SWEEP:
+        searcher.fusion = (rule, weight)
+        f = ranker(searcher, "hybrid")
+        a = score(f, attr)
+        typo1, typo2 = (score(f, [q for q in noisy if q.variant == v]) for v in ("typo1", "typo2"))
+        out[f"{rule} w={weight:g}" if rule == "sum" else rule] = {
+            "attribute nDCG@10": a["nDCG@10"], "attribute P@10": a["P@10"], "noisy typo1 MRR": typo1["MRR"],
+            "noisy typo2 MRR": typo2["MRR"]}
+        print(rule, weight, out[list(out)[-1]], flush=True)
+    searcher.fusion = before
+    return out
+
+
+def whole_catalogue(searcher: Searcher, df, split: str) -> dict:
+    """evaluate's whole-catalogue protocol (the KAGL leaderboard's) on the index: up to 2,000 distinct `split`
+    titles against every photo, ranked by the photo embedding alone, as the search ranks (labels) and hybrid."""
+    products = searcher.products
+    norm = np.array([normalise_title(t) for t in products["title"]], dtype=object)
+    row_of = {pid: i for i, pid in enumerate(products["id"].astype(str))}
+    rows = np.array([row_of[i] for i in df["id"].astype(str)[df["split"] == split] if i in row_of])
+    picks = catalog_picks(norm, rows)
+    titles = products["title"].iloc[picks].astype(str).tolist()
+    image_emb = np.asarray(searcher._emb["image"], np.float32)
+    text_emb = searcher.run.encode_texts(titles)
+    log_probs = class_log_probs(searcher.run.probabilities(text_emb=text_emb, titles=titles))
+    codes = searcher._label_codes(searcher._current())
+    top = hybrid_top(text_emb, image_emb, titles, searcher.keyword_scores, log_probs, codes, searcher.scale)
+    return {"n_queries": len(picks), "n_gallery": len(image_emb),
+            "photo embedding only": ranked_hits(text_emb, image_emb, norm[picks], norm),
+            "as the search ranks (labels)": ranked_hits(text_emb, image_emb, norm[picks], norm,
+                                                        rerank=(log_probs, codes, searcher.scale)),
+            "hybrid": ranked_hits(text_emb, image_emb, norm[picks], norm, top=top)}
+
+
+def latency(searcher: Searcher, texts: list[str], n: int) -> dict:
+    """p50 / p95 milliseconds of Searcher.search per mode over the first n query texts (after one warm-up)."""
+    out = {}
+    for mode in ("hybrid", "vector", "keyword"):
+        timings: list[float] = []
+        f = ranker(searcher, mode, timings)
+        f(texts[0])
+        timings.clear()
+        for t in texts[:n]:
+            f(t)
+        out[mode] = {"p50": round(float(np.percentile(timings, 50)) * 1000, 2),
+                     "p95": round(float(np.percentile(timings, 95)) * 1000, 2), "n": len(timings)}
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

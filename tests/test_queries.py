@@ -1,0 +1,121 @@
+"""Query sets (retrieval.queries), their metrics against hand-worked examples, and hybrid search's keyword side on
+the demo shop: typos forgiven, added products found by keyword at once."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from huse_core.data.catalog import load_catalog
+from huse_core.config import DataConfig
+from huse_core.retrieval.keyword import KeywordIndex
+from huse_core.retrieval.queries import (attribute_queries, beir_recall, hit_rate, ndcg, noisy_queries, noisy_title,
+                                         photo_only_products, precision, reciprocal_rank, score)
+from huse_core.retrieval.search import Searcher
+
+
+def shop(n: int = 400, seed: int = 3) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    brands, colours, types = ["Puma", "Nike", "Aldo", "Mango"], ["Red", "Blue", "Navy Blue", "Black"], \
+        ["Tshirts", "Shoes", "Jeans", "Watches"]
+    rows = []
+    for i in range(n):
+        b, c, t, g = (x[rng.integers(len(x))] for x in (brands, colours, types, ["Men", "Women"]))
+        rows.append({"id": str(1000 + i), "title": f"{b} {g} {c} {t} style {i % 37}", "gender": g, "baseColour": c,
+                     "articleType": t, "image": f"{i}.jpg", "split": ["train", "val", "test"][i % 3]})
+    return pd.DataFrame(rows)
+
+
+def test_query_sets_are_deterministic_and_drawn_from_test_products_only():
+    df = shop()
+    test_ids = set(df["id"][df["split"] == "test"])
+    for make in (lambda: attribute_queries(df, "articleType", 40), lambda: noisy_queries(df, 40),
+                 lambda: photo_only_products(df, 30)[1]):
+        first, again = make(), make()
+        assert [(q.text, q.relevant) for q in first] == [(q.text, q.relevant) for q in again]
+        assert first and {q.source for q in first} <= test_ids
+    other_seed = attribute_queries(df, "articleType", 40, seed=1)
+    assert [q.text for q in other_seed] != [q.text for q in attribute_queries(df, "articleType", 40)]
+
+
+def test_attribute_queries_judge_every_catalogue_product_by_its_labels():
+    df = shop()
+    for q in attribute_queries(df, "articleType", 30):
+        words = q.text.split()
+        src = df.set_index("id").loc[q.source]
+        assert src["articleType"].lower() in words and src["gender"].lower() in words
+        full = {i for i, g in q.relevant.items() if g == 2}
+        expect = df[(df["articleType"].str.lower() == src["articleType"].lower())
+                    & (df["gender"] == src["gender"]) & (df["baseColour"] == src["baseColour"])]
+        if any(w in ("puma", "nike", "aldo", "mango") for w in words):  # a brand word: the title starts with it
+            expect = expect[expect["title"].str.split().str[0] == src["title"].split()[0]]
+        assert full == set(expect["id"])  # across all splits: the whole catalogue is the gallery
+
+
+def test_noisy_titles_drop_reorder_lowercase_and_add_the_asked_typos():
+    rng = np.random.default_rng(0)
+    title = "Puma Men Black Running Shoes"
+    clean = noisy_title(title, 0, np.random.default_rng(5))
+    assert clean == clean.lower() and len(clean.split()) == 4 and set(clean.split()) < set(title.lower().split())
+    typo = noisy_title(title, 1, np.random.default_rng(5))
+    assert sum(a != b for a, b in zip(clean.split(), typo.split())) == 1
+    assert noisy_title("Tee", 2, rng) == "tee"  # too short to change
+    variants = [q for q in noisy_queries(shop(), 10)]
+    assert {q.variant for q in variants} == {"partial", "typo1", "typo2"} and len(variants) == 30
+
+
+def test_beir_recall_mrr_precision_and_ndcg_on_a_hand_worked_example():
+    ranked = ["a", "b", "c", "d", "e"]
+    relevant = {"a": 2, "c": 2, "x": 2, "y": 1}  # four relevant, two of them retrieved
+    assert beir_recall(ranked, relevant, 1) == 0.25  # 1 of 4 relevant in the top 1
+    assert beir_recall(ranked, relevant, 5) == 0.5  # 2 of 4
+    assert hit_rate(ranked, relevant, 1) == 1.0 and hit_rate(["b"], relevant, 1) == 0.0
+    assert reciprocal_rank(["b", "d", "c"], relevant) == pytest.approx(1 / 3)
+    assert precision(ranked, relevant, 5) == pytest.approx(2 / 5)
+    dcg = 3 / math.log2(2) + 3 / math.log2(4)  # gains 2^2 - 1 at ranks 1 and 3
+    ideal = 3 / math.log2(2) + 3 / math.log2(3) + 3 / math.log2(4) + 1 / math.log2(5)
+    assert ndcg(ranked, relevant, 5) == pytest.approx(dcg / ideal)
+    # hit rate >= BEIR recall: one same-title product found of three counts fully as a hit
+    out = score(lambda text: ["a", "q"], [type("Q", (), {"text": "", "relevant": {"a": 2, "b": 2, "c": 2},
+                                                          "ignore": set()})()], k=10)
+    assert out["hit@10"] == 1.0 and out["R@10"] == pytest.approx(1 / 3, abs=1e-4)
+
+
+def test_the_keyword_index_reads_a_typo_as_the_catalogues_word():
+    index = KeywordIndex(["Puma Men Black Running Shoes", "Nike Women Blue Jeans", "Aldo Men Brown Leather Belt"])
+    assert index.query_terms("bleu jeans") == ["blue", "jean"]
+    assert index.query_terms("runnign shoes") == ["running", "shoe"]
+    scores = index.scores("leathr belt")
+    assert scores.argmax() == 2 and scores[0] == scores[1] == 0
+
+
+@pytest.fixture(scope="module")
+def demo(tiny_indexed_run):
+    searcher = Searcher.open(tiny_indexed_run, backend="exact")
+    df = load_catalog(DataConfig(catalog=searcher.run.data_cfg.catalog), progress=False).df
+    return searcher, df
+
+
+def test_a_typo_query_finds_its_product_on_the_demo_shop(demo):
+    searcher, df = demo
+    test = df[df["split"] == "test"]
+    found = []
+    for queries in noisy_queries(df, 20, seed=0):
+        if queries.variant != "typo1":
+            continue
+        hybrid = [h.id for h in searcher.search(text=queries.text, k=10)]
+        found.append(any(i in queries.relevant for i in hybrid))
+    assert len(found) == min(20, test["title"].str.lower().nunique())
+    assert np.mean(found) >= 0.8, found
+
+
+def test_an_added_product_is_found_by_keyword_at_once(indexed_run_copy):
+    searcher = Searcher.open(indexed_run_copy, backend="exact")
+    photo = searcher.products["image"].iloc[0]
+    added = searcher.add_products([{"title": "Zorblax Quantum Poncho", "image": photo, "id": "zq-1"}])
+    assert added[0]["ok"]
+    assert [h.id for h in searcher.search(text="zorblax poncho", mode="keyword", k=3)] == ["zq-1"]
+    assert searcher.search(text="quantum zorblaks", k=5)[0].id == "zq-1"  # hybrid, with a typo
+    other = Searcher.open(indexed_run_copy, backend="exact")  # another process's view of the same store
+    assert other.search(text="zorblax", mode="keyword", k=1)[0].id == "zq-1"
