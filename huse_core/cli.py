@@ -94,6 +94,23 @@ def train_configs(args: argparse.Namespace) -> tuple[DataConfig, ModelConfig, Lo
     return data_cfg, model_cfg, loss_cfg, train_cfg
 
 
+def given_settings(args: argparse.Namespace) -> list:
+    """The config flags the user gave, as training.resume.Given (train --resume applies or refuses each)."""
+    from .training.resume import SECTIONS, Given
+
+    given = [Given("--catalog", "data", "catalog", args.catalog)] if args.catalog else []
+    preset = dict(zip(SECTIONS, train_configs(args))) if getattr(args, "preset", None) else {}  # what it sets
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            flag = RENAMED.get((cls, f.name), f.name.replace("_", "-"))
+            value = getattr(args, f"{cls.__name__}.{f.name}", None)
+            if flag is not None and value is not None:
+                given.append(Given(f"--{flag}", section, f.name, value))
+            elif section in preset and getattr(preset[section], f.name) not in (None, getattr(cls(), f.name)):
+                given.append(Given(f"--preset {args.preset}", section, f.name, getattr(preset[section], f.name)))
+    return given
+
+
 def cmd_demo_data(args) -> int:
     from .data.demo import generate_demo
 
@@ -116,7 +133,7 @@ def cmd_train(args) -> int:
     # one training per run folder (the app's jobs hold the same lock); under torchrun rank 0 holds it
     with training_lock(args.out) if is_main_process() else contextlib.nullcontext():
         meta = train(data_cfg, model_cfg, loss_cfg, train_cfg, args.out, resume=args.resume,
-                     progress=not args.quiet, callback=callback)
+                     progress=not args.quiet, callback=callback, given=given_settings(args) if args.resume else None)
     if not is_main_process():
         return 0  # under torchrun rank 0 reports
     best = meta["history"][meta["best_epoch"] - 1] if meta["best_epoch"] else None
