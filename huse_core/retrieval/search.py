@@ -223,7 +223,7 @@ class Searcher:
             need = max(need, CANDIDATES)
         n = state.n_index
         rows, scores = top_matches(query, self._emb[target], self._forests.get(target), need,
-                                   None if mask is None else mask[:n])
+                                   None if mask is None else mask[:n], tuned_for=k + (exclude is not None))
         delta = state.delta_emb[target]
         if len(delta):  # added since the build: a small exact scan, merged by score
             live = np.arange(len(delta)) if mask is None else np.flatnonzero(mask[n:])
