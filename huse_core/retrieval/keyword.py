@@ -191,10 +191,14 @@ class KeywordIndex:
         """For products `rows`: the IDF-weighted share of the query's label words (terms in `label_terms`) that
         each one's keyword document holds; 0 for every row when the query names no label word."""
         named = list(dict.fromkeys(t for t in self.query_terms(query) if t in label_terms))
+        rows = np.asarray(rows, np.int64)
         share = np.zeros(len(rows), np.float64)
         weights = [self.idf(t) for t in named]
+        old = rows < self.n_docs  # index rows: through bm25s; added rows: their term counts
         for t, weight in zip(named, weights):
-            share += weight * (self.term_scores([t])[rows] > 0)
+            if old.any() and t in self.df:
+                share[old] += weight * (self.bm25.get_scores([t])[rows[old]] > 0)
+            share[~old] += weight * np.array([t in self._added[r - self.n_docs] for r in rows[~old]], bool)
         return share / sum(weights) if named and sum(weights) > 0 else share
 
     def term_scores(self, q: list[str]) -> np.ndarray:
