@@ -46,7 +46,9 @@ class Hit:
     # A title query's hits are ranked by s * score + agreement, agreement = sum over heads of log p(this product's
     # class | the title) (retrieval.rerank); None where the ranking is by cosine alone
     agreement: float | None = None
-    keyword: float | None = None  # BM25 of the words in the product's title and labels (keyword / hybrid modes)
+    # BM25 of the words in the product's title and labels (keyword / hybrid modes); a product with a useless title:
+    # raised to its share of the query's label words (retrieval.hybrid.credit_untitled)
+    keyword: float | None = None
 
 
 @dataclass
