@@ -179,6 +179,7 @@ try:
                       position="hidden").run()
     else:
         nav = st.navigation(PAGES)
+        ui.jobs_sidebar(train_page=PAGES[-1])  # trainings running in the background, on every page
         if goto:
             st.switch_page(goto)
         nav.run()

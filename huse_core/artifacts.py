@@ -45,9 +45,16 @@ def write_json(path: str | Path, data: Any) -> Path:
     return atomic_write(path, write)
 
 
-def read_json(path: str | Path) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+def read_json(path: str | Path) -> dict:
+    """The JSON object a file holds; a ValueError naming the file when it is not valid JSON or not an object."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not the object it should")
+    return data
 
 
 def save_torch(path: str | Path, obj: Any) -> Path:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
 import json
 import logging
+import os
 import re
+import signal
 import sys
+import threading
 
 from . import __version__
 from .config import CHOICES, DataConfig, LossConfig, ModelConfig, TrainConfig
+from .errors import one_line
 from .logs import to_stderr
 from .retrieval.hybrid import DEFAULT_MODE, MODES
 
@@ -105,7 +110,13 @@ def cmd_train(args) -> int:
     if not args.resume and not args.catalog:
         raise SystemExit("train: --catalog CSV is required (or --resume to continue a run in --out)")
     data_cfg, model_cfg, loss_cfg, train_cfg = train_configs(args)
-    meta = train(data_cfg, model_cfg, loss_cfg, train_cfg, args.out, resume=args.resume, progress=not args.quiet)
+    from .jobs import progress_writer, training_lock
+
+    callback = progress_writer(args.progress_file) if args.progress_file else None
+    # one training per run folder (the app's jobs hold the same lock); under torchrun rank 0 holds it
+    with training_lock(args.out) if is_main_process() else contextlib.nullcontext():
+        meta = train(data_cfg, model_cfg, loss_cfg, train_cfg, args.out, resume=args.resume,
+                     progress=not args.quiet, callback=callback)
     if not is_main_process():
         return 0  # under torchrun rank 0 reports
     best = meta["history"][meta["best_epoch"] - 1] if meta["best_epoch"] else None
@@ -269,6 +280,8 @@ def add_train_command(sub) -> None:
     p.add_argument("--preset", choices=["demo"], help="start from a named set of settings; flags given still win. "
                    "demo: what the app's first start trains the demo shop with (pipeline.DemoSpec)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--progress-file", metavar="PATH", help="append training events (step losses, epoch accuracies) "
+                   "to PATH as JSON lines, for a monitor such as the app's Train page")
     for cls, title in ((DataConfig, "catalogue"), (ModelConfig, "model"), (LossConfig, "losses"),
                        (TrainConfig, "training")):
         add_config_flags(p, cls, title)
@@ -394,14 +407,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupted(args, err: KeyboardInterrupt) -> str:
+    """What a Ctrl-C left behind, for the command that was running."""
+    if str(err):
+        return str(err)  # the command said what it stored (`add`)
+    if args.command == "train":
+        return "interrupted; `train --resume` continues from the last finished epoch"
+    return f"interrupted; {args.command} did not finish (its files are written whole or not at all): run it again"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     to_stderr()  # progress, notes and warnings on stderr; results and JSON on stdout
+    if hasattr(signal, "SIGXFSZ") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file over the size limit: an OSError we report, not a kill
     try:
         return args.func(args)
-    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)  # users get the message, not a traceback
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; `train --resume` continues from the last finished epoch", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(_interrupted(args, err), file=sys.stderr)
         return 130
+    except Exception as err:
+        if os.environ.get("HUSE_DEBUG"):
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)  # users get one line, not a traceback
+        return 2

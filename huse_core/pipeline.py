@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import jobs
 from .artifacts import read_json, write_json
 from .config import DataConfig, LossConfig, ModelConfig, TrainConfig
 from .retrieval.layout import index_ready, map_ready
@@ -97,7 +98,7 @@ def build_lock(run_dir: Path, emit: Callback):
 
     A second caller waits, and is told so through `emit`, instead of building the same run twice.
     """
-    lock_path = run_dir.parent / f".{run_dir.name}.lock"
+    lock_path = jobs.lock_path(run_dir)  # the lock a background training job holds too
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl

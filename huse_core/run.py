@@ -209,7 +209,7 @@ def read_meta(run_dir: str | Path) -> dict:
     try:
         meta = read_json(meta_path)
     except ValueError as err:
-        raise RunError(f"{meta_path} is not valid JSON ({err}); retrain the run.") from err
+        raise RunError(f"{err}: the run is damaged; retrain it (or restore run.json from a copy).") from err
     if meta.get("format") != RUN_FORMAT:
         raise RunError(f"{run_dir} was written in run format {meta.get('format')!r}, this version reads "
                        f"{RUN_FORMAT}; retrain it with `python -m huse_core train`.")
@@ -223,6 +223,10 @@ def load_run(run_dir: str | Path) -> Run:
     if not (run_dir / "model.pt").is_file():
         raise RunError(f"{run_dir} has no model.pt yet: training has not finished an epoch. "
                        f"Resume it with `python -m huse_core train --out {run_dir} --resume`.")
+    missing = [k for k in ("tokenizer", "model", "heads", "data", "loss", "train", "levels", "leaf") if k not in meta]
+    if missing:
+        raise RunError(f"{run_dir / 'run.json'} has no {', '.join(missing)} section: the run is damaged or "
+                       "unfinished; retrain it (or restore run.json from a copy).")
     try:
         tokenizer, model_cfg = Tokenizer.from_dict(meta["tokenizer"]), from_dict(ModelConfig, meta["model"])
         if (model_cfg.text_backbone in NGRAM_BACKBONES) != (tokenizer.ngrams is not None):
@@ -230,9 +234,10 @@ def load_run(run_dir: str | Path) -> Run:
                              f"{meta['tokenizer'].get('ngrams')}")
         model = build_model(model_cfg, meta["heads"], tokenizer.n_tokens, load_weights=False)
         model.load_state_dict(load_torch(run_dir / "model.pt"))
-    except (KeyError, RuntimeError, ValueError) as err:
-        raise RunError(f"{run_dir}: model.pt does not match run.json ({str(err).splitlines()[0][:300]}); "
-                       f"the run is damaged or from another version: retrain it.") from err
-    model.eval()
-    model.flip_tta = bool(meta.get("flip_tta", False))
-    return Run(run_dir, meta, model, tokenizer)
+        model.eval()
+        model.flip_tta = bool(meta.get("flip_tta", False))
+        return Run(run_dir, meta, model, tokenizer)
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as err:
+        raise RunError(f"{run_dir}: model.pt does not match run.json ({type(err).__name__}: "
+                       f"{(str(err).splitlines() or [''])[0][:300]}); the run is damaged or from another version: "
+                       "retrain it.") from err

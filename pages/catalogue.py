@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import streamlit as st
 
 import ui
 from huse_core.data import tables, uploads
+from huse_core.data.csvtext import csv_bytes
 
 ui.page_setup("pages/catalogue.py")
 
@@ -88,10 +90,10 @@ def added_folder() -> Path:
     return folder
 
 
-def add_items(items: list[dict]) -> list[dict]:
+def add_items(items: list[dict], source: str | None = None) -> list[dict]:
     try:
         with st.spinner(f"Adding {len(items)} product(s)…"):
-            results = searcher.add_products(items)
+            results = searcher.add_products(items, source)
     except Exception as err:  # noqa: BLE001
         st.error(f"Adding failed: {ui.describe(err)}")
         return []
@@ -139,11 +141,16 @@ with one_tab:
         if st.button("Add to the catalogue", key="add_one", type="primary", icon=":material/add:"):
             suffix = Path(f.name).suffix.lower() or ".png"
             path = added_folder() / f"{uuid.uuid4().hex[:12]}{suffix}"
-            path.write_bytes(data)
-            item = {"title": title, "image": str(path)}
-            if pid and pid.strip():
-                item["id"] = pid.strip()
-            add_items([item])
+            try:
+                path.write_bytes(data)
+                item = {"title": title, "image": str(path)}
+                if pid and pid.strip():
+                    item["id"] = pid.strip()
+                add_items([item])
+            except OSError as err:
+                st.error(f"Adding failed: {ui.describe(err)}")
+            finally:
+                path.unlink(missing_ok=True)  # the store keeps its own copy of the photo
 
 
 # ---------------------------------------------------------------- add many
@@ -177,18 +184,12 @@ def predict_rows(table: pd.DataFrame, title_col: str, image_col: str, files: dic
             except Exception as err:  # noqa: BLE001
                 out["problem"] = str(err)
         if not out["problem"]:
-            item = {"title": title, "image": path}
+            item = {"title": title, "image": path, "row": out["row"]}
             if id_col and str(r[id_col]).strip():
                 item["id"] = str(r[id_col]).strip()
             items.append(item)
         rows.append(out)
     return rows, items
-
-
-def csv_safe(df: pd.DataFrame) -> bytes:
-    """CSV bytes where no text cell can start a spreadsheet formula (=, +, -, @)."""
-    fix = lambda v: "'" + v if isinstance(v, str) and v[:1] in ("=", "+", "-", "@") else v  # noqa: E731
-    return df.apply(lambda col: col.map(fix) if col.dtype == object else col).to_csv(index=False).encode()
 
 
 with bulk_tab:
@@ -199,6 +200,9 @@ with bulk_tab:
     zip_file = c2.file_uploader("Photos (zip)", type=["zip"], key="bulk_zip")
     if table_file is None or zip_file is None:
         st.info("Upload both the table and the zip.")
+        if zip_file is None:  # the zip was removed: its unpacked photos are no longer needed
+            uploads.discard(st.session_state.pop("bulk_folder", ""))
+            st.session_state.pop("bulk_key", None)
     else:
         try:
             table = read_table(table_file.getvalue(), table_file.name)
@@ -214,7 +218,10 @@ with bulk_tab:
             else:
                 key = (table_file.file_id, zip_file.file_id)
                 if st.session_state.get("bulk_key") != key:
+                    uploads.discard(st.session_state.pop("bulk_folder", ""))  # the previous upload's photos
+                    uploads.sweep(added_folder())  # photos of uploads left by sessions that ended
                     folder = added_folder() / uuid.uuid4().hex[:12]
+                    st.session_state["bulk_folder"] = str(folder)
                     with st.spinner("Unpacking the photos…"):
                         result = uploads.safe_extract(zip_file.getvalue(), folder)
                     st.session_state["bulk_key"] = key
@@ -237,9 +244,9 @@ with bulk_tab:
                              column_config={c: st.column_config.TextColumn(c) for c in preds.columns
                                             if not c.endswith("confidence") and c != "row"})
                 b1, b2 = st.columns(2)
-                b1.download_button("Download predictions (CSV)", csv_safe(preds),
+                b1.download_button("Download predictions (CSV)", csv_bytes(preds),  # no cell runs as a formula
                                    file_name="predictions.csv", mime="text/csv", key="bulk_download",
                                    icon=":material/download:")
                 if items and b2.button(f"Add {len(items)} products to the catalogue", key="bulk_add", type="primary",
                                        icon=":material/add:"):
-                    add_items(items)
+                    add_items(items, "upload:" + hashlib.sha256(table_file.getvalue()).hexdigest())

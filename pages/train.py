@@ -1,7 +1,6 @@
-"""Train & evaluate: train a run on a catalogue with live progress, then its test evaluation and confusion matrix.
+"""Train & evaluate: train a run on a catalogue in the background with live progress, then its evaluation.
 
-Over 300 lines: one screen with two halves (the training form with its optional hub-encoder fields, the
-evaluation of the chosen run), each a flat script of widgets; the rules they show come from huse_core.
+The Evaluation tab's pieces live in ui/evaluation.py; the rules both halves show come from huse_core.
 """
 
 from __future__ import annotations
@@ -10,17 +9,15 @@ import re
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 import ui
+from huse_core import jobs
 from huse_core.data import uploads
 from huse_core.data.tables import ATTRIBUTE_COLS, IMAGE_COLS, LEVEL_COLS, TEXT_COLS, matching_columns, read_table
 from huse_core.config import DataConfig, LossConfig, ModelConfig, TrainConfig
 from huse_core.model import backbone_choices, default_image_size
-from huse_core.training.validation import kept_accuracy
 
 ui.page_setup("pages/train.py")
 
@@ -191,9 +188,9 @@ def train_form() -> None:
         return
     build_index = st.checkbox("Also build the search index and map (for Search, Neighbours and Map)", value=True,
                               key="train_build_index")
-    st.caption("Training runs while this page stays open (a few minutes for a few thousand products on a laptop; "
-               "the automatic schedule gives a small shop more epochs). If you leave or close it, training stops; "
-               "Resume (here) carries on from the last finished epoch.")
+    st.caption("Training runs in the background (a few minutes for a few thousand products on a laptop; the "
+               "automatic schedule gives a small shop more epochs): you can leave this page, or close the app, and "
+               "come back. Stop ends it; Resume carries on from the last finished epoch.")
     if not st.button("Train", type="primary", key="train_start", icon=":material/play_arrow:"):
         return
     backbone = encoders.get("backbone", backbone)  # a hub photo encoder replaces the picked backbone
@@ -205,8 +202,8 @@ def train_form() -> None:
     loss_cfg = LossConfig(losses=losses, alpha=alpha, beta=beta, gamma=gamma)
     train_cfg = TrainConfig(epochs=epochs or None, batch_size=None if batch == "auto" else batch,
                             lr=None if lr == "auto" else lr)  # None: the size-aware schedule chooses
-    run_training(run_dir, lambda callback: _train(data_cfg, model_cfg, loss_cfg, train_cfg, run_dir, callback),
-                 build_index)
+    ui.launch(run_dir, lambda: jobs.start_training(run_dir, data_cfg, model_cfg, loss_cfg, train_cfg,
+                                                   index=build_index))
 
 
 def hub_encoders() -> dict | None:
@@ -241,165 +238,12 @@ def hub_encoders() -> dict | None:
     return chosen
 
 
-def _train(data_cfg, model_cfg, loss_cfg, train_cfg, run_dir: Path, callback, resume: bool = False):
-    from huse_core.training.train import train
-
-    return train(data_cfg, model_cfg, loss_cfg, train_cfg, run_dir, resume=resume, progress=False, callback=callback)
-
-
-def run_training(run_dir: Path, start, build_index: bool) -> None:
-    """Train (start(callback)), evaluate, optionally index; progress live, errors as messages."""
-    from huse_core.training.evaluate import evaluate
-
-    with st.status(f"Training {ui.esc(run_dir.name)}…", expanded=True) as box:
-        monitor = ui.TrainMonitor(box)
-        try:
-            meta = start(monitor)
-            box.write("Evaluating on the test split…")
-            evaluate(run_dir, progress=False)
-        except Exception as err:  # noqa: BLE001 - bad columns, unreadable photos, … are the user's to fix
-            box.update(label="Training stopped", state="error")
-            st.error(ui.describe(err))
-            return
-        box.update(label=f"Trained {ui.esc(run_dir.name)} (best epoch {meta.get('best_epoch')})", state="complete",
-                   expanded=False)
-    if build_index:
-        ui.build_index_with_progress(run_dir)
-    ui.select_run(run_dir)
-    st.session_state["train_done"] = run_dir.name
-    st.rerun()
-
-
-def resume_section() -> None:
-    for run_dir in ui.unfinished_runs():
-        c1, c2 = st.columns([3, 1])
-        c1.warning(f"Training of {ui.esc(run_dir.name)} stopped part-way.")
-        if c2.button("Resume", key=f"resume_{run_dir.name}", icon=":material/replay:"):
-            run_training(run_dir, lambda cb, d=run_dir: _train(None, None, None, None, d, cb, resume=True), True)
-
-
 with train_tab:
     if done := st.session_state.pop("train_done", None):
         st.success(f"The run {ui.esc(done)} is ready and selected in the sidebar; its results are on the "
                    "Evaluation tab.")
-    resume_section()
+    ui.jobs_section()
     train_form()
-
-
-# ---------------------------------------------------------------- evaluation
-
-
-@st.cache_data(show_spinner="Predicting the test split…", max_entries=4)
-def test_predictions(run_dir: str, stamp: float) -> dict:
-    from huse_core.training.evaluate import split_predictions
-
-    return split_predictions(ui.cached_run(Path(run_dir)))
-
-
-def evaluation(run_dir: Path) -> None:
-    run = ui.summary_of(run_dir)
-    test = run.test
-    st.subheader(f"{run_dir.name}", anchor=False)
-    if not test:
-        st.info("This run has not been evaluated yet.")
-        if st.button("Evaluate on the test split", key="eval_now", type="primary"):
-            from huse_core.training.evaluate import evaluate
-
-            with st.spinner("Evaluating…"):
-                try:
-                    evaluate(run_dir, progress=False)
-                except Exception as err:  # noqa: BLE001
-                    st.error(ui.describe(err))
-                    return
-            st.rerun()
-        return
-    leaf = test.leaf
-    figure = lambda x, fmt: "–" if x is None else format(x, fmt)  # noqa: E731 - older runs may lack one
-    c = st.columns(4)
-    c[0].metric("test products", f"{test.n:,}")
-    c[1].metric(f"{leaf} accuracy (fused)", figure(test.accuracy(leaf), ".1%"))
-    c[2].metric("title → photo R@10", figure(test.recall("t2i"), ".1%"),
-                help="Class level: one of the 10 nearest photos has the title's category.")
-    c[3].metric("photo–title cosine", figure(test.pair_cosine, ".2f"),
-                help="Mean cosine of a product's photo and title points: higher = smaller modality gap.")
-
-    st.markdown("**Accuracy per head** (test split)")
-    rows = [{"head": h, **{MOD: per.get(m, {}).get("accuracy") for m, MOD in ui.MODALITY_NAMES.items()},
-             "fused macro-F1": per.get("fused", {}).get("macro_f1")} for h, per in test.classification.items()]
-    pct = {m: st.column_config.ProgressColumn(m, format="percent", min_value=0, max_value=1)
-           for m in list(ui.MODALITY_NAMES.values()) + ["fused macro-F1"]}
-    st.dataframe(pd.DataFrame(rows), hide_index=True, column_config=pct, key="eval_heads")
-    if test.baseline_model:  # fitted by evaluate on the train titles (huse_core/training/baseline.py)
-        from huse_core.training.baseline import comparison_table
-
-        st.markdown(f"**Beside the title baseline** ({test.baseline_model}, fitted on the train split; %)")
-        st.dataframe(comparison_table(test.raw), key="eval_baseline")
-    from huse_core.training.evaluate import wide_line  # the title's n-gram SVM (model/wide.py): where it counts
-
-    if wide_line(test.raw):
-        st.caption(wide_line(test.raw))
-
-    c1, c2 = st.columns(2)
-    with c1:
-        st.markdown("**Retrieval, class level** — a hit has the query's category")
-        table = pd.DataFrame(test.class_level).T.rename(index=ui.DIRECTIONS)
-        st.dataframe(table.style.format("{:.1%}"), key="eval_class_rk")
-    with c2:
-        st.markdown("**Retrieval, instance** — a hit is the product itself (or the same title)")
-        table = pd.DataFrame(test.instance).T.rename(index=ui.DIRECTIONS)
-        st.dataframe(table.style.format("{:.1%}"), key="eval_inst_rk")
-    catalog = test.catalog  # runs evaluated before the whole-catalogue protocol lack it
-    if catalog:
-        st.markdown(f"**Retrieval, whole catalogue** — {catalog.n_queries:,} test titles (and their photos) "
-                    f"searched among all {catalog.n_gallery:,} products; a hit has the same title")
-        table = pd.DataFrame({d: catalog.directions[d] for d in ("t2i", "i2t", "t2i_labels")
-                              if d in catalog.directions}).T.rename(index=ui.DIRECTIONS)
-        st.dataframe(table.style.format("{:.3f}"), key="eval_catalog_rk")
-
-    history = run.history
-    if history:
-        with st.expander("Training history", icon=":material/show_chart:"):
-            h1, h2 = st.columns(2)
-            h1.caption("Loss per epoch")
-            h1.line_chart(pd.DataFrame([{"epoch": r["epoch"], **r["loss"]} for r in history]).set_index("epoch"),
-                          height=220)
-            averaged = any("val_accuracy_ema" in r for r in history)  # trained with --ema: the better of the two
-            h2.caption("Validation accuracy per epoch" + (" (of the weights or their moving average, whichever was "
-                                                          "better)" if averaged else ""))
-            h2.line_chart(pd.DataFrame([{"epoch": r["epoch"], **{ui.MODALITY_NAMES[k]: v for k, v in
-                                        kept_accuracy(r).items()}} for r in history]).set_index("epoch"), height=220)
-
-    from huse_core.training.evaluate import class_accuracy, confusion_matrix
-
-    st.markdown("**Confusion matrix**")
-    names = [h.name for h in run.single_heads]
-    c1, c2 = st.columns([1, 2])
-    head_name = c1.selectbox("Head", names, index=names.index(leaf) if leaf in names else 0, key="eval_head")
-    modality = c2.segmented_control("From", list(ui.MODALITY_NAMES), default="fused", format_func=ui.MODALITY_NAMES.get,
-                                    key="eval_modality", required=True)
-    try:
-        preds = test_predictions(str(run_dir), ui.mtime(run_dir / "model.pt"))
-    except Exception as err:  # noqa: BLE001 - e.g. the catalogue moved since training
-        st.error(f"Could not predict the test split: {ui.describe(err)}")
-        return
-    classes = run.head(head_name).classes
-    cm = confusion_matrix(preds["labels"][head_name], preds["probs"][head_name][modality])
-    n, support = len(classes), cm.sum(1)
-    share = cm / np.maximum(support[:, None], 1)
-    fig = go.Figure(go.Heatmap(z=share, x=classes, y=classes, colorscale="Blues", zmin=0, zmax=1,
-                               customdata=cm, hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata} products"
-                               " (%{z:.0%} of the row)<extra></extra>", colorbar={"title": "share"}))
-    size = max(360, min(900, 26 * n + 160))
-    fig.update_layout(height=size, margin={"l": 10, "r": 10, "t": 10, "b": 10},
-                      xaxis={"title": "predicted", "tickangle": -45}, yaxis={"title": "true", "autorange": "reversed"})
-    c1, c2 = st.columns([3, 2])
-    c1.plotly_chart(fig, key="eval_confusion", config={"displaylogo": False})
-    per_class = pd.DataFrame({"class": classes, "accuracy": class_accuracy(cm), "test products": support}
-                             ).sort_values("accuracy")
-    c2.caption(f"Per-class accuracy of {head_name}, from the {ui.MODALITY_NAMES[modality]}")
-    c2.dataframe(per_class, hide_index=True, height="auto" if n <= 12 else size - 40, key="eval_per_class",
-                 column_config={"accuracy": st.column_config.ProgressColumn("accuracy", format="percent", min_value=0,
-                                                                            max_value=1)})
 
 
 with eval_tab:
@@ -407,4 +251,4 @@ with eval_tab:
     if current is None:
         st.info("Pick a run in the sidebar to see its evaluation.")
     else:
-        evaluation(current)
+        ui.evaluation(current)

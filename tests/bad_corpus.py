@@ -28,7 +28,7 @@ WIDE = (12000, 1600)  # the very wide photo: 19 Mpx, 58 MB as RGB if it were dec
 class Bad:
     """One corpus item: `name` (a file name for files), `data` (bytes or a title), and the expected outcome."""
 
-    kind: str  # "image" | "title" | "catalogue" | "archive"
+    kind: str  # "image" | "title" | "catalogue" | "archive" | "table"
     name: str
     data: bytes | str
     refused: bool  # True: a one-line message naming `problem`; False: used like any good input
@@ -67,8 +67,15 @@ def photo(seed: int = 0, size=(64, 80)) -> Image.Image:
     return Image.fromarray(base).resize(size, Image.Resampling.BICUBIC)
 
 
+# Files in formats that are no photos, named .png: Pillow would open them by content, and EPS runs Ghostscript.
+EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 40 40\n%%EndComments\n"
+       b"(gs-ran) print newpath 0 0 moveto 40 40 lineto stroke showpage\n%%EOF\n")
+PDF = (b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\n2 0 obj << /Type /Pages /Kids [] /Count 0 >> "
+       b"endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n")
+
+
 def images() -> list[Bad]:
-    """The 10 image files: 4 refused, 6 that must decode (upright, RGB on white)."""
+    """The 12 image files: 6 refused, 6 that must decode (upright, RGB on white)."""
     full = _save(photo(1), "JPEG", quality=95)
     exif = Image.Exif()
     exif[0x0112] = 6  # stored rotated by 90 degrees; the viewer is told to turn it back
@@ -91,11 +98,14 @@ def images() -> list[Bad]:
         Bad("image", "exif-rotated.jpg", _save(red_top().transpose(Image.Transpose.ROTATE_90), "JPEG", quality=95,
                                                exif=exif.tobytes()), False),
         Bad("image", "wide-12000px.jpg", _save(wide, "JPEG", quality=80), False),
+        Bad("image", "postscript-named.png", EPS, True, "format EPS is not accepted"),
+        Bad("image", "pdf-named.png", PDF, True, "format PDF is not accepted"),
     ]
 
 
 def titles() -> list[Bad]:
-    """The 9 titles: empty and whitespace are refused; the rest are searched and classified like any title."""
+    """The 10 titles: empty and whitespace are refused; the rest are searched and classified like any title (a
+    formula is text: it goes out of every CSV with a leading apostrophe)."""
     return [
         Bad("title", "empty", "", True, "nothing to"),
         Bad("title", "whitespace", " \t \n ", True, "nothing to"),
@@ -106,6 +116,7 @@ def titles() -> list[Bad]:
         Bad("title", "emoji", "👕🔥 Blue shirt 💯✨", False),
         Bad("title", "script tag", "<script>alert(1)</script>", False),
         Bad("title", "Markdown", "**bold** [x](http://e)", False),
+        Bad("title", "spreadsheet formula", '=HYPERLINK("http://example.com/x","Blue shirt")', False),
     ]
 
 
@@ -139,14 +150,51 @@ def zip_bytes(entries: list[tuple[str, bytes]], symlinks: dict[str, str] | None 
     return buf.getvalue()
 
 
+LONG_NAME = "a" * 252 + ".png"  # 256 bytes: one more than a file name may hold
+
+
 def archive_entries(good_png: bytes) -> list[Bad]:
-    """The 5 dangerous zip entries of the app's photo upload (each refused, the rest of the zip extracted)."""
+    """The 7 dangerous zip entries of the app's photo upload (each refused, the rest of the zip extracted); the
+    name clash needs a good entry good.png in the same zip."""
     return [
         Bad("archive", "../../escaped.png", good_png, True, "points outside the upload folder"),
         Bad("archive", "/tmp/absolute.png", good_png, True, "points outside the upload folder"),
         Bad("archive", "link.png", "/etc/passwd".encode(), True, "symbolic links are not extracted"),
         Bad("archive", "bomb.png", b"\0" * (16 << 20), True, "zip bomb"),  # 16 MB of zeros: ~1000x
         Bad("archive", "nested.zip", zip_bytes([("inner.png", good_png)]), True, "archives inside the zip"),
+        Bad("archive", "good.png/b.png", good_png, True, "is a file in the zip, so it can't be a folder too"),
+        Bad("archive", LONG_NAME, good_png, True, "the name is too long"),
+    ]
+
+
+def small_bombs(n: int = 64, size: int = 1 << 20) -> list[tuple[str, bytes]]:
+    """n zip entries of `size` zero bytes each (about 1000x each, under a per-file guard): only a cap on the
+    whole archive stops them."""
+    return [(f"zeros-{i}.png", b"\0" * size) for i in range(n)]
+
+
+# ---------------------------------------------------------------- one table in the encodings shops export
+
+# Titles holding the characters Excel's code pages differ on; the ids must survive the byte-order mark.
+TABLE_ROWS = [("sku-1", "Café crème T-shirt – 20 €", "a.png"), ("sku-2", "Men’s “Nordvik” jumper", "b.png"),
+              ("sku-3", "Straße Jeans", "c.png")]
+
+
+def table_text(sep: str = ",") -> str:
+    return "\r\n".join([sep.join(("id", "title", "image"))] + [sep.join(r) for r in TABLE_ROWS]) + "\r\n"
+
+
+def tables() -> list[Bad]:
+    """The 6 encodings of one 3-row table: all read with the right titles and ids, except the mixed file's row
+    with a stray Latin-1 byte, which is reported by its number while the rest read as UTF-8."""
+    mixed = table_text().encode("utf-8").replace("Straße".encode(), "Straße".encode("latin-1"))
+    return [
+        Bad("table", "utf8-bom.csv", b"\xef\xbb\xbf" + table_text().encode("utf-8"), False),
+        Bad("table", "excel-cp1252-semicolon.csv", table_text(";").encode("cp1252"), False),
+        Bad("table", "utf16-tab.csv", table_text("\t").encode("utf-16"), False),  # Excel's "Unicode text"
+        Bad("table", "utf16le-no-bom.csv", table_text().encode("utf-16-le"), False),
+        Bad("table", "pipe.csv", table_text("|").encode("utf-8"), False),
+        Bad("table", "mixed-latin1-row.csv", mixed, True, "row 3 (id sku-3): text that is not UTF-8"),
     ]
 
 

@@ -282,7 +282,9 @@ def test_train_page_shows_the_evaluation_with_a_confusion_matrix(app):
     assert "Validation accuracy per epoch" in page and "moving average" not in page  # trained without --ema
     catalog = next(d.value for d in app.dataframe if "MRR" in d.value.columns)
     assert list(catalog.index) == ["title → photo", "photo → title",
-                                   "title → photo, as Search ranks it (+ the title's predicted classes)"]
+                                   "title → photo, as Search ranks it (+ the title's predicted classes)",
+                                   "title → photo, as hybrid Search ranks it (+ classes + keywords)"]
+    assert {"recall@10", "R@10", "MRR"} <= set(catalog.columns)  # BEIR recall beside the hit rate
     assert catalog.notna().all().all()
 
 
@@ -292,7 +294,23 @@ def train_one_epoch(app, name: str) -> None:
     app.text_input(key="train_name").input(name)
     app.checkbox(key="train_build_index").uncheck()
     app.run()
-    app.button(key="train_start").click().run(timeout=180)
+    app.button(key="train_start").click().run()
+    wait_for_training(app, name)
+
+
+def wait_for_training(app, name: str, timeout: float = 300) -> None:
+    """Rerun the page (as its timer does) until the background training of runs/<name> has ended."""
+    import time
+
+    from huse_core import jobs
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = jobs.status(Path(os.environ["HUSE_RUNS_DIR"]) / name)
+        if job is None or job.state != jobs.RUNNING:
+            break
+        time.sleep(1)
+    app.run()  # the page sees it ended: the run selected, or the failure shown
 
 
 def test_train_page_trains_a_new_run_that_becomes_selectable(app, app_root):
@@ -305,9 +323,14 @@ def test_train_page_trains_a_new_run_that_becomes_selectable(app, app_root):
     assert app.session_state["_select_run"].endswith("tiny-ui"), "and selected"
 
 
-def test_train_page_trains_with_hub_encoders_typed_in(app, app_root, tmp_path):
+def test_train_page_trains_with_hub_encoders_typed_in(app, app_root, tmp_path, monkeypatch):
     hub_tests = pytest.importorskip("test_hub", reason="optional: pip install -r requirements-pretrained.txt")
     weights = str(hub_tests.make_tiny_clip(tmp_path))
+    # the training runs in its own process: the test's tiny CLIP config is registered there too
+    (tmp_path / "sitecustomize.py").write_text(
+        "from huse_core.compat import import_torchvision\nimport_torchvision()\nimport open_clip\n"
+        f"open_clip.add_model_config({str(tmp_path / 'configs')!r})\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
     app.switch_page("pages/train.py").run()
     app.text_input(key="train_hub_photo").input("resnet50").run()  # not a hub name: said, and no Train button
     assert any("hub encoders are named" in e.value for e in app.error)
@@ -321,7 +344,8 @@ def test_train_page_trains_with_hub_encoders_typed_in(app, app_root, tmp_path):
     app.checkbox(key="train_build_index").uncheck()
     app.run()
     assert not app.error, [e.value for e in app.error]
-    app.button(key="train_start").click().run(timeout=180)
+    app.button(key="train_start").click().run()
+    wait_for_training(app, "tiny-clip-ui")
     no_exception(app)
     meta = json.loads((app_root / "runs" / "tiny-clip-ui" / "run.json").read_text())
     assert meta["status"] == "done" and meta["model"]["backbone"] == meta["model"]["text_backbone"] == hub_tests.CLIP

@@ -207,7 +207,9 @@ def test_cli_train_skips_and_names_each_bad_row_and_trains_on_the_rest(bad_catal
     report = meta["load_report"]
     assert report in err, "the load report is printed"
     assert f"read {n:,} rows, kept {n - len(bad):,}, skipped {len(bad):,}" in report
-    for reason, count in (("unreadable image", 4), ("empty title", 2), ("image path outside the catalogue folder", 2),
+    unreadable = sum(b.refused for b in bc.images())  # each refused photo of the corpus
+    for reason, count in (("unreadable image", unreadable), ("empty title", 2),
+                          ("image path outside the catalogue folder", 2),
                           ("missing image file", 1), ("duplicate id", 1), ("missing label articleType", 1)):
         assert f"skipped {count}: {reason}" in report
     named = [line for line in report.splitlines() if line.startswith("    ") and "…" not in line]

@@ -17,9 +17,11 @@ import huse_core
 from huse_core.cli import main
 
 PACKAGE = Path(huse_core.__file__).parent
-# Lower layers never import higher ones: base <- data <- model <- (prepare, run) <- training, retrieval <- top.
-LAYER = {"artifacts": 0, "compat": 0, "config": 0, "logs": 0, "data": 1, "model": 2, "prepare": 3, "run": 3,
-         "summary": 3, "training": 4, "retrieval": 4, "pipeline": 5, "cli": 6, "__main__": 6, "__init__": 6}
+# Lower layers never import higher ones: base <- data <- model <- (prepare, run) <- training, retrieval <- (pipeline,
+# jobs) <- top.
+LAYER = {"artifacts": 0, "compat": 0, "config": 0, "errors": 0, "logs": 0, "data": 1, "model": 2, "prepare": 3,
+         "run": 3, "summary": 3, "training": 4, "retrieval": 4, "pipeline": 5, "jobs": 5, "cli": 6, "__main__": 6,
+         "__init__": 6}
 
 
 def _module_name(path: Path) -> str:

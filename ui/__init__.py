@@ -3,7 +3,8 @@
   ui.runs     where runs live, this session's run, the model / run.json / search index loaded once per process
   ui.text     safe text: Markdown-escaped titles, code spans, errors as one-line messages
   ui.widgets  photos and photo grids, hit tables, label bars, the model card, upload folders
-  ui.monitor  live training progress (TrainMonitor)
+  ui.monitor  live training progress (TrainMonitor), background trainings in the sidebar (jobs_sidebar)
+  ui.evaluation  the Evaluation tab: test figures, retrieval tables, history, confusion matrix
 
 Environment variables (all optional):
   HUSE_RUNS_DIR   folder holding the runs (default: runs/ beside app.py); the demo builds into <it>/demo
@@ -13,7 +14,8 @@ Environment variables (all optional):
   HUSE_DEMO_SIZE  "tiny" = the first start builds a 240-product toy demo in seconds (tests, smoke checks)
 """
 
-from .monitor import TrainMonitor
+from .evaluation import evaluation
+from .monitor import TrainMonitor, jobs_section, jobs_sidebar, launch
 from .runs import (APP_DIR, build_index_with_progress, cached_run, current_run, data_root, demo_dirs, demo_spec,
                    list_runs, meta_of, model_and_searcher_or_stop, mtime, offer_index_build, open_searcher, page_setup,
                    run_or_stop, run_status, runs_root, searcher_or_stop, select_run, summary_of, unfinished_runs,
@@ -24,8 +26,8 @@ from .widgets import (IMAGE_TYPES, PREVIEW_PX, HitLike, hit_grid, hits_table, la
 
 __all__ = ["APP_DIR", "DIRECTIONS", "HitLike", "IMAGE_TYPES", "MODALITY_NAMES", "PREVIEW_PX", "TrainMonitor",
            "build_index_with_progress", "cached_run", "code", "current_run", "data_root", "demo_dirs", "demo_spec",
-           "describe", "esc", "hit_grid", "hits_table", "label_columns", "list_runs", "meta_of",
-           "model_and_searcher_or_stop", "model_card", "mtime", "offer_index_build", "open_searcher", "page_setup",
-           "photo", "preview", "prob_bars", "run_or_stop", "run_status", "runs_root", "searcher_or_stop", "select_run",
-           "sentence", "short", "summary_of", "thumb_uri", "unfinished_runs", "unknown_words", "upload_folder",
-           "usable"]
+           "describe", "esc", "evaluation", "hit_grid", "hits_table", "jobs_section", "jobs_sidebar", "launch",
+           "label_columns", "list_runs", "meta_of", "model_and_searcher_or_stop", "model_card", "mtime",
+           "offer_index_build", "open_searcher", "page_setup", "photo", "preview", "prob_bars", "run_or_stop",
+           "run_status", "runs_root", "searcher_or_stop", "select_run", "sentence", "short", "summary_of",
+           "thumb_uri", "unfinished_runs", "unknown_words", "upload_folder", "usable"]

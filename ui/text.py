@@ -7,7 +7,8 @@ import re
 MODALITY_NAMES = {"image": "photo", "text": "title", "product": "whole product", "fused": "photo + title"}
 DIRECTIONS = {"i2i": "photo → photo", "i2t": "photo → title", "t2i": "title → photo", "t2t": "title → title",
               "p2p": "whole product → whole products",
-              "t2i_labels": "title → photo, as Search ranks it (+ the title's predicted classes)"}
+              "t2i_labels": "title → photo, as Search ranks it (+ the title's predicted classes)",
+              "t2i_hybrid": "title → photo, as hybrid Search ranks it (+ classes + keywords)"}
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&=\"'])")
 _AUTOLINK = re.compile(r"(?i)(:(?=//)|www(?=\.)|@)")  # what GitHub-flavoured Markdown turns into links by itself
@@ -40,7 +41,6 @@ def sentence(text: str) -> str:
 
 def describe(err: BaseException) -> str:
     """An exception as a one-line message for the page (escaped): ours say what to do; others name their type."""
-    text = str(err).strip() or type(err).__name__
-    if not isinstance(err, (ValueError, RuntimeError, FileNotFoundError, FileExistsError)):
-        text = f"{type(err).__name__}: {text}"
-    return esc(text.splitlines()[0][:500] if text else text)
+    from huse_core.errors import one_line  # the command line's wording: file, problem, what to do
+
+    return esc(one_line(err)[:500])

@@ -55,8 +55,10 @@ def thumb_uri(path: str, size: int = 72) -> str | None:
 
     from PIL import Image
 
+    from huse_core.data.images import FORMATS
+
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=FORMATS) as img:  # the photo formats only: no other program runs
             img = img.convert("RGB")
             img.thumbnail((size, size))
             buf = io.BytesIO()

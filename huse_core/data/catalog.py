@@ -200,8 +200,10 @@ def _label_columns(raw: pd.DataFrame, cfg: DataConfig, heads: list[Head] | None)
     return levels, attrs, multis
 
 
-def _check_rows(df: pd.DataFrame, rel: np.ndarray, levels: list[str], has_id: bool, root: Path):
-    """(keep mask, absolute image paths, LoadReport): each bad row counted once, under its first problem."""
+def _check_rows(df: pd.DataFrame, rel: np.ndarray, levels: list[str], has_id: bool, root: Path,
+                undecoded: dict[int, str] | None = None):
+    """(keep mask, absolute image paths, LoadReport): each bad row counted once, under its first problem.
+    `undecoded`: {row position: (why, cell)} of rows with bytes not in the file's encoding (read_table's)."""
     n, ids = len(df), df["id"].to_numpy(dtype=object)
     reason, detail = np.full(n, "", dtype=object), np.full(n, "", dtype=object)
 
@@ -210,6 +212,13 @@ def _check_rows(df: pd.DataFrame, rel: np.ndarray, levels: list[str], has_id: bo
         reason[new] = why
         if what is not None:
             detail[new] = what[new]
+
+    if undecoded:
+        whys, cells = np.full(n, "", dtype=object), np.full(n, "", dtype=object)
+        for i, (why, cell) in undecoded.items():
+            whys[i], cells[i] = why, cell
+        for why in set(whys[whys != ""]):
+            mark(whys == why, why, cells)
 
     if has_id:
         mark(ids == "", "missing id")
@@ -277,6 +286,7 @@ def load_catalog(cfg: DataConfig, heads: list[Head] | None = None, progress: boo
     """Read, check and split a catalogue; bad rows are skipped and counted in `catalog.report`."""
     path = Path(cfg.catalog).expanduser()
     raw = read_table(path)
+    undecoded = raw.attrs.get("bad_rows", {})
     raw.columns = [str(c).strip() for c in raw.columns]
     raw = raw.reset_index(drop=True)
     cols, n = list(raw.columns), len(raw)
@@ -300,7 +310,7 @@ def load_catalog(cfg: DataConfig, heads: list[Head] | None = None, progress: boo
         df[c] = _cells(raw[c])
     for c in multis:
         df[c] = _multi(raw[c])
-    keep, full, report = _check_rows(df, rel, levels, bool(id_col), root)
+    keep, full, report = _check_rows(df, rel, levels, bool(id_col), root, undecoded)
     df["image"] = full
     df = df[keep].reset_index(drop=True)
     if len(df) == 0:

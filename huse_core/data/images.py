@@ -23,6 +23,11 @@ from .rowfile import write_rows
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 _CACHE_VERSION = 1  # bump when decoding changes so old caches stop matching
 _WHITE = (255, 255, 255)
+# The only formats a photo is decoded from. Pillow otherwise picks a plugin by content, whatever the file is
+# called, and some plugins hand the file to other programs (EPS/PostScript runs Ghostscript).
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+ACCEPTED = "photos must be JPEG, PNG, WEBP, GIF, BMP or TIFF"
+_MAGIC = ((b"%PDF", "PDF"), (b"%!PS", "EPS"), (b"\xc5\xd0\xd3\xc6", "EPS"), (b"<svg", "SVG"), (b"<?xml", "SVG"))
 
 # Pillow warns (from PIL.Image) for images between its limit and twice it; we enforce our own limit
 # below with a clear ImageError, so the warning is only noise, and catch_warnings isn't thread-safe.
@@ -60,8 +65,11 @@ def _open(src, name: str) -> Image.Image:
             raise ImageError(name, "file not found") from None
         fp = src
     try:
-        return Image.open(fp)
+        return Image.open(fp, formats=FORMATS)
     except UnidentifiedImageError:
+        other = _other_format(fp)
+        if other:
+            raise ImageError(name, f"format {other} is not accepted ({ACCEPTED})") from None
         raise ImageError(name, "not an image (format not recognised)") from None
     except Image.DecompressionBombError:
         raise ImageError(name, f"too large: {_declared_size(fp)} (limit {MAX_PIXELS:,} px)") from None
@@ -69,6 +77,37 @@ def _open(src, name: str) -> Image.Image:
         raise ImageError(name, "is a folder, not an image file") from None
     except PermissionError:
         raise ImageError(name, "permission denied") from None
+
+
+def _head(fp, n: int = 64) -> bytes:
+    """The first `n` bytes of a file or an in-memory upload ("" when it can't be read)."""
+    try:
+        if isinstance(fp, io.BytesIO):
+            return fp.getvalue()[:n]
+        with open(fp, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+def _other_format(fp) -> str | None:
+    """The name of a format outside FORMATS that a file is in, judged by its first bytes only: no plugin opens it
+    (opening one can already run code of that format's, EPS runs Ghostscript)."""
+    head = _head(fp)
+    for magic, fmt in _MAGIC:
+        if head.lstrip()[: len(magic)].lower() == magic.lower():
+            return fmt
+    Image.init()
+    for fmt in Image.ID:
+        if fmt in FORMATS:
+            continue
+        accept = Image.OPEN[fmt][1]
+        try:
+            if accept is not None and accept(head):
+                return fmt
+        except Exception:  # noqa: BLE001, S112 - a plugin's own prefix test failing means "not this format"
+            continue
+    return None
 
 
 def _declared_size(fp) -> str:
@@ -79,7 +118,7 @@ def _declared_size(fp) -> str:
         with f:
             f.seek(0)
             prefix = f.read(16)
-            for fmt in Image.ID:  # the same plugin order Image.open tries, minus its bomb check
+            for fmt in (f for f in Image.ID if f in FORMATS):  # Image.open's order, minus its bomb check
                 factory, accept = Image.OPEN[fmt]
                 if accept is None or accept(prefix) is True:
                     f.seek(0)

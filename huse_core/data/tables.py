@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import csvtext as text
+
+_PEEK_BYTES = 4 << 20  # what a peek at a table's first rows reads of a file
+
 # Column names auto-detected (any case) when no flag names the column; the first match wins.
 TEXT_COLS = ("title", "productDisplayName", "name", "product_name")
 IMAGE_COLS = ("image", "image_path", "filename", "file")
@@ -17,40 +21,38 @@ ATTRIBUTE_COLS = ("gender", "baseColour", "season", "usage", "pattern")
 def read_table(source: str | Path | bytes, name: str = "", nrows: int | None = None,
                missing_as_nan: bool = True) -> pd.DataFrame:
     """A catalogue table: a CSV, TSV or Parquet file, or an uploaded one's bytes with its file `name` (the
-    extension picks the format). CSV cells are text, read as UTF-8 or else Latin-1 (Excel exports); `nrows` reads
-    only the first rows. `missing_as_nan`: empty cells and pandas' NA words ("NA", "null", ...) become NaN, else
-    they stay text. Anything unreadable is a ValueError naming the file."""
+    extension picks the format). CSV cells are text, decoded and split as text.decode_csv finds (UTF-8 with or
+    without a BOM, UTF-16, a legacy code page such as Excel's cp1252; `,` `;` tab or `|`). Rows holding bytes of
+    another encoding are kept with the bad bytes shown as U+FFFD and listed in `table.attrs["bad_rows"]` ({row
+    position: why}), for callers to report and skip. `nrows` reads only the first rows. `missing_as_nan`: empty
+    cells and pandas' NA words ("NA", "null", ...) become NaN, else they stay text. Anything unreadable is a
+    ValueError naming the file."""
     data = bytes(source) if isinstance(source, (bytes, bytearray)) else None
     path = Path(name) if data is not None else Path(source)
     if data is None and not path.is_file():
         raise ValueError(f"catalogue file not found: {path} — pass --catalog with a CSV or Parquet file")
-
-    def opened():
-        return io.BytesIO(data) if data is not None else path
-
     if path.suffix.lower() in (".parquet", ".pq"):
         try:  # non-text cells (int ids, lists for multi-label) are handled by _cells / _multi
-            table = pd.read_parquet(opened())
+            table = pd.read_parquet(io.BytesIO(data) if data is not None else path)
         except Exception as err:  # noqa: BLE001 - pyarrow raises its own error types
             raise ValueError(f"could not read {path} as Parquet: {err}") from None
         return table if nrows is None else table.head(nrows)
-    if data is not None:
-        head = data[:8192]
-    else:
+    if data is None:
         with open(path, "rb") as f:
-            head = f.read(8192)
-    if b"\x00" in head:
-        raise ValueError(f"could not read {path} as CSV: it looks like a binary file, not text")
-    sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    for enc in ("utf-8-sig", "latin-1"):  # shops export from Excel too
-        try:
-            return pd.read_csv(opened(), dtype=str, keep_default_na=missing_as_nan, sep=sep, encoding=enc,
-                               nrows=nrows)
-        except UnicodeDecodeError:
-            continue
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
-            raise ValueError(f"could not read {path} as CSV: {str(err).strip()}") from None
-    raise ValueError(f"could not read {path} as CSV: unknown text encoding")
+            data = f.read(_PEEK_BYTES if nrows is not None else -1)  # a peek at the columns needs the start only
+        if nrows is not None and len(data) == _PEEK_BYTES:  # end on a whole line (UTF-16/32: whole characters)
+            wide = b"\x00" in data[:8192]
+            data = data[: len(data) - len(data) % 4] if wide else data[: data.rfind(b"\n") + 1] or data
+    decoded = text.decode_csv(data, str(path))
+    sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else text.sniff_separator(decoded.text)
+    try:
+        table = pd.read_csv(io.StringIO(decoded.text), dtype=str, keep_default_na=missing_as_nan, sep=sep,
+                            nrows=nrows)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
+        raise ValueError(f"could not read {path} as CSV: {' '.join(str(err).split())}") from None
+    table.attrs["encoding"], table.attrs["separator"] = decoded.encoding, sep
+    table.attrs["bad_rows"] = text.bad_rows(table, decoded) if decoded.replaced else {}
+    return table
 
 
 def matching_columns(columns, candidates: tuple[str, ...]) -> list[str]:

@@ -4,6 +4,7 @@ app's Searcher.add_products and the `add` command's add_catalog both come here);
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
 import sys
@@ -24,11 +25,15 @@ from ..run import Run, load_run
 from .index import load_index
 from .keyword import useless_title
 from .layout import IndexMissingError, added_photo_path, index_dir
-from .store import IndexIds, count_added, insert_added, read_added, write_added
+from .store import IndexIds, check_files, count_added, insert_added, read_added, stored_keys, write_added
 
 SAVED_IMAGE_SIZE = 256  # added photos are kept as decoded (upright, white-padded squares) at this size
 ADD_BATCH = 256  # products embedded and stored together by `add`: one transaction each
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # added ids name files: no paths, no odd characters
+
+
+class AddInterrupted(KeyboardInterrupt):
+    """`add` stopped by the user (Ctrl-C); the message says what was stored and how to go on."""
 
 
 def check_item(item: dict, taken: Callable[[str], bool], image_size: int) -> tuple[str | None, str, np.ndarray,
@@ -58,22 +63,43 @@ def stage_photo(out_dir: str | Path, photo: np.ndarray) -> Path:
     """Write an added product's decoded photo as PNG under a temp name in delta/images/, flushed to disk; the store
     renames it to <id>.png just before the product's row is written."""
     folder = added_photo_path(out_dir, "x").parent
+    check_files(out_dir)  # no planted link at delta/ or delta/images/ to write through
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".staged-", suffix=".png.tmp", dir=folder)
-    with os.fdopen(fd, "wb") as f:
-        Image.fromarray(photo).save(f, format="PNG", compress_level=1)  # 4x faster than the default 6, 15% larger
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(photo).save(f, format="PNG", compress_level=1)  # 4x faster than the default 6, 15% larger
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)  # a full disk leaves no half-written photo behind
+        if isinstance(err, OSError) and err.filename is None:
+            err.filename = tmp  # the message names the file that could not be written
+        raise
     return Path(tmp)
 
 
-def add_products(run: Run, out_dir: str | Path, items: list, index: IndexIds) -> list[dict]:
+def content_key(source: str, row, title: str, photo: np.ndarray) -> str:
+    """A product's content as 32 hex digits: the table it came from, its row there, its title and its decoded
+    photo's pixels. A product without an id is not stored again when the same table brings the same row back (a
+    re-run of the same file, a second click), while two equal rows of one table are two products as before."""
+    digest = hashlib.blake2b(f"{source}\0{row}".encode("utf-8", "surrogatepass"), digest_size=16)
+    for part in (title.encode("utf-8", "surrogatepass"), np.ascontiguousarray(photo).tobytes()):
+        digest.update(b"\0")
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def add_products(run: Run, out_dir: str | Path, items: list, index: IndexIds, source: str | None = None) -> list[dict]:
     """Embed, label and store new products ({"title", "image", optional "id"}) in the index folder `out_dir`'s store,
-    in one transaction; `index` holds the ids the index serves. Bad items are reported and skipped.
+    in one transaction; `index` holds the ids the index serves. Bad items are reported and skipped. `source`: the
+    table the items come from (`add`, the app's bulk upload; items then carry their "row"): a product without an
+    id that this row of this table already added (the same title and photo) is reported, not stored twice, so
+    re-running an interrupted `add` is safe.
 
     Returns per item {"id", "title", "ok", "error", "labels": {head: predicted fused label}}.
     """
-    results, good, photos, pixels, batch = [], [], [], [], set()
+    results, good, photos, pixels, rows, batch = [], [], [], [], [], set()
     for item in items:
         item = item if isinstance(item, dict) else {"title": "", "image": None}  # reported: empty title
         result = {"id": str(item.get("id") or "").strip() or None, "ok": False, "error": None,
@@ -89,6 +115,13 @@ def add_products(run: Run, out_dir: str | Path, items: list, index: IndexIds) ->
         good.append(result)
         photos.append(photo)
         pixels.append(small)
+        rows.append(item.get("row"))
+    keys = [content_key(source, row, r["title"], p) if source is not None and r["id"] is None else None
+            for r, row, p in zip(good, rows, photos)]
+    known = stored_keys(out_dir, [k for k in keys if k])  # re-added ones are not embedded again
+    for i in reversed([i for i, k in enumerate(keys) if k in known]):
+        good[i]["error"] = f"already added as {known[keys[i]]} from this row of this table (the same title and photo)"
+        del good[i], photos[i], pixels[i], rows[i], keys[i]
     if not good:
         return results
     image_emb = run.encode_images(np.stack(pixels))
@@ -98,8 +131,8 @@ def add_products(run: Run, out_dir: str | Path, items: list, index: IndexIds) ->
     try:
         for photo in photos:
             staged.append(stage_photo(out_dir, photo))
-        products = [{"id": r["id"], "title": r["title"], "labels": lab, "fingerprint": run.fingerprint}
-                    for r, lab in zip(good, labels)]
+        products = [{"id": r["id"], "title": r["title"], "labels": lab, "fingerprint": run.fingerprint,
+                     "content_key": key} for r, lab, key in zip(good, labels, keys)]
         stored = insert_added(out_dir, products, image_emb, text_emb, staged, index)
     finally:
         for path in staged:  # renamed ones are gone; these are refused products' photos
@@ -156,6 +189,7 @@ def read_new_products(cfg: DataConfig) -> tuple[list[dict], list[dict]]:
     """
     path = Path(cfg.catalog).expanduser()
     raw = read_table(path)
+    undecoded = raw.attrs.get("bad_rows", {})
     raw.columns = [str(c).strip() for c in raw.columns]
     raw = raw.reset_index(drop=True)
     cols = list(raw.columns)
@@ -171,7 +205,7 @@ def read_new_products(cfg: DataConfig) -> tuple[list[dict], list[dict]]:
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
     df = pd.DataFrame({"id": ids, "title": _cells(raw[text_col])})
-    keep, full, _ = _check_rows(df, rel, [], bool(id_col), root)
+    keep, full, _ = _check_rows(df, rel, [], bool(id_col), root, undecoded)
     items, skipped = [], []
     for i in range(len(df)):
         row = {"row": i + 1, "id": ids[i] or None, "title": df["title"][i][:MAX_TITLE]}
@@ -180,7 +214,8 @@ def read_new_products(cfg: DataConfig) -> tuple[list[dict], list[dict]]:
             continue
         # The loader names the first problem of each bad row; alone, a row is only refused for its own faults,
         # so one it keeps alone repeats an id an earlier row has.
-        _, _, alone = _check_rows(df.iloc[[i]].reset_index(drop=True), rel[[i]], [], bool(id_col), root)
+        _, _, alone = _check_rows(df.iloc[[i]].reset_index(drop=True), rel[[i]], [], bool(id_col), root,
+                                  {0: undecoded[i]} if i in undecoded else None)
         prefix = f"row 1 (id {ids[i] or '?'}): "
         skipped.append({**row, "error": alone.examples[0][len(prefix):] if alone.examples else "duplicate id"})
     return items, skipped
@@ -203,12 +238,21 @@ def add_catalog(run_dir: str | Path, catalog: str | Path, columns: dict | None =
                         "checked against it") from None
     cfg = dataclasses.replace(run.data_cfg, catalog=str(catalog), images_root="", **(columns or {}))
     items, skipped = read_new_products(cfg)
-    index, out, added = IndexIds.of(products["id"]), index_dir(run_dir), 0
-    for start in tqdm(range(0, len(items), ADD_BATCH), desc="adding products", disable=not progress,
-                      file=sys.stderr):
-        chunk = items[start : start + ADD_BATCH]
-        for item, result in zip(chunk, add_products(run, out, chunk, index)):
-            added += result["ok"]
-            if not result["ok"]:
-                skipped.append({k: item[k] for k in ("row", "id", "title")} | {"error": result["error"]})
+    index, out, added, done = IndexIds.of(products["id"]), index_dir(run_dir), 0, 0
+    source = str(Path(catalog).expanduser().resolve())
+    count_added(out)  # a damaged or linked store is named before any work starts
+    try:
+        for start in tqdm(range(0, len(items), ADD_BATCH), desc="adding products", disable=not progress,
+                          file=sys.stderr):
+            chunk = items[start : start + ADD_BATCH]
+            for item, result in zip(chunk, add_products(run, out, chunk, index, source)):
+                added += result["ok"]
+                if not result["ok"]:
+                    skipped.append({k: item[k] for k in ("row", "id", "title")} | {"error": result["error"]})
+            done = chunk[-1]["row"]
+    except KeyboardInterrupt:  # each batch is one transaction: the finished ones are stored, the one cut off is not
+        upto = f" (up to row {done:,})" if done else ""
+        raise AddInterrupted(f"interrupted: {added:,} products of {catalog} were stored{upto}, the rest were not; "
+                             "run the same `add` on the same file again to add the rest: rows it already stored (the "
+                             "same id, or the same row, title and photo) are not stored twice") from None
     return {"added": added, "skipped": sorted(skipped, key=lambda s: s["row"]), "added_total": count_added(out)}

@@ -3,10 +3,9 @@ filtered top-k."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
+from ..artifacts import read_json
 from .annoy_index import AnnoyIndex
 from .faiss_index import FaissIndex
 from .knn import exact_search
@@ -58,7 +57,10 @@ def load_index(run, backend: str = "auto") -> tuple:
         raise ValueError(f"unknown backend {backend!r}; choose auto, annoy, faiss or exact")
     if not (out / MANIFEST).is_file():
         raise IndexMissingError(f"{run_dir} has no search index yet: run `python -m huse_core index --run {run_dir}`")
-    manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    try:
+        manifest = read_json(out / MANIFEST)
+    except ValueError as err:
+        raise StaleIndexError(f"{err}: the index is damaged: {rebuild_hint(run_dir)}") from None
     if manifest.get("format") != INDEX_FORMAT or manifest.get("fingerprint") != run.fingerprint:
         raise StaleIndexError(f"the index in {out} was built for another model or version of the run: "
                               f"{rebuild_hint(run_dir)}")

@@ -396,14 +396,17 @@ class Searcher:
 
     # -- added products --------------------------------------------------------------------------------------
 
-    def add_products(self, items: list[dict]) -> list[dict]:
+    def add_products(self, items: list[dict], source: str | None = None) -> list[dict]:
         """Embed, label and store new products ({"title", "image", optional "id"}) so search finds them now and
         after a restart; the next `index` build folds them in. Bad items are reported and skipped. Safe from many
         threads and processes at once: the store (SQLite) takes each call's products in one transaction.
 
+        `source` names the table the items come from (each with its "row"): a row it already added is not
+        stored twice (adding.add_products).
+
         Returns per item {"id", "title", "ok", "error", "labels": {head: predicted fused label}}.
         """
-        results = add_products(self.run, self.index_dir, items, self._index_ids)
+        results = add_products(self.run, self.index_dir, items, self._index_ids, source)
         self.refresh()  # this call's products, and any another process added meanwhile
         return results
 

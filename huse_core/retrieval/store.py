@@ -25,10 +25,12 @@ import pandas as pd
 
 from .embed import ADDED_SPLIT
 from .layout import DELTA, added_path, added_photo_path, legacy_added_path
+from .storecheck import StoreError, check_files, guarded
 
 STORE_FORMAT = 1  # the store's PRAGMA user_version; bump when its table changes incompatibly
 BUSY_TIMEOUT_S = 120.0  # how long a writer waits for others' batches (each holds the lock well under a second)
-_AUTO_ID = re.compile(r"new-(\d+)")  # ids given automatically: new-1, new-2, ...
+AUTO_MAX = 10**15 - 1  # the largest N of an automatic id new-N: far below SQLite's 2**63 - 1, so N + 1 fits too
+_AUTO_ID = re.compile(r"new-(\d{1,15})")  # ids given automatically: new-1, new-2, ...; longer ones are plain text
 _BASE = ("seq", "id", "title", "image", "split", "fingerprint")  # read_added's columns besides one per head
 _SCHEMA = (
     """CREATE TABLE added (
@@ -42,19 +44,24 @@ _SCHEMA = (
         auto_n INTEGER,              -- N of an id new-N: the next automatic id is new-(MAX + 1)
         dim INTEGER NOT NULL,
         image_emb BLOB NOT NULL,     -- dim float32 (native byte order)
-        text_emb BLOB NOT NULL)""",
+        text_emb BLOB NOT NULL,
+        content_key TEXT)            -- hash of source table, row, title, photo: a re-run adds no row twice""",
     "CREATE INDEX added_auto_n ON added(auto_n)",
+    "CREATE INDEX added_content_key ON added(content_key)",
 )
-_COLUMNS = "id, title, image, split, labels, fingerprint, auto_n, dim, image_emb, text_emb"
-_INSERT = f"INSERT INTO added ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # a second id: IntegrityError
-_UPSERT = _INSERT + " ON CONFLICT(id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}"
-                                                                  for c in _COLUMNS.split(", ")[1:])
+_ADD_CONTENT_KEY = ("ALTER TABLE added ADD COLUMN content_key TEXT",  # stores made before the column: same format
+                    "CREATE INDEX IF NOT EXISTS added_content_key ON added(content_key)")
+_COLUMNS = "id, title, image, split, labels, fingerprint, auto_n, dim, image_emb, text_emb, content_key"
+_INSERT = f"INSERT INTO added ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # a second id: IntegrityError
+_UPSERT = _INSERT + " ON CONFLICT(id) DO UPDATE SET " + ", ".join(
+    f"{c} = COALESCE(excluded.{c}, {c})" if c == "content_key" else f"{c} = excluded.{c}"
+    for c in _COLUMNS.split(", ")[1:])
 
 
 def auto_number(pid: str) -> int | None:
-    """N of an id of the form new-N, else None."""
+    """N of an id of the form new-N with N from 1 to AUTO_MAX, else None (such an id is plain text)."""
     found = _AUTO_ID.fullmatch(pid)
-    return int(found[1]) if found else None
+    return int(found[1]) if found and 0 < int(found[1]) <= AUTO_MAX else None
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,6 @@ class IndexIds:
 
 
 # -- opening --------------------------------------------------------------------------------------------------
-
 
 def _connect(path: str | Path) -> sqlite3.Connection:
     con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)  # transactions are explicit
@@ -121,20 +127,23 @@ def open_store(out_dir: str | Path, create: bool = False) -> sqlite3.Connection 
     that creates the store; the Parquet file is left as it was (later additions go to SQLite only).
     """
     path = added_path(out_dir)
+    check_files(out_dir)
     if not path.is_file():
         if not create and not legacy_added_path(out_dir).is_file():
             return None
-        _create(out_dir)
-    con = _connect(path)
-    try:
-        version = con.execute("PRAGMA user_version").fetchone()[0]
-    except sqlite3.DatabaseError as err:  # not a database: another program's file, or damaged
-        con.close()
-        raise ValueError(f"{path} can't be read as the added-products store ({err}): move it away (its products "
-                         "are then lost to this index)") from None
+        with guarded(path, BUSY_TIMEOUT_S):
+            _create(out_dir)
+        check_files(out_dir)  # a link planted meanwhile
+    with guarded(path, BUSY_TIMEOUT_S):
+        con = _connect(path)
+        try:
+            version = con.execute("PRAGMA user_version").fetchone()[0]
+        except BaseException:
+            con.close()
+            raise
     if version != STORE_FORMAT:
         con.close()
-        raise ValueError(f"{path} is an added-products store of format {version}, this version reads format "
+        raise StoreError(f"{path} is an added-products store of format {version}, this version reads format "
                          f"{STORE_FORMAT}: use the version of huse_core that wrote it, or move the file away (its "
                          "products are then lost to this index)")
     return con
@@ -168,7 +177,7 @@ def _params(product: dict, image_emb: np.ndarray, text_emb: np.ndarray, delta: P
     image_emb, text_emb = np.asarray(image_emb, np.float32), np.asarray(text_emb, np.float32)
     return (str(product["id"]), str(product["title"]), image.as_posix(), str(product.get("split") or ADDED_SPLIT),
             json.dumps(labels, ensure_ascii=False), str(product["fingerprint"]), auto_number(str(product["id"])),
-            len(image_emb), image_emb.tobytes(), text_emb.tobytes())
+            len(image_emb), image_emb.tobytes(), text_emb.tobytes(), product.get("content_key"))
 
 
 def _rows(df: pd.DataFrame, image_emb: np.ndarray, text_emb: np.ndarray, delta: Path):
@@ -189,8 +198,9 @@ def read_added(out_dir: str | Path, dim: int, since: int = 0) -> tuple[pd.DataFr
     rows = []
     if con is not None:
         try:
-            rows = con.execute("SELECT seq, id, title, image, split, fingerprint, labels, dim, image_emb, text_emb "
-                               "FROM added WHERE seq > ? ORDER BY seq", (int(since),)).fetchall()
+            with guarded(added_path(out_dir), BUSY_TIMEOUT_S):
+                rows = con.execute("SELECT seq, id, title, image, split, fingerprint, labels, dim, image_emb, "
+                                   "text_emb FROM added WHERE seq > ? ORDER BY seq", (int(since),)).fetchall()
         finally:
             con.close()
     delta = Path(out_dir) / DELTA
@@ -213,7 +223,8 @@ def count_added(out_dir: str | Path) -> int:
     if con is None:
         return 0
     try:
-        return int(con.execute("SELECT COUNT(*) FROM added").fetchone()[0])
+        with guarded(added_path(out_dir), BUSY_TIMEOUT_S):
+            return int(con.execute("SELECT COUNT(*) FROM added").fetchone()[0])
     finally:
         con.close()
 
@@ -224,15 +235,41 @@ def _write(out_dir: str | Path) -> Iterator[sqlite3.Connection]:
     ROLLBACK on any error (a crash leaves nothing half-written either: SQLite's journal), closed either way."""
     con = open_store(out_dir, create=True)
     try:
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            yield con
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+        with guarded(added_path(out_dir), BUSY_TIMEOUT_S):
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                if "content_key" not in {r[1] for r in con.execute("PRAGMA table_info(added)")}:
+                    for statement in _ADD_CONTENT_KEY:
+                        con.execute(statement)
+                yield con
+                con.execute("COMMIT")
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise
     finally:
         con.close()
+
+
+def stored_keys(out_dir: str | Path, keys: list[str]) -> dict[str, str]:
+    """{content key: id} of the stored products among these content keys."""
+    if not keys:
+        return {}
+    con = open_store(out_dir)
+    if con is None:
+        return {}
+    found: dict[str, str] = {}
+    try:
+        with guarded(added_path(out_dir), BUSY_TIMEOUT_S):
+            if "content_key" not in {r[1] for r in con.execute("PRAGMA table_info(added)")}:
+                return {}
+            for start in range(0, len(keys), 500):
+                part = keys[start : start + 500]
+                found.update(con.execute(f"SELECT content_key, id FROM added WHERE content_key IN "
+                                         f"({', '.join('?' * len(part))})", part).fetchall())
+    finally:
+        con.close()
+    return found
 
 
 def write_added(out_dir: str | Path, df: pd.DataFrame, image_emb: np.ndarray, text_emb: np.ndarray) -> Path:
@@ -255,21 +292,44 @@ def insert_added(out_dir: str | Path, products: list[dict], image_emb: np.ndarra
     """
     out: list[tuple[str | None, str | None]] = []
     with _write(out_dir) as con:
-        stored_max = con.execute("SELECT MAX(auto_n) FROM added").fetchone()[0] or 0
-        next_n = max(index.max_auto, stored_max) + 1
+
+        def taken(pid: str) -> bool:
+            return pid in index.ids or con.execute("SELECT 1 FROM added WHERE id = ?", (pid,)).fetchone() is not None
+
+        next_n = 0
         for p, image, text, photo in zip(products, image_emb, text_emb, photos):
-            pid = p["id"]
+            pid, key = p["id"], p.get("content_key")
+            same = key and con.execute("SELECT id FROM added WHERE content_key = ?", (key,)).fetchone()
+            if pid is None and same:
+                out.append((None, f"already added as {same[0]} from this row of this table (the same title and photo)"))
+                continue
             if pid is None:
-                pid, next_n = f"new-{next_n}", next_n + 1
-            elif pid in index.ids or con.execute("SELECT 1 FROM added WHERE id = ?", (pid,)).fetchone():
+                next_n = _next_auto(con, index, next_n, taken)
+                pid = f"new-{next_n}"
+            elif taken(pid):
                 out.append((None, f"id {pid!r} is already used by another product; give a new id or none"))
                 continue
-            else:  # automatic ids continue past a given new-N, as the ids in use decide
-                next_n = max(next_n, (auto_number(pid) or 0) + 1)
             final = added_photo_path(out_dir, pid)
+            final.unlink(missing_ok=True)  # a link planted at the photo's place is removed, never written through
             os.replace(photo, final)
             product = {"id": pid, "title": p["title"], "image": final, "fingerprint": p["fingerprint"],
-                       **p["labels"]}
+                       "content_key": key, **p["labels"]}
             con.execute(_INSERT, _params(product, image, text, Path(out_dir) / DELTA))
             out.append((pid, None))
     return out
+
+
+def _next_auto(con: sqlite3.Connection, index: IndexIds, last: int, taken) -> int:
+    """The N of the next free automatic id new-N: past the highest N in use (index or store, N <= AUTO_MAX) and
+    `last` (handed out earlier in this batch), else, once that reaches AUTO_MAX, the lowest free N. Ids stored
+    with a larger N (given by hand, or by an older version) are plain text and never collide: each is checked."""
+    stored = con.execute("SELECT MAX(auto_n) FROM added WHERE auto_n <= ?", (AUTO_MAX,)).fetchone()[0] or 0
+    n = max(index.max_auto, stored, last) + 1
+    while n <= AUTO_MAX and taken(f"new-{n}"):
+        n += 1
+    if n <= AUTO_MAX:
+        return n
+    n = 1
+    while taken(f"new-{n}"):  # every id from here to AUTO_MAX can't all be in use: the store would be petabytes
+        n += 1
+    return n
