@@ -18,7 +18,7 @@ CHOICES = {
     "precision": ("auto", "bf16", "fp32"),
 }
 IMAGE_BACKBONES = ("cnn", "lite0", "resnet18", "resnet50", "vgg16")  # and hub encoders, HUB_FORMS["image"]
-TEXT_BACKBONES = ("ngram", "conv", "conv+ngram", "minilm")  # and hub encoders, HUB_FORMS["text"]
+TEXT_BACKBONES = ("conv", "minilm", "ngram", "conv+ngram")  # as model.TEXT_BACKBONES; hub encoders: HUB_FORMS
 HUB_FORMS = {"image": {"openclip": "openclip:MODEL[/TAG]", "timm": "timm:NAME"},
              "text": {"openclip": "openclip:MODEL[/TAG]", "st": "st:NAME"}}
 LOSS_TERMS = ("cls", "graph", "gap", "nce")
@@ -34,7 +34,7 @@ def _check_choices(cfg) -> None:
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if f.name in CHOICES and value is not None and value not in CHOICES[f.name]:
-            raise ValueError(f"unknown {f.name} {value!r}: choose {_one_of(CHOICES[f.name])} "
+            raise ValueError(f"unknown {f.name.replace('_', ' ')} {value!r}: choose {_one_of(CHOICES[f.name])} "
                              f"(--{f.name.replace('_', '-')})")
 
 
@@ -43,7 +43,7 @@ def _check_backbone(name: str, value: str, fixed: tuple, role: str) -> None:
     if value in fixed or (sep and library in HUB_FORMS[role] and rest.strip("/")):
         return
     forms = _one_of((*fixed, *HUB_FORMS[role].values()))
-    raise ValueError(f"unknown {name} {value!r}: choose {forms} (--{name.replace('_', '-')})")
+    raise ValueError(f"unknown {name.replace('_', ' ')} {value!r}: choose {forms} (--{name.replace('_', '-')})")
 
 
 @dataclass

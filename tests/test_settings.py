@@ -66,3 +66,11 @@ def test_the_config_lists_match_what_the_model_builds():
 
     assert set(IMAGE_BACKBONES) == set(BACKBONES) and set(TEXT_BACKBONES) == set(BUILT_TEXT)
     assert set(LOSS_TERMS) == set(TERMS) and set(CHOICES["cnn_pool"]) == set(SmallCNN.POOLS)
+
+
+def test_the_settings_name_the_backbones_the_model_builds():
+    """config checks backbone names before anything is read; the model builds them: the two lists agree."""
+    from huse_core import config, model
+
+    assert config.TEXT_BACKBONES == model.TEXT_BACKBONES
+    assert set(config.IMAGE_BACKBONES) <= set(model.BACKBONES)
