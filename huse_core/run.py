@@ -11,6 +11,7 @@ import torch
 from .artifacts import file_sha, load_torch, read_json
 from .config import DataConfig, LossConfig, ModelConfig, TrainConfig, from_dict
 from .model import HuseModel, build_model
+from .model.fusion_rule import FusionRule
 from .data.heads import Head, as_heads
 from .data.images import as_image, decode_image
 from .data.ngrams import NGRAM_BACKBONES
@@ -110,14 +111,14 @@ class Run:
 
         `titles` (row-aligned with text_emb): a run with a wide head (model.wide) adds their n-gram logits to the
         title's and the fusion layer's predictions, as validated in training; without them both read the
-        embeddings alone. `wide`: those logits already computed (prepare.title_logits on a prepared catalogue)."""
+        embeddings alone. `wide`: those logits already computed (prepare.title_logits on a prepared catalogue).
+        "fused" follows the run's own rule (`fusion_rule`)."""
         def as_t(a):
             return None if a is None else torch.from_numpy(np.atleast_2d(np.asarray(a, np.float32)))
 
         if wide is None and titles is not None and text_emb is not None:
             wide = self.title_logits(titles)
-        probs = self.model.probabilities(as_t(image_emb), as_t(text_emb), weight=self.meta.get("fusion_weights"),
-                                          layer_heads=self.meta.get("fusion_layer_heads", []), wide=wide)
+        probs = self.model.probabilities(as_t(image_emb), as_t(text_emb), wide=wide, rule=self.fusion_rule)
         return {h: {m: p.numpy() for m, p in per.items()} for h, per in probs.items()}
 
     @torch.inference_mode()
@@ -147,6 +148,11 @@ class Run:
         if not has_text:
             return image_emb
         return mix(image_emb, self.encode_texts(str(text))[0], image_weight)
+
+    @property
+    def fusion_rule(self) -> FusionRule:
+        """How this run fuses photo and title per head, as training chose it on validation (model.fusion_rule)."""
+        return FusionRule.from_meta(self.meta, self.model_cfg.fusion_weight)
 
     @property
     def leaf_head(self) -> Head:

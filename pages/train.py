@@ -34,6 +34,11 @@ def peek(path: str, stamp: float) -> pd.DataFrame:
     return read_table(path, nrows=200)
 
 
+def trained_uploads() -> set[Path]:
+    """Upload folders a run of this session trains on: kept (the run reads its catalogue and photos there)."""
+    return st.session_state.setdefault("train_upload_runs", set())
+
+
 def uploaded_catalog() -> Path | None:
     """A catalogue uploaded as a CSV plus a zip of its photos, unpacked once into the data folder."""
     c1, c2 = st.columns(2)
@@ -45,6 +50,9 @@ def uploaded_catalog() -> Path | None:
         return None
     key = (csv.file_id, photos.file_id)
     if st.session_state.get("train_upload_key") != key:
+        previous = st.session_state.get("train_upload")
+        if previous and Path(previous[0]).parent not in trained_uploads():
+            uploads.discard(Path(previous[0]).parent)  # replaced before any run trained on it: nothing needs it
         folder = ui.upload_folder("uploads", Path(csv.name).stem)
         with st.spinner("Unpacking the photos…"):
             result = uploads.safe_extract(photos.getvalue(), folder)
@@ -202,6 +210,7 @@ def train_form() -> None:
     loss_cfg = LossConfig(losses=losses, alpha=alpha, beta=beta, gamma=gamma)
     train_cfg = TrainConfig(epochs=epochs or None, batch_size=None if batch == "auto" else batch,
                             lr=None if lr == "auto" else lr)  # None: the size-aware schedule chooses
+    trained_uploads().add(Path(csv).parent)  # an uploaded catalogue stays while a run uses it
     ui.launch(run_dir, lambda: jobs.start_training(run_dir, data_cfg, model_cfg, loss_cfg, train_cfg,
                                                    index=build_index))
 

@@ -441,3 +441,30 @@ def test_train_page_takes_an_uploaded_csv_and_zip_of_photos(app, app_root):
     assert app.session_state["train_images_root"].endswith("myshop"), "paths are read inside the zip's folder"
     assert app.multiselect(key="train_levels").value == ["masterCategory", "subCategory", "articleType"]
     assert app.button(key="train_start")
+
+
+def test_train_page_deletes_an_upload_replaced_before_training(app, app_root):
+    """An uploaded catalogue replaced by another before any run trained on it leaves no folder behind."""
+    demo = app_root / "data" / "demo"
+
+    def zipped(n: int) -> bytes:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            for path in sorted((demo / "images").glob("*.png"))[:n]:
+                zf.write(path, f"images/{path.name}")
+        return buf.getvalue()
+
+    app.switch_page("pages/train.py").run()
+    app.segmented_control(key="train_source").set_value("Upload").run()
+    app.file_uploader(key="train_csv").upload("first.csv", (demo / "metadata.csv").read_bytes(), "text/csv")
+    app.file_uploader(key="train_zip").upload("photos.zip", zipped(10), "application/zip")
+    app.run()
+    first = Path(app.session_state["train_upload"][0]).parent
+    assert first.is_dir()
+    app.file_uploader(key="train_csv").upload("second.csv", (demo / "metadata.csv").read_bytes(), "text/csv")
+    app.file_uploader(key="train_zip").upload("photos2.zip", zipped(12), "application/zip")
+    app.run()
+    no_exception(app)
+    second = Path(app.session_state["train_upload"][0]).parent
+    assert second.is_dir() and second != first
+    assert not first.exists(), "the replaced upload's folder is deleted"

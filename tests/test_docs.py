@@ -20,16 +20,6 @@ USER_CREATED = {
     "runs/": "trained runs: `huse train --out runs/...` and the app's first start write them",
     ".huse_cache/": "decoded photos and features, written beside a catalogue on first use",
 }
-# Files other helpers' branches add; each is checked like any other path once it exists.
-PENDING = {
-    "bench/results/quality/44k-default.md": "the bench helper (result files named by what they measure)",
-    "bench/results/README.md": "the bench helper (the results index)",
-    "docs/benchmarks.md": "the bench helper (moved from BENCHMARKS.md)",
-    "docs/decisions.md": "the bench helper",
-    "docs/bad-input.md": "the input helper",
-    "docs/audit.md": "the audit helper",
-    "docs/search-modes.md": "the search helper",
-}
 PLACEHOLDER = re.compile(r"[<>*{}…]|\.\.\.|^[A-Z][A-Z_0-9]*$")  # <id>, *.json, …, RUN: not literal path segments
 SEPARATORS = {"&&", "||", "|", ";", "&", ">", "2>", "2>&1", ")"}
 
@@ -79,13 +69,13 @@ def path_problems(doc: Path, text: str, top: set[str]) -> list[str]:
                 continue
             path = (doc.parent / target.split("#")[0]).resolve()
             rel = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
-            if not path.exists() and rel not in PENDING:
+            if not path.exists():
                 problems.append(f"{doc.name}:{no}: link to {target} ({rel} does not exist)")
         for raw in token.findall(re.sub(r"\]\([^)\s]+\)", "]", line)):  # link targets: checked just above
             path = _literal_part(raw)
             if "/" not in raw and not (ROOT / path).is_file():
                 continue  # a bare word such as "tests" or "bench" in prose; files at the top are checked below
-            if path and not (ROOT / path).exists() and path not in PENDING and path.rstrip("/") + "/" not in PENDING:
+            if path and not (ROOT / path).exists():
                 problems.append(f"{doc.name}:{no}: {raw} does not exist")
     return problems
 

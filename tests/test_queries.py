@@ -9,7 +9,8 @@ import pytest
 
 from huse_core.data.catalog import load_catalog
 from huse_core.config import DataConfig
-from huse_core.retrieval.keyword import KeywordIndex
+from huse_core.retrieval.hybrid import credit_untitled
+from huse_core.retrieval.keyword import KeywordIndex, useless_title
 from huse_core.retrieval.queries import (attribute_queries, beir_recall, hit_rate, ndcg, noisy_queries, noisy_title,
                                          photo_only_products, precision, reciprocal_rank, score)
 from huse_core.retrieval.search import Searcher
@@ -119,3 +120,42 @@ def test_an_added_product_is_found_by_keyword_at_once(indexed_run_copy):
     assert searcher.search(text="quantum zorblaks", k=5)[0].id == "zq-1"  # hybrid, with a typo
     other = Searcher.open(indexed_run_copy, backend="exact")  # another process's view of the same store
     assert other.search(text="zorblax", mode="keyword", k=1)[0].id == "zq-1"
+
+
+@pytest.mark.parametrize("title, useless", [("IMG_0231", True), ("", True), (None, True), ("nan", True),
+                                            ("DSC-0012.jpg", True), ("photo 3", True), ("Shirt", False),
+                                            ("Nike Men Tee 2", False)])
+def test_a_title_of_file_names_and_numbers_is_useless(title, useless):
+    assert useless_title(title) is useless
+
+
+def test_an_untitled_product_gets_the_share_of_the_querys_label_words_its_labels_hold():
+    index = KeywordIndex(["IMG_0231 Men White Tshirts", "Guerrilla Men White Tshirts Men White Tshirts",
+                          "Nike Men Black Shoes", "IMG_0007 Women White Jeans"])
+    labels = {"men", "women", "white", "black", "tshirt", "shoe", "jean"}
+    raw = index.scores("guerrilla men white tshirt")
+    assert raw.argmax() == 1 and raw[0] < raw[1]  # BM25 alone: the titled product wins the brand word
+    share = index.label_share("guerrilla men white tshirt", labels, np.array([0, 3]))
+    idf = {t: index.idf(t) for t in ("men", "white", "tshirt")}
+    assert share == pytest.approx([1.0, idf["white"] / sum(idf.values())])  # "guerrilla" is no label word
+    credited = credit_untitled(raw, np.array([0, 3]), share)
+    assert credited[0] == pytest.approx(raw.max()) and credited[3] == pytest.approx(share[1] * raw.max())
+    assert credited[1] == raw[1] and credited[2] == raw[2]  # titled products keep their BM25
+    assert not index.label_share("guerrilla", labels, np.array([0, 3])).any()
+
+
+def test_a_photo_only_product_is_labelled_from_its_photo_and_found_by_its_labels(indexed_run_copy):
+    searcher = Searcher.open(indexed_run_copy, backend="exact")
+    photo = searcher.products["image"].iloc[5]
+    added = searcher.add_products([{"title": "IMG_0231", "image": photo, "id": "img-1"}])
+    assert added[0]["ok"]
+    probs = searcher.run.probabilities(image_emb=searcher.encode_image(photo)[None])
+    single = [h for h in searcher.heads if h["kind"] != "multi"]
+    assert {h["name"]: added[0]["labels"][h["name"]] for h in single} == \
+        {h["name"]: h["classes"][int(probs[h["name"]]["image"][0].argmax())] for h in single}
+    query = " ".join(added[0]["labels"][h["name"]] for h in single)
+    kw = searcher.keyword_scores(query)
+    assert kw[searcher.products["id"].tolist().index("img-1")] == pytest.approx(kw.max())
+    assert "img-1" in [h.id for h in searcher.search(text=query, k=10)]
+    assert "img-1" in [h.id for h in searcher.search(text=query, k=10, mode="keyword")] or \
+        (kw >= kw.max() * (1 - 1e-6)).sum() > 10  # keyword mode: a tie with the best, shown unless 10 others tie

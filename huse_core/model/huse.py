@@ -10,6 +10,7 @@ from ..config import ModelConfig
 from ..data.heads import as_heads
 from .backbones import SENTENCE_DIMS, TEXT_BACKBONES
 from .fusion import FusionLayer
+from .fusion_rule import READS_TITLE, FusionRule
 from .hub import is_hub
 from .ngram import ConvNgramTower, NgramTower
 from .towers import ImageTower, SentenceTower, TextTower
@@ -113,17 +114,18 @@ class HuseModel(nn.Module):
         weight: float | dict[str, float] | None = None,
         layer_heads: list[str] | tuple = (),
         wide: dict[str, torch.Tensor] | None = None,
+        rule: FusionRule | None = None,
     ) -> dict[str, dict[str, torch.Tensor]]:
         """Per head, probabilities from "image", "text", "product" (the fusion layer's vector) and "fused"
         (whichever inputs are given; "product" needs both and a fusion layer).
 
-        `wide`: the same titles' `title_logits`, added to the logits of the two predictions that read the title,
-        "text" and "product" (a run with a wide head; without them both are the shared classifier's alone).
+        `wide`: the same titles' `title_logits`, added to the logits of the predictions that read the title
+        (fusion_rule.READS_TITLE; without them those are the shared classifier's alone).
 
-        Fused = w * p_image + (1 - w) * p_text (HUSE's weighted average of the two modalities' outputs);
-        `weight` is one w for every head, or a w per head (heads it doesn't name use the config's). Heads named
-        in `layer_heads` take the fusion layer's prediction as fused instead (chosen on validation in training).
+        "fused" follows `rule` (model.fusion_rule), or one built from `weight` (one w for every head, or a w per
+        head; heads it doesn't name use the config's) and `layer_heads` (heads fused by the fusion layer).
         """
+        rule = rule or FusionRule(weight, tuple(layer_heads), self.cfg.fusion_weight)
         out: dict[str, dict[str, torch.Tensor]] = {h["name"]: {} for h in self.heads}
         product_emb = (self.encode_product(image_emb, text_emb)
                        if self.fusion is not None and image_emb is not None and text_emb is not None else None)
@@ -131,16 +133,10 @@ class HuseModel(nn.Module):
             if emb is None:
                 continue
             for h, z in zip(self.heads, self.logits(emb).values()):
-                if modality in ("text", "product") and wide is not None:  # the two predictions that read the title
+                if modality in READS_TITLE and wide is not None:
                     z = z + wide[h["name"]]
                 out[h["name"]][modality] = torch.sigmoid(z) if h["kind"] == "multi" else z.softmax(-1)
-        for head, probs in out.items():
-            w = weight.get(head, self.cfg.fusion_weight) if isinstance(weight, dict) else weight
-            w = self.cfg.fusion_weight if w is None else w
-            if "image" in probs and "text" in probs:
-                probs["fused"] = (probs["product"] if head in layer_heads and "product" in probs
-                                  else w * probs["image"] + (1 - w) * probs["text"])
-        return out
+        return rule.fuse(out)
 
 
 def build_model(cfg: ModelConfig, heads: list[dict], n_tokens: int, load_weights: bool = True,

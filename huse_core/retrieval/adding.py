@@ -23,6 +23,7 @@ from ..data.images import ImageError, as_image, decode_image
 from ..data.tables import TEXT_COLS, pick_column, read_table
 from ..run import Run, load_run
 from .index import load_index
+from .keyword import useless_title
 from .layout import IndexMissingError, added_photo_path, index_dir
 from .store import IndexIds, check_files, count_added, insert_added, read_added, stored_keys, write_added
 
@@ -166,11 +167,14 @@ def resembling(image_emb: np.ndarray, text_emb: np.ndarray, cat_image: np.ndarra
 
 
 def predict_labels(run: Run, image_emb: np.ndarray, text_emb: np.ndarray, titles: list[str]) -> list[dict[str, str]]:
-    """Per product, each head's fused prediction (multi-label heads: the labels over 0.5, joined by "|")."""
+    """Per product, each head's fused prediction (multi-label heads: the labels over 0.5, joined by "|"); a
+    product whose title says nothing ("IMG_0231": keyword.useless_title) gets its photo's prediction, which a
+    meaningless title would only pull off."""
     probs = run.probabilities(image_emb, text_emb, titles)
     out: list[dict[str, str]] = [{} for _ in range(len(image_emb))]
+    untitled = np.array([useless_title(t) for t in titles], bool)[:, None]
     for h in run.heads:
-        p = probs[h["name"]]["fused"]
+        p = np.where(untitled, probs[h["name"]]["image"], probs[h["name"]]["fused"])
         for i, row in enumerate(p):
             out[i][h["name"]] = ("|".join(c for c, q in zip(h["classes"], row) if q >= 0.5) if h["kind"] == "multi"
                                  else h["classes"][int(row.argmax())])

@@ -120,9 +120,10 @@ class FaissIndex(SidecarIndex):
             scores[start : start + step] = np.take_along_axis(exact, order, 1)
         return rows, scores
 
-    def query(self, vector: np.ndarray, k: int, nprobe: int | None = None,
-              rerank: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, cosines) of about the k nearest items to one query (D,), best first (AnnoyIndex.query's shape)."""
+    def query(self, vector: np.ndarray, k: int, nprobe: int | None = None, rerank: int | None = None,
+              tuned_for: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, cosines) of about the k nearest items to one query (D,), best first (AnnoyIndex.query's shape;
+        `tuned_for` is accepted for that and unused: the probes, not k, set faiss's cost)."""
         rows, scores = self.search(np.asarray(vector, np.float32)[None], k, nprobe, rerank)
         keep = rows[0] >= 0
         return rows[0][keep], scores[0][keep]

@@ -40,6 +40,17 @@ def keyword_top(kw: np.ndarray, k: int, allowed: np.ndarray | None = None) -> np
     return live[np.lexsort((live, -kw[live]))]
 
 
+def credit_untitled(kw: np.ndarray, rows: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """Every product's BM25 `kw` with products `rows` (useless titles) raised to share x the query's best BM25,
+    `share` the part of the query's label words their labels hold: an untitled white t-shirt matches "guerrilla
+    white t-shirt" as well as the best-matching titled product does (its title cannot name the brand), and the
+    vector side orders them. why: docs/decisions.md#hybrid-search"""
+    kw = np.array(kw, np.float32)
+    if len(rows) and len(kw):
+        kw[rows] = np.maximum(kw[rows], np.asarray(share, np.float32) * float(kw.max()))
+    return kw
+
+
 def hybrid_order(rows: np.ndarray, cos: np.ndarray, kw: np.ndarray, cos_of: Callable[[np.ndarray], np.ndarray],
                  agree_of: Callable[[np.ndarray], np.ndarray] | None, scale: float,
                  weight: float = KEYWORD_WEIGHT, rule: str = "sum", allowed: np.ndarray | None = None,

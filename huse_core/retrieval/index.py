@@ -21,22 +21,23 @@ OVERFETCH = 2000  # most Annoy / faiss candidates fetched to satisfy a filter be
 
 
 def top_matches(query: np.ndarray, emb: np.ndarray, forest: AnnoyIndex | FaissIndex | None, k: int,
-                mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                mask: np.ndarray | None = None, tuned_for: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(rows, cosines) of the k rows of `emb` nearest `query`, via `forest` (Annoy or faiss) when given, among
-    `mask` rows only.
+    `mask` rows only. tuned_for < k: the k rows are a re-ranking's candidate pool, of which only the best
+    `tuned_for` need the index's tuned recall (AnnoyIndex.query).
 
     A filter over-fetches from the forest (k / share of matching rows, x1.5); when that still finds fewer than k
     matches (a rare label), exact search over just the matching rows answers: cheap, since they are few. So k
     rows come back whenever k rows match.
     """
     if mask is None:
-        return forest.query(query, k) if forest else exact_search(query, emb, k)
+        return forest.query(query, k, tuned_for=tuned_for) if forest else exact_search(query, emb, k)
     match = np.flatnonzero(mask)
     if len(match) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     fetch = min(len(emb), int(k * len(emb) / len(match) * 1.5) + 10)
     if forest and fetch <= OVERFETCH:
-        rows, scores = forest.query(query, fetch)
+        rows, scores = forest.query(query, fetch, tuned_for=tuned_for and fetch * tuned_for // k)
         keep = mask[rows]
         if keep.sum() >= min(k, len(match)):
             return rows[keep][:k], scores[keep][:k]

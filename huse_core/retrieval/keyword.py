@@ -27,7 +27,10 @@ _BLANK = {"", "nan", "none", OTHER}
 
 
 def stem(word: str) -> str:
-    """A light plural stem: "shoes" -> "shoe", "tshirts" -> "tshirt"; "dress", "status", "chinos"... stay near."""
+    """A light plural stem: "shoes" -> "shoe", "tshirts" -> "tshirt", "watches" -> "watch", "dresses" -> "dress";
+    "dress", "status", "chinos"... stay near."""
+    if len(word) > 4 and word.endswith(("ches", "shes", "sses", "xes", "zes")):
+        return word[:-2]
     if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
         return word[:-1]
     return word
@@ -40,6 +43,21 @@ def terms(text: str) -> list[str]:
     out = [stem(w) for w in words(text) if len(w) > 1 or w.isdigit()]
     out += [stem(m.replace("-", "")) for m in _COMPOUND.findall(text.lower())]
     return out
+
+
+# Words of camera, scanner and export file names: a title made of these and numbers says nothing of the product
+FILE_WORDS = {"img", "image", "dsc", "dscn", "dscf", "dcim", "pxl", "photo", "pic", "picture", "screenshot", "scan",
+              "untitled", "copy", "jpg", "jpeg", "png", "heic", "webp", "gif", "tif", "tiff", "bmp", "whatsapp", "file",
+              "new", "final", "edit", "edited", "product", "item", "sku"}
+
+
+def useless_title(title) -> bool:
+    """Whether a title carries no word about the product: empty, or only numbers, ids and file-name words
+    ("IMG_0231", "DSC-0012.jpg", "photo 3"). Such a product is found by keyword through its labels alone."""
+    text = "" if title is None else str(title).strip()
+    if text.lower() in _BLANK:
+        return True
+    return not any(t.isalpha() and len(t) >= 2 and t not in FILE_WORDS for t in terms(text))
 
 
 def product_text(title: str, labels: dict[str, str]) -> str:
@@ -167,7 +185,24 @@ class KeywordIndex:
 
     def scores(self, query: str) -> np.ndarray:
         """(len(self),) float32 BM25 score of each product for `query` (0 where no term matches)."""
-        q = self.query_terms(query)
+        return self.term_scores(self.query_terms(query))
+
+    def label_share(self, query: str, label_terms: set[str], rows: np.ndarray) -> np.ndarray:
+        """For products `rows`: the IDF-weighted share of the query's label words (terms in `label_terms`) that
+        each one's keyword document holds; 0 for every row when the query names no label word."""
+        named = list(dict.fromkeys(t for t in self.query_terms(query) if t in label_terms))
+        rows = np.asarray(rows, np.int64)
+        share = np.zeros(len(rows), np.float64)
+        weights = [self.idf(t) for t in named]
+        old = rows < self.n_docs  # index rows: through bm25s; added rows: their term counts
+        for t, weight in zip(named, weights):
+            if old.any() and t in self.df:
+                share[old] += weight * (self.bm25.get_scores([t])[rows[old]] > 0)
+            share[~old] += weight * np.array([t in self._added[r - self.n_docs] for r in rows[~old]], bool)
+        return share / sum(weights) if named and sum(weights) > 0 else share
+
+    def term_scores(self, q: list[str]) -> np.ndarray:
+        """(len(self),) float32 BM25 score of each product for query terms `q` (as query_terms returns them)."""
         known = [t for t in q if t in self.df]  # bm25s fails on a query none of whose terms it indexed
         main = self.bm25.get_scores(known) if known and self.n_docs else np.zeros(self.n_docs, np.float32)
         if not self._added:

@@ -17,9 +17,9 @@ from ..data.heads import Head
 from ..run import Run, check_weight, load_run, mix
 from .adding import add_products, resembling
 from .embed import products_frame
-from .hybrid import DEFAULT_MODE, KEYWORD_WEIGHT, check_mode, hybrid_order, keyword_top
+from .hybrid import DEFAULT_MODE, KEYWORD_WEIGHT, check_mode, credit_untitled, hybrid_order, keyword_top
 from .index import load_index, top_matches
-from .keyword import KeywordIndex, product_text
+from .keyword import KeywordIndex, product_text, terms, useless_title
 from .knn import exact_search
 from .layout import IndexMissingError, StaleIndexError, build_folder, index_dir, load_map, load_product_emb
 from .map import extend_map, full_map
@@ -46,7 +46,9 @@ class Hit:
     # A title query's hits are ranked by s * score + agreement, agreement = sum over heads of log p(this product's
     # class | the title) (retrieval.rerank); None where the ranking is by cosine alone
     agreement: float | None = None
-    keyword: float | None = None  # BM25 of the words in the product's title and labels (keyword / hybrid modes)
+    # BM25 of the words in the product's title and labels (keyword / hybrid modes); a product with a useless title:
+    # raised to its share of the query's label words (retrieval.hybrid.credit_untitled)
+    keyword: float | None = None
 
 
 @dataclass
@@ -63,6 +65,7 @@ class _State:
     masks: dict = field(default_factory=dict, init=False)  # (head, class) -> rows with that label
     codes: dict | None = field(default=None, init=False)  # head -> each row's class index (retrieval.rerank)
     keyword: KeywordIndex | None = field(default=None, init=False)  # BM25 over every row, made on first use
+    untitled: np.ndarray | None = field(default=None, init=False)  # rows whose title says nothing (useless_title)
 
     def __post_init__(self):
         self.row_of = {pid: i for i, pid in enumerate(self.products["id"])}
@@ -90,6 +93,8 @@ class Searcher:
         self._index_codes: dict | None = None  # the index rows' class codes, made on the first title search
         self._keyword_index: KeywordIndex | None = None  # BM25 over the index rows, made on the first word search
         self._keyword_lock = threading.Lock()
+        self._index_untitled: np.ndarray | None = None  # index rows with a useless title (first word search)
+        self._label_terms = {t for h in self.heads for c in h["classes"] for t in terms(product_text("", {"": c}))}
         self.fusion = ("sum", KEYWORD_WEIGHT)  # the hybrid rule and the keyword side's weight (retrieval.hybrid)
 
     @classmethod
@@ -223,7 +228,7 @@ class Searcher:
             need = max(need, CANDIDATES)
         n = state.n_index
         rows, scores = top_matches(query, self._emb[target], self._forests.get(target), need,
-                                   None if mask is None else mask[:n])
+                                   None if mask is None else mask[:n], tuned_for=k + (exclude is not None))
         delta = state.delta_emb[target]
         if len(delta):  # added since the build: a small exact scan, merged by score
             live = np.arange(len(delta)) if mask is None else np.flatnonzero(mask[n:])
@@ -289,8 +294,24 @@ class Searcher:
         return [product_text(v["title"][r], {h: v[h][r] for h in names}) for r in range(lo, hi)]
 
     def keyword_scores(self, text: str) -> np.ndarray:
-        """Every product's BM25 for these words (catalogue rows, then added ones: the order of `products`)."""
-        return self._keyword(self._current()).scores(text)
+        """Every product's keyword score for these words (catalogue rows, then added ones: the order of
+        `products`): its BM25, or for a product whose title says nothing, the credit of its label words."""
+        return self._keyword_scores(self._current(), text)
+
+    def _keyword_scores(self, state: _State, text: str) -> np.ndarray:
+        """BM25 of every row; rows with a useless title ("IMG_0231") credited by hybrid.credit_untitled with the
+        share of the query's label words their labels hold: the words their title cannot say count as unknown,
+        not as missing."""
+        index = self._keyword(state)
+        kw = index.scores(text)
+        if state.untitled is None:
+            if self._index_untitled is None:
+                self._index_untitled = np.flatnonzero([useless_title(t) for t in state.values["title"][:state.n_index]])
+            added = [useless_title(t) for t in state.values["title"][state.n_index:]]
+            state.untitled = np.concatenate([self._index_untitled, state.n_index + np.flatnonzero(added)]).astype(int)
+        if not len(state.untitled):
+            return kw
+        return credit_untitled(kw, state.untitled, index.label_share(text, self._label_terms, state.untitled))
 
     def _label_codes(self, state: _State) -> dict[str, np.ndarray]:
         """Each row's class per head (retrieval.rerank): the index's rows once per Searcher, added rows per state."""
@@ -329,7 +350,7 @@ class Searcher:
             raise ValueError(f"k must be at least 1, got {k}")
         state = self._current()
         mask = self._filter_mask(state, filters)
-        kw = self._keyword(state).scores(str(text)) if words_only and mode != "vector" else None
+        kw = self._keyword_scores(state, str(text)) if words_only and mode != "vector" else None
         exclude = None
         if product is not None:
             check_weight(image_weight)

@@ -1,5 +1,7 @@
 """The store of products added after an index build: one SQLite database under index/delta/ and their photos.
 
+Over 300 lines: one database's schema, reads, writes and id numbering, which must change together.
+
 Why SQLite in WAL mode: the app's threads, a second app and the `add` command may add products at the same time.
 Each batch of products is one transaction (its rows and both embeddings, one INSERT each: adding N products costs
 O(N) however many are stored), writers queue on SQLite's lock (busy_timeout) instead of rewriting one shared file,

@@ -23,11 +23,9 @@ MIN_EPOCHS, MAX_EPOCHS = 4, 40  # a huge catalogue still sees its data a few tim
 STEADY_BELOW = 1_000  # validation products under which one head's accuracy is too noisy to pick the best epoch
 RARE_SHARE = 0.05  # merging rare classes may put at most this share of a head's training products into "other"
 SELECT_BY = ("fused", "mean")
-# A 1,000-product shop, 40 epochs of 32: dropout 0.25 gave level3 fused 69.5 %, level2 85.7 %; 0.15 gave 71.4 / 87.6 %.
-DROPOUT = DEFAULT_DROPOUT
+DROPOUT = DEFAULT_DROPOUT  # the paper's, at every catalogue size measured
 # The alignment loss moves both towers from this many training products, below it only photos (titles held fixed).
-# 12,000-product sample (9,600 train): both -> whole-catalogue title -> photo R@10 0.232 vs 0.118 without the term.
-# 1,000-product shop (800 train): both -> level3 fused 74.3 % vs 84.8 % with titles held, R@10 0.463 vs 0.484.
+# why: docs/decisions.md#alignment-term
 ALIGN_BOTH_FROM = 5_000
 
 

@@ -7,27 +7,13 @@ import logging
 import numpy as np
 import torch
 
+from ..model.fusion_rule import FUSION_GRID, FUSION_MIN_GAIN, choose_weight, prefers_layer, tune
 from ..prepare import Prepared, embed, title_logits
 
+__all__ = ["FUSION_GRID", "FUSION_MIN_GAIN", "accuracy_by_modality", "choose_flip_tta", "choose_weight",
+           "kept_accuracy", "prefers_layer", "selection_score", "tune_fusion_weights", "validation_rows"]
+
 log = logging.getLogger(__name__)
-
-FUSION_MIN_GAIN = 0.002  # validation accuracy a photo + title mix (or flip TTA) must add to be kept
-FUSION_GRID = np.round(np.linspace(0, 1, 21), 2)  # photo weights w tried: fused = w * photo + (1 - w) * title
-
-
-def choose_weight(acc: list[float]) -> int:
-    """The index into FUSION_GRID of the mix kept, from validation accuracies `acc` at each grid weight: the best,
-    ties going to the weight nearest 0.5; the better modality alone where no mix beats it by FUSION_MIN_GAIN."""
-    best = max(acc)
-    i = min((i for i, a in enumerate(acc) if a == best), key=lambda i: abs(FUSION_GRID[i] - 0.5))
-    if best - max(acc[0], acc[-1]) < FUSION_MIN_GAIN:
-        i = len(acc) - 1 if acc[-1] > acc[0] else 0  # grid[0] = text alone, grid[-1] = image alone
-    return i
-
-
-def prefers_layer(mix_acc: float, layer_acc: float) -> bool:
-    """Whether the fusion layer gives the fused prediction: unless the chosen mix beats it by FUSION_MIN_GAIN."""
-    return mix_acc - layer_acc < FUSION_MIN_GAIN
 
 
 def validation_rows(rows: np.ndarray, train_cfg, progress: bool = False) -> np.ndarray:
@@ -49,38 +35,17 @@ def validation_rows(rows: np.ndarray, train_cfg, progress: bool = False) -> np.n
 @torch.inference_mode()
 def tune_fusion_weights(model, prep: Prepared, rows: np.ndarray, device: torch.device
                         ) -> tuple[dict[str, float], list[str]]:
-    """Per single-label head, the fusion weight w in 0, 0.05, ..., 1 with the best validation accuracy, and the
-    heads whose fused prediction comes from the fusion layer instead: every head where the chosen mix does not
-    beat the layer by FUSION_MIN_GAIN on validation.
+    """(run.json's "fusion_weights", "fusion_layer_heads"): the fusion rule chosen on validation `rows`
+    (model.fusion_rule.tune): per single-label head the photo weight w, and the heads fused by the fusion layer.
 
-    Where one modality knows a head far better (gender from titles, say) the fixed 0.5 average falls below
-    that modality alone; a per-head weight chosen on validation keeps fused at least as good as either.
-    Ties prefer the weight closest to 0.5. A mix that beats the better modality alone by less than
-    FUSION_MIN_GAIN on validation is noise, not signal (on the real catalogue such mixes fell 0.1-0.2 points
-    below text on test), so that head's w goes to the better modality alone: fused then equals it.
-
-    The fusion layer (the seed's classifier of photo and title read together) is preferred within that margin
-    too. Measured with bench/fusion_rule.py on 5 trained runs (33 heads; bench/results/fusion-rule-2026-12-02.md):
-    requiring it to *beat* the best mix by the margin kept it on few heads, though on test it was often the better
-    column; preferring it raised test accuracy on 9 heads (+0.02 to +0.42 points) and lowered it on none.
+    Where one modality knows a head far better (gender from titles, say) a fixed 0.5 average falls below that
+    modality alone; a per-head weight chosen on validation keeps fused at least as good as either.
     """
     image_emb, text_emb = embed(model, prep, rows, device)
     probs = model.probabilities(image_emb, text_emb, wide=title_logits(model, prep, rows, device))
-    weights, layer_heads = {}, []
-    for h in prep.heads:
-        y = torch.from_numpy(prep.labels[h["name"]][rows]).to(device)
-        known = y >= 0
-        if h["kind"] != "single" or not known.any():
-            continue
-        p_img, p_txt = probs[h["name"]]["image"][known], probs[h["name"]]["text"][known]
-        acc = [float(((w * p_img + (1 - w) * p_txt).argmax(1) == y[known]).float().mean()) for w in FUSION_GRID]
-        i = choose_weight(acc)
-        weights[h["name"]] = float(FUSION_GRID[i])
-        if "product" in probs[h["name"]]:
-            layer = float((probs[h["name"]]["product"][known].argmax(1) == y[known]).float().mean())
-            if prefers_layer(acc[i], layer):
-                layer_heads.append(h["name"])
-    return weights, layer_heads
+    labels = {h["name"]: torch.from_numpy(prep.labels[h["name"]][rows]).to(device) for h in prep.heads}
+    rule = tune(probs, labels, prep.heads)
+    return rule.weights, list(rule.layer_heads)
 
 
 @torch.inference_mode()
@@ -97,6 +62,7 @@ def choose_flip_tta(model, prep: Prepared, rows: np.ndarray, device: torch.devic
     """Whether averaging each photo with its mirror image at inference (HuseModel.flip_tta) raises the photo's
     leaf accuracy on validation by FUSION_MIN_GAIN; sets the model's flag to the answer. Frozen backbones read
     cached features, so they never flip."""
+    # why: docs/decisions.md#flip-tta
     if model.image.frozen:
         return False
     model.flip_tta = False

@@ -1,9 +1,9 @@
 """Fitting the wide head (model.wide): a linear SVM per head on the train titles' TF-IDF n-grams, weighed on val.
 
-Why a convex solver and not the optimiser: trained by gradient beside the towers, the n-gram table memorised the
-training titles (100 % train, 85 % test colour on a 1,000-product shop where a LinearSVC on the same kind of
-features gets 99 %); liblinear's regularised fit is what makes the TF-IDF baseline generalise, in seconds.
+A convex solver and not the optimiser: trained by gradient beside the towers the n-gram table memorises the
+training titles, where liblinear's regularised fit generalises, in seconds.
 """
+# why: docs/decisions.md#wide-head
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..data.ngrams import NGRAM_BACKBONES
+from ..model.fusion_rule import wide_target
 from ..model.wide import MAX_CELLS
 from ..prepare import Prepared, embed
 
@@ -120,15 +121,12 @@ def fit_wide_head(model, prep: Prepared, train_rows: np.ndarray, val_rows: np.nd
                   seed: int = 0, progress: bool = False) -> dict[str, float]:
     """Fit model.wide in place; returns {head: t}, the scale of its SVM margins chosen on validation.
 
-    Per head, t in SCALES minimises the validation log-loss of the prediction that `classify` fuses: the fusion
-    layer's (deep + t * margin; the title's where the model has no fusion layer), ties going to the smaller t, so
-    t = 0 (the deep prediction alone) stays where the margins add nothing. Log-loss and not accuracy: accuracy moves
-    by whole products (on a 100-product validation set, 1 point a product) and a rule on it either chases noise or,
-    with a minimum gain, ignores the SVM where it helps. On the real 44k catalogue (bench/wide_head.py,
-    bench/results/wide-policy-2026-12-02.md) choosing by the fusion layer's log-loss instead of the title's
-    accuracy with a 0.2-point minimum gain raised fused test accuracy on masterCategory, subCategory, gender and
-    baseColour (+0.05 to +0.14 points), lowered it on articleType and season (-0.12, -0.27) and left usage as it was;
-    fused went from below the TF-IDF baseline on four heads to below it on two (by 1 and 3 test products)."""
+    Per head, t in SCALES minimises the validation log-loss of the prediction that fuses
+    (fusion_rule.wide_target: the fusion layer's deep + t * margin, the title's where the model has no fusion
+    layer), ties going to the smaller t, so t = 0 (the deep prediction alone) stays where the margins add nothing.
+    Log-loss and not accuracy: accuracy moves by whole products on a small validation set, so a rule on it either
+    chases noise or, with a minimum gain, ignores the SVM where it helps."""
+    # why: docs/decisions.md#wide-head
     wide = model.wide
     if wide is None:
         if progress and model.cfg.wide_head and model.cfg.text_backbone in NGRAM_BACKBONES:
@@ -140,7 +138,7 @@ def fit_wide_head(model, prep: Prepared, train_rows: np.ndarray, val_rows: np.nd
     train_rows = train_sample(prep, train_rows, seed)
     model.eval()
     x_train, x_val = tfidf_rows(model, prep, train_rows), tfidf_rows(model, prep, val_rows)
-    if model.fusion is not None:  # the prediction fused is the fusion layer's, which reads photo and title
+    if wide_target(model.fusion is not None) == "product":  # the fusion layer's, which reads photo and title
         reads = "fusion layer"
         deep = model.logits(model.encode_product(*embed(model, prep, val_rows, device)))
     else:
@@ -148,8 +146,7 @@ def fit_wide_head(model, prep: Prepared, train_rows: np.ndarray, val_rows: np.nd
         deep = model.logits(torch.cat([model.encode_text(prep.text_input(val_rows[i : i + 2048]).to(device))
                                        for i in range(0, len(val_rows), 2048)]))
     chosen, cols = {}, wide.offsets()
-    # One SVM per head, fitted side by side: liblinear releases the GIL, so threads use every core
-    # (44k, 2 cores: 48 -> 33 s; the 117-class head is most of it)
+    # One SVM per head, fitted side by side: liblinear releases the GIL, so threads use every core.
     with ThreadPoolExecutor(max(1, min(len(model.heads), os.cpu_count() or 1, MAX_FIT_THREADS))) as pool:
         fits = list(pool.map(lambda h: _svm_columns(x_train, prep.labels[h["name"]][train_rows], h["kind"],
                                                     len(h["classes"]), seed), model.heads))

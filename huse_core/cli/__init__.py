@@ -1,273 +1,28 @@
-"""The `huse` command line (also `python -m huse_core`): one argparse parser and a thin function per command."""
+"""The `huse` command line (also `python -m huse_core`): one argparse parser, a sub-command each, and main().
+
+  cli.flags     the config dataclasses as flags; the configs `train` builds
+  cli.commands  the thin function behind each command
+"""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
-import inspect
-import json
-import logging
 import os
-import re
 import signal
 import sys
 import threading
 
-from . import __version__
-from .config import CHOICES, DataConfig, LossConfig, ModelConfig, TrainConfig
-from .errors import one_line
-from .logs import to_stderr
-from .retrieval.hybrid import DEFAULT_MODE, MODES
+from .. import __version__
+from ..config import DataConfig, LossConfig, ModelConfig, TrainConfig
+from ..errors import one_line
+from ..logs import to_stderr
+from ..retrieval.hybrid import DEFAULT_MODE, MODES
+from .commands import (_filter_pair, cmd_add, cmd_audit, cmd_classify, cmd_demo_data, cmd_embed, cmd_evaluate,
+                       cmd_index, cmd_search, cmd_train)
+from .flags import ADD_COLUMNS, RENAMED, add_config_flags, build_config, field_docs, given_settings, train_configs
 
-log = logging.getLogger(__name__)
-
-# Config fields whose flag name differs from the field name (two configs share the name "seed").
-RENAMED = {(DataConfig, "seed"): "split-seed", (DataConfig, "catalog"): None}
-AUTO_TYPES = {"int": int, "float": float, "str": str}  # a field defaulting to None (auto): its type by annotation
-ADD_COLUMNS = ("text_col", "image_col", "id_col", "images_root")  # the DataConfig flags `add` takes from `train`
-
-
-def _parse_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def field_docs(cls) -> dict[str, str]:
-    """Each config field's why-comment, read from the source, so --help says what the config says."""
-    src = inspect.getsource(cls)
-    return {m[1]: m[2].replace("%", "%%") for m in re.finditer(r"^\s+(\w+): [^#\n]*#\s*(.+)$", src, re.M)}
-
-
-def add_config_flags(parser: argparse.ArgumentParser, cls, title: str) -> None:
-    """One --flag per dataclass field, typed from its default (from its annotation where the default is None =
-    auto); its help is the field's comment."""
-    group = parser.add_argument_group(title)
-    docs = field_docs(cls)
-    for f in dataclasses.fields(cls):
-        flag = RENAMED.get((cls, f.name), f.name.replace("_", "-"))
-        if flag is None:
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
-        help_text = docs.get(f.name, "") + (f" (default: {'auto' if default is None else shown})" if shown != ""
-                                             else "")
-        kw = {"dest": f"{cls.__name__}.{f.name}", "default": None, "help": help_text}
-        if f.name in CHOICES:  # a fixed set: a typo stops here, before anything is read
-            group.add_argument(f"--{flag}", choices=CHOICES[f.name], metavar="|".join(CHOICES[f.name]), **kw)
-        elif default is None:
-            kind = AUTO_TYPES[str(f.type).split("|")[0].strip()]
-            group.add_argument(f"--{flag}", type=kind, metavar=kind.__name__.upper(), **kw)
-        elif isinstance(default, bool):
-            group.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, **kw)
-        elif isinstance(default, list):
-            group.add_argument(f"--{flag}", type=_parse_list, metavar="A,B", **kw)
-        elif isinstance(default, tuple):
-            group.add_argument(f"--{flag}", metavar="X,Y,Z", type=lambda s: tuple(float(x) for x in _parse_list(s)),
-                               **kw)
-        else:
-            group.add_argument(f"--{flag}", type=type(default), metavar=type(default).__name__.upper(), **kw)
-
-
-def build_config(args: argparse.Namespace, cls, base=None, **fixed):
-    """The dataclass (`base`, else its defaults) overridden by the flags the user gave."""
-    given = {f.name: getattr(args, f"{cls.__name__}.{f.name}") for f in dataclasses.fields(cls)
-             if getattr(args, f"{cls.__name__}.{f.name}", None) is not None}
-    return dataclasses.replace(base, **given, **fixed) if base is not None else cls(**{**given, **fixed})
-
-
-def train_configs(args: argparse.Namespace) -> tuple[DataConfig, ModelConfig, LossConfig, TrainConfig]:
-    """`train`'s four configs: a --preset's settings (else the defaults), then the flags the user gave."""
-    from .model import default_image_size
-    from .pipeline import DemoSpec
-
-    spec = DemoSpec() if args.preset == "demo" else None  # demo: what the app's first start trains
-    data_base = DataConfig(seed=spec.seed, image_size=spec.image_size) if spec else None
-    data_cfg = build_config(args, DataConfig, data_base, catalog=args.catalog or "")
-    model_cfg = build_config(args, ModelConfig, spec and spec.model)
-    loss_cfg = build_config(args, LossConfig, spec and spec.loss)
-    train_cfg = build_config(args, TrainConfig, spec and spec.train)
-    if getattr(args, "DataConfig.seed", None) is None and train_cfg.seed:
-        data_cfg.seed = train_cfg.seed  # one --seed sets both unless --split-seed says otherwise
-    same_photos = spec is not None and model_cfg.backbone == spec.model.backbone
-    if getattr(args, "DataConfig.image_size", None) is None and not same_photos:
-        data_cfg.image_size = default_image_size(model_cfg.backbone)  # pretrained backbones: 224 px photos
-    return data_cfg, model_cfg, loss_cfg, train_cfg
-
-
-def cmd_demo_data(args) -> int:
-    from .data.demo import generate_demo
-
-    csv = generate_demo(args.out, n_products=args.products, seed=args.seed, progress=not args.quiet)
-    print(f"wrote {csv}")
-    return 0
-
-
-def cmd_train(args) -> int:
-    from .training.distributed import is_main_process
-    from .training.train import train
-    from .training.validation import kept_accuracy
-
-    if not args.resume and not args.catalog:
-        raise SystemExit("train: --catalog CSV is required (or --resume to continue a run in --out)")
-    data_cfg, model_cfg, loss_cfg, train_cfg = train_configs(args)
-    from .jobs import progress_writer, training_lock
-
-    callback = progress_writer(args.progress_file) if args.progress_file else None
-    # one training per run folder (the app's jobs hold the same lock); under torchrun rank 0 holds it
-    with training_lock(args.out) if is_main_process() else contextlib.nullcontext():
-        meta = train(data_cfg, model_cfg, loss_cfg, train_cfg, args.out, resume=args.resume,
-                     progress=not args.quiet, callback=callback)
-    if not is_main_process():
-        return 0  # under torchrun rank 0 reports
-    best = meta["history"][meta["best_epoch"] - 1] if meta["best_epoch"] else None
-    kept = ", the weights' moving average" if best and best.get("weights") == "ema" else ""
-    print(f"run saved to {args.out}" + (f" (best epoch {meta['best_epoch']}{kept}: val {meta['leaf']} accuracy "
-                                         f"{kept_accuracy(best)})" if best else ""))
-    return 0
-
-
-def cmd_evaluate(args) -> int:
-    from .training.evaluate import evaluate, format_tables
-
-    result = evaluate(args.run, split=args.split, progress=not args.quiet, baseline=not args.no_baseline)
-    print(json.dumps(result, indent=2) if args.json else format_tables(result))
-    return 0
-
-
-def cmd_index(args) -> int:
-    from .retrieval.annoy_index import N_TREES
-    from .retrieval.build import build_index
-
-    manifest = build_index(args.run, n_trees=args.n_trees or N_TREES, with_map=not args.no_map,
-                           progress=not args.quiet, backend=args.backend)
-    times = ", ".join(f"{stage} {sec:.1f}s" for stage, sec in manifest["seconds"].items())
-    tuned = ("search_k {search_k}" if manifest["backend"] == "annoy" else "nprobe {nprobe} of {nlist}, rerank {rerank}")
-    recall = ", ".join(f"{name} {ix['recall_at_10']:.3f} ({tuned.format(**ix)})"
-                       for name, ix in manifest["indexes"].items()) or "- (exact search only)"
-    print(f"indexed {manifest['n_products']:,} products ({manifest['n_added']:,} added) in {args.run}/index "
-          f"({manifest['backend']})\n  times: {times}\n  recall@10 vs exact: {recall}")
-    return 0
-
-
-def cmd_embed(args) -> int:
-    from .retrieval.ray_embed import embed_parts
-
-    result = embed_parts(args.run, engine=args.engine, address=args.address, workers=args.workers,
-                         part_size=args.part_size, progress=not args.quiet)
-    print(f"embedded {len(result['embedded']):,} of {result['n_parts']:,} parts ({result['skipped']:,} done before) in "
-          f"{result['seconds']:.1f}s with {result['engine']}; `python -m huse_core index --run {args.run}` reads them")
-    return 0
-
-
-def cmd_add(args) -> int:
-    from .retrieval.adding import add_catalog
-
-    columns = {name: getattr(args, f"DataConfig.{name}") for name in ADD_COLUMNS
-               if getattr(args, f"DataConfig.{name}") is not None}
-    result = add_catalog(args.run, args.catalog, columns, progress=not (args.quiet or args.json))
-    if args.json:
-        print(json.dumps(result, indent=2, ensure_ascii=False))
-        return 0
-    skipped = result["skipped"]
-    print(f"added {result['added']:,} of {result['added'] + len(skipped):,} products to {args.run} "
-          f"({result['added_total']:,} added in all): searchable now, folded in by the next `index`")
-    for like in result["resembling"][:20]:
-        print(f"  {like['id']} looks like catalogue product {like['like']} (score {like['score']:.2f}): "
-              f"a duplicate listing?")
-    for s in skipped[:20]:
-        print(f"  skipped row {s['row']} (id {s['id'] or '-'}): {s['error']}")
-    if len(skipped) > 20:
-        print(f"  … and {len(skipped) - 20:,} more (--json lists every one)")
-    return 0
-
-
-def cmd_audit(args) -> int:
-    import csv
-
-    from .audit import COLUMNS, audit
-
-    rows = audit(args.run, kinds=args.kinds, top=args.top, progress=not args.quiet)
-    if args.json:
-        print(json.dumps(rows, indent=2, ensure_ascii=False))
-    elif args.csv:
-        with open(args.csv, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-        print(f"wrote {len(rows):,} findings to {args.csv}")
-    else:
-        for kind in dict.fromkeys(r["kind"] for r in rows):
-            found = [r for r in rows if r["kind"] == kind]
-            print(f"{kind}: {len(found):,} findings")
-            for r in found[:10]:
-                print(f"  {r['score']:.2f}  {r['id']:<12} {r['head']}: {r['current']} -> {r['suggested']}  "
-                      f"({r['reason']})")
-        if not rows:
-            print("no findings")
-    return 0
-
-
-def _filter_pair(text: str) -> tuple[str, str]:
-    head, sep, value = text.partition("=")
-    if not sep or not head.strip() or not value.strip():
-        raise argparse.ArgumentTypeError(f"--filter takes head=value (e.g. masterCategory=Footwear), got {text!r}")
-    return head.strip(), value.strip()
-
-
-def cmd_search(args) -> int:
-    from .retrieval.search import Searcher
-
-    if args.product and (args.text or args.image):
-        raise ValueError("--product searches with a product's own embeddings; leave out --text and --image")
-    if not (args.product or args.text or args.image):
-        raise ValueError("nothing to search for: pass --text, --image (or both) or --product ID")
-    mode = "vector" if args.cosine_only and args.mode == "hybrid" else args.mode  # cosine alone: no keywords
-    hits = Searcher.open(args.run).search(text=args.text, image=args.image, product=args.product,
-                                          target=args.target, k=args.k, filters=dict(args.filter or []),
-                                          image_weight=args.image_weight, use_labels=not args.cosine_only,
-                                          mode=mode)
-    if args.json:
-        print(json.dumps([dataclasses.asdict(h) for h in hits], indent=2, ensure_ascii=False))
-        return 0
-    if not hits:
-        print("no products match")
-    elif mode == "keyword" and args.text and not args.image:
-        print("ranked by BM25 of your words in each product's title and labels; the number is the cosine")
-    elif hits[0].agreement is not None:
-        print("ranked by closeness and by how well each product's labels fit the title's predicted classes"
-              + (", and by your words in titles and labels (BM25)" if hits[0].keyword is not None else "")
-              + " (--cosine-only: without the labels; --mode: keyword or vector alone); the number is the cosine")
-    for rank, h in enumerate(hits, 1):
-        labels = " / ".join(v for v in h.labels.values() if v)
-        print(f"{rank:>3}. {h.score:6.3f}  {h.id:<12} {h.title[:48]:<48}  {labels[:60]}" + ("  [added]" * h.added))
-    return 0
-
-
-def cmd_classify(args) -> int:
-    from .retrieval.layout import index_ready
-    from .run import load_run
-
-    run = load_run(args.run)  # labels need only the model: no index
-    if not args.json and not index_ready(args.run):
-        log.warning(f"note: nearest products need a search index: `python -m huse_core index --run {args.run}`")
-    if args.labels:
-        ranked = run.zero_shot(_parse_list(args.labels), image=args.image, text=args.text)
-        if args.json:
-            print(json.dumps([{"label": label, "score": score} for label, score in ranked], indent=2))
-        else:
-            print("\n".join(f"{score:7.3f}  {label}" for label, score in ranked))
-        return 0
-    result = run.classify(image=args.image, text=args.text, top=args.top)
-    if args.json:
-        print(json.dumps(result, indent=2, ensure_ascii=False))
-        return 0
-    for head, per in result.items():
-        print(head)
-        for modality, preds in per.items():
-            shown = ", ".join(f"{p['path']} {p['prob'] * 100:.1f}%" for p in preds)
-            print(f"  {modality:<6} {shown}")
-    return 0
-
+__all__ = ["COMMANDS", "RENAMED", "add_config_flags", "build_config", "build_parser", "given_settings", "main",
+           "train_configs"]
 
 DESCRIPTION = """\
 Train an image + text model on your shop's catalogue (a CSV of titles, photo paths and categories), then classify
