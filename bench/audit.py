@@ -25,7 +25,7 @@ from sklearn.metrics import roc_auc_score
 from common import write_result
 
 from huse_core.audit.core import label_probs, out_of_fold_probs
-from huse_core.audit.duplicates import THRESHOLD, duplicate_findings, duplicate_pairs
+from huse_core.audit.duplicates import duplicate_findings, duplicate_pairs, flagged
 from huse_core.audit.inputs import load_inputs
 from huse_core.audit.labels import issues, label_findings, quality
 from huse_core.audit.mismatch import mismatch_findings, mismatch_scores
@@ -113,7 +113,7 @@ def measure_duplicates(inputs, truth, pairs, original_titles: dict) -> dict:
     hashes_equal = pairs["pixels"] >= 1.0
     out = {"candidate_pairs": int(len(pairs["a"])), "injected": len(source),
            "pair_auroc": round(float(roc_auc_score(injected_pair, pairs["score"])), 4)}
-    for name, flag in (("huse", pairs["score"] >= THRESHOLD),
+    for name, flag in (("huse", flagged(pairs)),
                        ("phash_or_title", hashes_equal | (pairs["exact"] == "same title"))):
         found = {ids[a] if ids[a] in source else ids[b] for a, b in zip(pairs["a"][flag & injected_pair],
                                                                       pairs["b"][flag & injected_pair])}
@@ -124,7 +124,7 @@ def measure_duplicates(inputs, truth, pairs, original_titles: dict) -> dict:
                      "same_title_in_catalogue": n_same, "other": n_flag - n_inj - n_same,
                      "precision": round(n_inj / max(1, n_flag), 4),
                      "precision_without_same_title": round(n_inj / max(1, n_flag - n_same), 4)}
-    sample = np.flatnonzero((pairs["score"] >= THRESHOLD) & same_title & ~injected_pair)[:8]
+    sample = np.flatnonzero(flagged(pairs) & same_title & ~injected_pair)[:8]
     out["same_title_sample"] = [{"a": ids[pairs["a"][k]], "b": ids[pairs["b"][k]],
                                  "title": original_titles.get(ids[pairs["a"][k]], ""),
                                  "score": round(float(pairs["score"][k]), 3)} for k in sample]

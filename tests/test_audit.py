@@ -223,3 +223,17 @@ def test_audit_page_accept_then_export(tiny_demo_csv, tiny_indexed_run, tmp_path
     assert out.is_file() and src.read_bytes() == before
     shutil.rmtree(run / "audit", ignore_errors=True)
     out.unlink()
+
+
+def test_duplicate_clusters_do_not_chain_through_look_alikes():
+    """A row of look-alikes (0-1, 1-2, 2-3 all over the threshold) is two pairs, not one cluster of four."""
+    from huse_core.audit.duplicates import duplicate_findings
+
+    products = pd.DataFrame({"id": ["p0", "p1", "p2", "p3"]})
+    inputs = type("Inputs", (), {"products": products, "__len__": lambda self: 4})()
+    pairs = {"a": np.array([0, 1, 2]), "b": np.array([1, 2, 3]), "score": np.array([0.95, 0.85, 0.95]),
+             "exact": np.array(["", "", ""], dtype=object), "photo": np.ones(3), "pixels": np.ones(3),
+             "title": np.ones(3)}
+    rows = duplicate_findings(inputs, pairs, threshold=0.8)
+    assert sorted((r["current"], r["suggested"]) for r in rows) == [("p1", "duplicate of p0"),
+                                                                    ("p3", "duplicate of p2")]

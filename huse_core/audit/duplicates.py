@@ -107,10 +107,33 @@ def duplicate_pairs(inputs: AuditInputs, tick: Callable[[], None] | None = None)
     return {"a": pairs[:, 0], "b": pairs[:, 1], "exact": exact, **out}
 
 
+def mutual_best(pairs: dict) -> np.ndarray:
+    """(P,) bool: pairs whose two products are each other's best-scoring partner, so clusters cannot chain through
+    a row of look-alikes (colour variants shot alike)."""
+    a, b, s = pairs["a"], pairs["b"], pairs["score"]
+    n = int(max(a.max(initial=-1), b.max(initial=-1))) + 1
+    best, arg = np.full(n, -np.inf), np.full(n, -1)
+    for x, y in ((a, b), (b, a)):
+        order = np.lexsort((s, x))  # per x ascending score: the last one is its best
+        last = np.r_[x[order][1:] != x[order][:-1], True] if len(order) else np.zeros(0, bool)
+        xs, ys, ss = x[order][last], y[order][last], s[order][last]
+        better = ss > best[xs]
+        best[xs[better]], arg[xs[better]] = ss[better], ys[better]
+    return (arg[a] == b) & (arg[b] == a)
+
+
+def flagged(pairs: dict, threshold: float = THRESHOLD) -> np.ndarray:
+    """(P,) bool: the pairs reported as one listing twice: the same photo (bytes or perceptual hash), or a score over
+    `threshold` between mutual best partners."""
+    # why: docs/decisions.md#audit
+    exact = np.isin(pairs["exact"], ["same photo bytes", "same perceptual hash"])
+    return exact | ((pairs["score"] >= threshold) & mutual_best(pairs))
+
+
 def duplicate_findings(inputs: AuditInputs, pairs: dict, threshold: float = THRESHOLD) -> list[dict]:
-    """Clusters of products joined by pairs scoring over `threshold`; one finding per product but the cluster's
-    first (catalogue order), suggesting to remove it as a duplicate of that one."""
-    keep = pairs["score"] >= threshold
+    """Clusters of products joined by flagged pairs; one finding per product but the cluster's first (catalogue
+    order), suggesting to remove it as a duplicate of that one."""
+    keep = flagged(pairs, threshold)
     a, b, n = pairs["a"][keep], pairs["b"][keep], len(inputs)
     if not len(a):
         return []
