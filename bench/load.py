@@ -1,5 +1,7 @@
 """Load test: concurrent browser sessions searching and classifying against one `streamlit run app.py` server.
 
+Over 300 lines: one asyncio driver whose sessions, expected answers and timings share one browser and one clock.
+
     nice -n 19 python bench/load.py --run runs/demo --sessions 8 --seconds 60
 
 One Chromium (Playwright over the system /usr/bin/chromium), one browser context per session, all driven from one

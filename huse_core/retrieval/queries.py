@@ -128,16 +128,21 @@ def noisy_title(title: str, typos: int, rng: np.random.Generator) -> str:
     return " ".join(words)
 
 
-def noisy_queries(df: pd.DataFrame, n: int = 300, split: str = "test", seed: int = 0) -> list[Query]:
-    """For up to n `split` products with distinct titles of two or more words, the variants of NOISY_VARIANTS; all
-    variants of a product share its random draws, so they differ only in the typos."""
-    rng = np.random.default_rng(seed)
+def _distinct_titles(df: pd.DataFrame, n: int, split: str, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(every product's normalised title, up to n `split` rows with distinct titles of two or more words, every
+    product's id as text)."""
     norm = df["title"].map(normalise_title).to_numpy(dtype=object)
     rows = np.flatnonzero((df["split"].to_numpy(dtype=object) == split)
                           & (df["title"].map(lambda t: len(str(t).split())).to_numpy() >= 2))
     _, first = np.unique(norm[rows].astype(str), return_index=True)
-    picks = _pick(rows[first], n, rng)
-    ids = df["id"].astype(str).to_numpy()
+    return norm, _pick(rows[first], n, rng), df["id"].astype(str).to_numpy()
+
+
+def noisy_queries(df: pd.DataFrame, n: int = 300, split: str = "test", seed: int = 0) -> list[Query]:
+    """For up to n `split` products with distinct titles of two or more words, the variants of NOISY_VARIANTS; all
+    variants of a product share its random draws, so they differ only in the typos."""
+    rng = np.random.default_rng(seed)
+    norm, picks, ids = _distinct_titles(df, n, split, rng)
     by_title: dict[str, list[str]] = {}
     for i, t in zip(ids, norm):
         by_title.setdefault(t, []).append(i)
@@ -157,12 +162,7 @@ def photo_only_products(df: pd.DataFrame, n: int = 200, split: str = "test",
     the catalogue's); the catalogue's products with that title are left out of the ranking before scoring (`ignore`),
     as a shop whose product has no usable title has no titled twin."""
     rng = np.random.default_rng(seed)
-    norm = df["title"].map(normalise_title).to_numpy(dtype=object)
-    rows = np.flatnonzero((df["split"].to_numpy(dtype=object) == split)
-                          & (df["title"].map(lambda t: len(str(t).split())).to_numpy() >= 2))
-    _, first = np.unique(norm[rows].astype(str), return_index=True)
-    picks = _pick(rows[first], n, rng)
-    ids = df["id"].astype(str).to_numpy()
+    norm, picks, ids = _distinct_titles(df, n, split, rng)
     items, out = [], []
     for r in picks:
         item = {"id": f"photo-{ids[r]}", "title": f"IMG_{int(rng.integers(10000)):04d}", "image": df["image"].iloc[r]}
