@@ -237,3 +237,21 @@ def test_duplicate_clusters_do_not_chain_through_look_alikes():
     rows = duplicate_findings(inputs, pairs, threshold=0.8)
     assert sorted((r["current"], r["suggested"]) for r in rows) == [("p1", "duplicate of p0"),
                                                                     ("p3", "duplicate of p2")]
+
+
+def test_cli_audit_csv_is_formula_safe(tmp_path, monkeypatch):
+    """`audit --csv` writes as every CSV of the product: a title that starts a formula goes out as text."""
+    import sys
+
+    from huse_core.audit import COLUMNS
+    from huse_core.cli import main
+
+    row = dict.fromkeys(COLUMNS, "")
+    row.update(kind="labels", id="7", title='=HYPERLINK("http://x","y")', score=0.9, current="Shirts",
+               suggested="Tshirts")
+    monkeypatch.setattr(sys.modules["huse_core.audit"], "audit", lambda *a, **k: [row])
+    out = tmp_path / "findings.csv"
+    assert main(["audit", "--run", str(tmp_path), "--csv", str(out), "--quiet"]) == 0
+    written = pd.read_csv(out, dtype=str)
+    assert written.loc[0, "title"] == "'=HYPERLINK(\"http://x\",\"y\")"
+    assert written.loc[0, "suggested"] == "Tshirts"

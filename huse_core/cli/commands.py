@@ -101,18 +101,16 @@ def cmd_add(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    import csv
+    import pandas as pd
 
     from ..audit import COLUMNS, audit
+    from ..data.csvtext import write_csv
 
     rows = audit(args.run, kinds=args.kinds, top=args.top, progress=not args.quiet)
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
-    elif args.csv:
-        with open(args.csv, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
+    elif args.csv:  # formula-safe, written whole or not at all, as every CSV the product writes
+        write_csv(pd.DataFrame(rows, columns=list(COLUMNS)), args.csv)
         print(f"wrote {len(rows):,} findings to {args.csv}")
     else:
         for kind in dict.fromkeys(r["kind"] for r in rows):
