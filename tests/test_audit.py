@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from huse_core.audit import AuditError, audit, export_corrected, read_decisions, record
-from huse_core.audit.crossfit import out_of_fold
+from huse_core.audit.crossfit import fold_of, out_of_fold, pool
 
 N_SHOP, PER_KIND = 600, 4
 
@@ -98,6 +98,46 @@ def test_a_memorised_wrong_label_is_still_flagged():
     assert in_sample[7].argmax() == y[7]  # the wrong label is memorised in sample
     oof = out_of_fold(x.astype(np.float32), [y], [classes])[0]
     assert oof[7].argmax() == y_true[7] and oof[7, y[7]] < 0.5
+
+
+def test_pool_weights_come_from_the_other_folds_and_favour_the_informative_head():
+    """The pool's exponents for a fold's rows are fitted on the other folds only: changing one fold's labels leaves
+    that fold's pooled probabilities unchanged; a head that knows the labels outweighs one that guesses."""
+    rng = np.random.default_rng(0)
+    n, classes = 600, 5
+    y = rng.integers(0, classes, n)
+    good = np.full((n, classes), 0.05)
+    good[np.arange(n), y] = 0.8
+    noise = rng.dirichlet(np.ones(classes), n)
+    fold = fold_of(n)
+    pooled = pool([good, noise], y, fold)
+    assert (pooled.argmax(1) == y).mean() > 0.95
+    changed = y.copy()
+    changed[fold == 0] = rng.integers(0, classes, (fold == 0).sum())
+    again = pool([good, noise], changed, fold)
+    np.testing.assert_allclose(again[fold == 0], pooled[fold == 0], rtol=1e-5)
+    assert not np.allclose(again[fold != 0], pooled[fold != 0])
+
+
+def test_a_memorised_wrong_label_is_still_flagged_by_the_pooled_heads():
+    """Embeddings that memorised a wrong label (moved towards its class) and titles that name the true class:
+    the pooled out-of-fold probabilities still doubt the catalogue label."""
+    from scipy.sparse import csr_matrix
+
+    rng = np.random.default_rng(1)
+    n, classes = 500, 4
+    y_true = rng.integers(0, classes, n)
+    y = y_true.copy()
+    wrong = np.arange(0, 40, 4)
+    y[wrong] = (y_true[wrong] + 1) % classes
+    emb = np.eye(classes)[y] * 2 + rng.normal(size=(n, classes))  # the towers pulled each row to its label
+    words = csr_matrix(np.hstack([np.eye(classes)[y_true] * 2, rng.random((n, 20)) < 0.1]).astype(np.float32))
+    fold = fold_of(n)
+    sources = [out_of_fold(emb.astype(np.float32), [y], [classes])[0], out_of_fold(words, [y], [classes])[0],
+               out_of_fold(words, [y], [classes], head="bayes")[0]]
+    pooled = pool(sources, y, fold)
+    doubt = 1 - pooled[np.arange(n), y]
+    assert set(wrong) <= set(np.argsort(-doubt)[: 2 * len(wrong)])
 
 
 def test_rows_are_plain_and_top_limits_each_kind(planted_run):
