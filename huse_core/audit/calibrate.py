@@ -97,9 +97,10 @@ MIN_COPIES = 30  # fewer (a tiny catalogue): a fixed rule instead of a learnt on
 
 
 def features(ev: dict) -> np.ndarray:
-    """(P, 5) what the rule reads of a pair: photo, title-tower and title n-gram similarity, perceptual-hash
-    agreement, and the log of the aligned colour difference."""
-    return np.stack([ev["photo"], ev["text"], ev["title"], ev["pixels"], np.log(ev["aligned"] + 0.01)], 1)
+    """(P, 6) what the rule reads of a pair: photo, title-tower and title n-gram similarity, perceptual-hash
+    agreement, and the logs of the aligned colour difference and of the colour-cast difference."""
+    return np.stack([ev["photo"], ev["text"], ev["title"], ev["pixels"], np.log(ev["aligned"] + 0.01),
+                     np.log(ev["colour"] + 0.01)], 1)
 
 
 def _fit(pos: np.ndarray, neg: np.ndarray):

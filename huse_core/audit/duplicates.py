@@ -76,7 +76,8 @@ def _reduced(emb: np.ndarray, dim: int = REDUCED) -> np.ndarray:
         return np.ascontiguousarray(emb, dtype=np.float32)
     sample = emb[np.random.default_rng(0).permutation(len(emb))[:8192]]
     mean = sample.mean(0)
-    axes = np.linalg.svd(sample - mean, full_matrices=False)[2][:dim]
+    centred = (sample - mean).astype(np.float64)
+    axes = np.linalg.eigh(centred.T @ centred)[1][:, ::-1][:, :dim].T  # leading eigenvectors of the scatter
     out = ((emb - mean) @ axes.T).astype(np.float32)
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
@@ -121,14 +122,16 @@ def candidates(inputs: AuditInputs, groups: dict) -> np.ndarray:
 
 def evidence(image_emb, text_emb, tfidf, thumbs, hashes, a, b, look=None, tick=None) -> dict:
     """What says rows a[i] and b[i] are one listing: photo and title-tower cosine, title n-gram similarity,
-    perceptual-hash agreement (1 - Hamming/32), and the aligned colour difference of the thumbnails (1.0 where
-    `look` is False: not worth aligning)."""
-    from .pixels import aligned_difference
+    perceptual-hash agreement (1 - Hamming/32), the aligned colour difference of the thumbnails (1.0 where `look`
+    is False: not worth aligning), and how far apart the two products' colour casts are."""
+    from .pixels import aligned_difference, ink_colours
 
     look = np.ones(len(a), bool) if look is None else look
     aligned = np.ones(len(a), np.float32)
     aligned[look] = aligned_difference(thumbs, a[look], b[look], tick=tick)[:, 0]
+    cast = ink_colours(thumbs)
     return {"photo": np.einsum("nd,nd->n", image_emb[a], image_emb[b]),
+            "colour": np.linalg.norm(cast[a] - cast[b], axis=1) / 255,
             "text": np.einsum("nd,nd->n", text_emb[a], text_emb[b]),
             "title": np.asarray(tfidf[a].multiply(tfidf[b]).sum(1)).ravel(),
             "pixels": np.clip(1 - hamming(hashes[a], hashes[b]) / 32, 0, 1), "aligned": aligned}
@@ -152,22 +155,21 @@ def duplicate_pairs(inputs: AuditInputs, tick: Callable[[], None] | None = None)
     groups = exact_groups(shas, hashes, df["title"])
     pairs = candidates(inputs, groups)
     exact = np.array([groups.get((int(x), int(y)), "") for x, y in pairs], dtype=object)
-    out = scored(inputs, pairs[:, 0], pairs[:, 1], exact != "", thumbs, hashes, tick)
-    same = np.isin(exact, ["same photo bytes", "same perceptual hash"])
-    out["score"] = np.where(exact == "same photo bytes", 1.0, np.where(same, np.maximum(out["score"], 0.99),
-                                                                       out["score"]))
+    out = scored(inputs, pairs[:, 0], pairs[:, 1], exact == "same photo bytes", thumbs, hashes, tick)
+    out["score"] = np.where(exact == "same photo bytes", 1.0, out["score"])
     return {"a": pairs[:, 0], "b": pairs[:, 1], "exact": exact, **out}
 
 
-def scored(inputs: AuditInputs, a, b, exact, thumbs, hashes, tick=None) -> dict:
-    """The pairs' evidence and score under a rule learnt from synthetic copies of the shop's own products (see
-    calibrate); a fixed weighted score and THRESHOLD when too few copies or look-alike pairs can be made."""
-    from .calibrate import MIN_COPIES, features, learn_rule, make_copies
+def scored(inputs: AuditInputs, a, b, same_file, thumbs, hashes, tick=None) -> dict:
+    """The pairs' evidence and score under a rule learnt from synthetic copies of the shop's own products against
+    the catalogue's other candidate pairs (but those sharing a photo file: see calibrate); a fixed weighted score
+    and THRESHOLD when too few copies or look-alike pairs can be made."""
+    from .calibrate import MIN_COPIES, NEGATIVES, SEED, features, learn_rule, make_copies
 
     tfidf, vec = title_vectors(inputs.products["title"])
     copies = make_copies(inputs) if len(inputs) > 1 else None
     n, m = len(inputs), 0 if copies is None else len(copies.source)
-    if m < MIN_COPIES or (~exact).sum() < MIN_COPIES:
+    if m < MIN_COPIES or (~same_file).sum() < MIN_COPIES:
         ev = evidence(inputs.image_emb, inputs.text_emb, tfidf, thumbs, hashes, a, b, tick=tick)
         score = 0.3 * ev["pixels"] + 0.4 * ev["photo"] + 0.3 * ev["title"]
         return {**ev, "score": np.clip(score, 0, 1), "threshold": THRESHOLD, "calibration": {"copies": m}}
@@ -184,10 +186,7 @@ def scored(inputs: AuditInputs, a, b, exact, thumbs, hashes, tick=None) -> dict:
     look = (photo >= floor["photo"]) & (title >= floor["title"])
     ev = evidence(inputs.image_emb, inputs.text_emb, tfidf, thumbs, hashes, a, b, look, tick)
     x = features(ev)
-    neg = np.flatnonzero(~exact)
-    from .calibrate import NEGATIVES, SEED
-
-    neg = np.random.default_rng(SEED).permutation(neg)[:NEGATIVES]
+    neg = np.random.default_rng(SEED).permutation(np.flatnonzero(~same_file))[:NEGATIVES]
     model, cut, oof = learn_rule(features(ev_copy), x[neg])
     return {**ev, "score": model.predict_proba(x)[:, 1], "threshold": cut,
             "calibration": {"copies": m, "cut": round(cut, 4), "aligned_share": round(float(look.mean()), 4),
@@ -210,10 +209,12 @@ def mutual_best(pairs: dict) -> np.ndarray:
 
 
 def flagged(pairs: dict, threshold: float | None = None) -> np.ndarray:
-    """(P,) bool: the pairs reported as one listing twice: the same photo (bytes or perceptual hash), or a score over
-    `threshold` (default: the calibrated cut) between mutual best partners."""
+    """(P,) bool: the pairs reported as one listing twice: the same photo file bytes, or a score over `threshold`
+    (default: the calibrated cut) between mutual best partners. A shared perceptual hash alone is not enough:
+    plain shots of different products on white share one; the rule weighs it with the aligned pixels."""
     threshold = pairs.get("threshold", THRESHOLD) if threshold is None else threshold
-    exact = np.isin(pairs["exact"], ["same photo bytes", "same perceptual hash"])
+    # why: docs/decisions.md#audit
+    exact = pairs["exact"] == "same photo bytes"
     return exact | ((pairs["score"] >= threshold) & mutual_best(pairs))
 
 

@@ -189,3 +189,12 @@ def perceptual_hashes(thumbs: np.ndarray) -> np.ndarray:
     low = dct(dct(grey, axis=1, norm=None), axis=2, norm=None)[:, :8, :8].reshape(len(grey), 64)
     bits = low > np.median(low, axis=1, keepdims=True)
     return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
+
+
+def ink_colours(thumbs: np.ndarray) -> np.ndarray:
+    """(N, 3) each photo's colour cast: the darkness-weighted mean colour of its pixels (the product, not the white
+    around it) less its grey level. A copy keeps it; a colour variant shot alike does not."""
+    rgb = thumbs.reshape(len(thumbs), -1, 3).astype(np.float32)
+    weight = 255 - rgb.mean(2, keepdims=True)
+    mean = (weight * rgb).sum(1) / np.maximum(weight.sum(1), 1.0)
+    return mean - mean.mean(1, keepdims=True)
