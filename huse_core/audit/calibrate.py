@@ -93,6 +93,7 @@ def make_copies(inputs, n: int = COPIES, seed: int = SEED) -> Copies:
 RECALL = 0.97  # the share of the synthetic copies (scored out of fold) the cut keeps
 FOLDS = 5
 NEGATIVES = 100_000  # catalogue pairs (a seeded sample) the rule learns look-alikes from
+TOP_NEGATIVES = 0.001  # the share of catalogue pairs taken as its most copy-like
 MIN_COPIES = 30  # fewer (a tiny catalogue): a fixed rule instead of a learnt one
 
 
@@ -113,12 +114,19 @@ def _fit(pos: np.ndarray, neg: np.ndarray):
 
 
 def learn_rule(pos: np.ndarray, neg: np.ndarray, seed: int = SEED) -> tuple[object, float, np.ndarray]:
-    """(model fitted on all, cut, out-of-fold scores of the copies): the cut keeps RECALL of the copies scored by
-    models that did not see them."""
+    """(model fitted on all, cut, out-of-fold scores of the copies). The cut keeps RECALL of the copies scored by
+    models that did not see them; where even the catalogue's most copy-like pairs (top 0.1 %, out of fold) score
+    below that, it sits halfway between the two in log-odds, so a real copy a little harder than the synthetic
+    ones still passes."""
     rng = np.random.default_rng(seed)
     fp, fn = rng.permutation(len(pos)) % FOLDS, rng.permutation(len(neg)) % FOLDS
-    oof = np.zeros(len(pos))
+    oof, oof_neg = np.zeros(len(pos)), np.zeros(len(neg))
     for k in range(FOLDS):
         model = _fit(pos[fp != k], neg[fn != k])
         oof[fp == k] = model.predict_proba(pos[fp == k])[:, 1]
-    return _fit(pos, neg), float(np.quantile(oof, 1 - RECALL)), oof
+        oof_neg[fn == k] = model.predict_proba(neg[fn == k])[:, 1]
+    cut, top = float(np.quantile(oof, 1 - RECALL)), float(np.quantile(oof_neg, 1 - TOP_NEGATIVES))
+    if top < cut:
+        logit = lambda p: np.log(np.clip(p, 1e-9, 1 - 1e-9) / (1 - np.clip(p, 1e-9, 1 - 1e-9)))  # noqa: E731
+        cut = float(1 / (1 + np.exp(-(logit(cut) + logit(top)) / 2)))
+    return _fit(pos, neg), cut, oof
