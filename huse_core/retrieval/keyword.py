@@ -68,6 +68,21 @@ def product_text(title: str, labels: dict[str, str]) -> str:
     return " ".join(parts)
 
 
+def label_terms(heads) -> set[str]:
+    """The keyword terms of the shop's class names (every head's): the words a query can name a label by."""
+    return {t for h in heads for c in h["classes"] for t in terms(product_text("", {"": c}))}
+
+
+def brand_terms(titles, labels: set[str], least: int = 5) -> set[str]:
+    """Terms that start at least `least` titles and name no label: the catalogue's brands ("puma", "nike"), read
+    from the titles where the shop has no brand column."""
+    counts: Counter = Counter()
+    for word, n in Counter((str(title).split() or [""])[0].lower() for title in titles).items():
+        first = terms(word)[:1]
+        counts.update({first[0]: n} if first else {})
+    return {w for w, n in counts.items() if n >= least and w not in labels and w.isalpha() and len(w) > 2}
+
+
 def max_edits(word: str) -> int:
     """Edits a query word may be from a catalogue word: none up to 3 letters, 1 up to 7, else 2."""
     return 0 if len(word) <= 3 else 1 if len(word) <= 7 else 2
