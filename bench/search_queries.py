@@ -37,7 +37,9 @@ from huse_core.run import load_run
 from huse_core.training.evaluate import catalog_picks, ranked_hits
 
 DEPTH = 100  # ranks looked at for MRR
-SWEEP = [("sum", w) for w in (32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0)] + [("rrf", 0.0)]
+# (rule, keyword weight of attribute queries, of titles): each kind's weight varied with the other's at its default
+SWEEP = [("sum", 128.0, w) for w in (128.0, 256.0, 512.0, 1024.0, 4096.0)] + \
+    [("sum", w, 1024.0) for w in (32.0, 64.0, 256.0, 1024.0)] + [("rrf", 0.0, 0.0)]
 
 
 def bm25_peer(products):
@@ -119,9 +121,9 @@ def main() -> int:
         peer = bm25_peer(searcher.products)
         if args.sweep_only:
             payload["sweep"] = sweep(searcher, df, run.leaf, args.n, args.photo)
-            md += table("hybrid rule on val queries (one keyword weight for both kinds; the kind each set's queries "
-                        f"are given: {payload['sweep'].pop('routed')})", payload["sweep"],
-                        tuple(next(iter(payload["sweep"].values()))))
+            md += table("hybrid rule on val queries (keyword weight w of attribute queries / of titles; the share "
+                        f"of each set read as attribute queries: {payload['sweep']['routed']})",
+                        payload["sweep"]["results"], tuple(next(iter(payload["sweep"]["results"].values()))))
             print(write_result("search_queries", args.variant or Path(args.run).name + "-sweep", payload,
                                "\n".join(md)))
             return 0
@@ -194,16 +196,17 @@ def sweep(searcher: Searcher, df, leaf: str, n: int, n_photo: int) -> dict:
             searcher.add_products(items)
             sets = {"photo-only": photo}
             out["routed"]["photo-only"] = routed(searcher, photo)
-        for rule, weight in SWEEP:
-            searcher.fusion, searcher.keyword_weights = rule, {kind: weight for kind in before}
-            f, row = ranker(searcher, "hybrid"), rows.setdefault(f"{rule} w={weight:g}" if rule == "sum" else rule, {})
+        for rule, attribute, title in SWEEP:
+            searcher.fusion, searcher.keyword_weights = rule, {"attribute": attribute, "title": title}
+            label = f"{rule} w = {attribute:g} / {title:g}" if rule == "sum" else rule
+            f, row = ranker(searcher, "hybrid"), rows.setdefault(label, {})
             for name, qs in sets.items():
                 m = score(f, qs)
                 row.update({f"{name} P@10": m["P@10"], f"{name} nDCG@10": m["nDCG@10"]} if name == "attribute" else
                            {f"{name} MRR": m["MRR"]} if name.startswith("noisy") else {f"{name} R@10": m["R@10"]})
-            print(rule, weight, row, flush=True)
+            print(label, row, flush=True)
     searcher.fusion, searcher.keyword_weights = "sum", before
-    return {**out, **rows}
+    return {**out, "results": rows}
 
 
 def whole_catalogue(searcher: Searcher, df, split: str) -> dict:

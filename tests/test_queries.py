@@ -10,7 +10,7 @@ import pytest
 from huse_core.data.catalog import load_catalog
 from huse_core.config import DataConfig
 from huse_core.retrieval.hybrid import KEYWORD_WEIGHTS, Router, credit_untitled
-from huse_core.retrieval.keyword import KeywordIndex, brand_terms, label_terms, useless_title
+from huse_core.retrieval.keyword import KeywordIndex, brand_terms, label_terms, terms, useless_title
 from huse_core.retrieval.queries import (attribute_queries, beir_recall, hit_rate, ndcg, noisy_queries, noisy_title,
                                          photo_only_products, precision, reciprocal_rank, score)
 from huse_core.retrieval.search import Searcher
@@ -176,13 +176,14 @@ def test_an_untitled_product_gets_the_share_of_the_querys_label_words_its_labels
     labels = {"men", "women", "white", "black", "tshirt", "shoe", "jean"}
     raw = index.scores("guerrilla men white tshirt")
     assert raw.argmax() == 1 and raw[0] < raw[1]  # BM25 alone: the titled product wins the brand word
-    share = index.label_share("guerrilla men white tshirt", labels, np.array([0, 3]))
+    docs = [set(terms(t)) for t in ("IMG_0231 Men White Tshirts", "IMG_0007 Women White Jeans")]  # rows 0 and 3
+    share = index.label_share("guerrilla men white tshirt", labels, docs)
     idf = {t: index.idf(t) for t in ("men", "white", "tshirt")}
     assert share == pytest.approx([1.0, idf["white"] / sum(idf.values())])  # "guerrilla" is no label word
     credited = credit_untitled(raw, np.array([0, 3]), share)
     assert credited[0] == pytest.approx(raw.max()) and credited[3] == pytest.approx(share[1] * raw.max())
     assert credited[1] == raw[1] and credited[2] == raw[2]  # titled products keep their BM25
-    assert not index.label_share("guerrilla", labels, np.array([0, 3])).any()
+    assert not index.label_share("guerrilla", labels, docs).any()
 
 
 def test_a_photo_only_product_is_labelled_from_its_photo_and_found_by_its_labels(indexed_run_copy):

@@ -19,7 +19,7 @@ from .adding import add_products, resembling
 from .embed import products_frame
 from .hybrid import DEFAULT_MODE, KEYWORD_WEIGHTS, Router, check_mode, credit_untitled, hybrid_order, keyword_top
 from .index import load_index, top_matches
-from .keyword import KeywordIndex, brand_terms, label_terms, product_text, useless_title
+from .keyword import KeywordIndex, brand_terms, label_terms, product_text, terms, useless_title
 from .knn import exact_search
 from .layout import IndexMissingError, StaleIndexError, build_folder, index_dir, load_map, load_product_emb
 from .map import extend_map, full_map
@@ -65,7 +65,8 @@ class _State:
     masks: dict = field(default_factory=dict, init=False)  # (head, class) -> rows with that label
     codes: dict | None = field(default=None, init=False)  # head -> each row's class index (retrieval.rerank)
     keyword: KeywordIndex | None = field(default=None, init=False)  # BM25 over every row, made on first use
-    untitled: np.ndarray | None = field(default=None, init=False)  # rows whose title says nothing (useless_title)
+    # rows whose title says nothing (useless_title), and the terms of their keyword documents (label words)
+    untitled: tuple[np.ndarray, list[set[str]]] | None = field(default=None, init=False)
 
     def __post_init__(self):
         self.row_of = {pid: i for i, pid in enumerate(self.products["id"])}
@@ -93,7 +94,7 @@ class Searcher:
         self._index_codes: dict | None = None  # the index rows' class codes, made on the first title search
         self._keyword_index: KeywordIndex | None = None  # BM25 over the index rows, made on the first word search
         self._keyword_lock = threading.Lock()
-        self._index_untitled: np.ndarray | None = None  # index rows with a useless title (first word search)
+        self._index_untitled: tuple | None = None  # index rows with a useless title, their terms (first word search)
         self._label_terms = label_terms(self.heads)
         self._facet_terms: set[str] | None = None  # label and brand words: an attribute query's (hybrid.Router)
         self.fusion = "sum"  # the hybrid rule (retrieval.hybrid)
@@ -287,14 +288,15 @@ class Searcher:
         if state.keyword is None:
             with self._keyword_lock:
                 if self._keyword_index is None:
-                    self._keyword_index = KeywordIndex(self._texts(state, 0, state.n_index))
-            state.keyword = self._keyword_index.with_added(self._texts(state, state.n_index, len(state.products)))
+                    self._keyword_index = KeywordIndex(self._texts(state, range(state.n_index)))
+            state.keyword = self._keyword_index.with_added(self._texts(state, range(state.n_index,
+                                                                                    len(state.products))))
         return state.keyword
 
-    def _texts(self, state: _State, lo: int, hi: int) -> list[str]:
-        """Keyword documents (title and label words) of rows lo..hi."""
+    def _texts(self, state: _State, rows) -> list[str]:
+        """Keyword documents (title and label words) of these rows."""
         v, names = state.values, [h["name"] for h in self.heads]
-        return [product_text(v["title"][r], {h: v[h][r] for h in names}) for r in range(lo, hi)]
+        return [product_text(v["title"][r], {h: v[h][r] for h in names}) for r in rows]
 
     def keyword_scores(self, text: str) -> np.ndarray:
         """Every product's keyword score for these words (catalogue rows, then added ones: the order of
@@ -321,12 +323,15 @@ class Searcher:
         kw = index.scores(text)
         if state.untitled is None:
             if self._index_untitled is None:
-                self._index_untitled = np.flatnonzero([useless_title(t) for t in state.values["title"][:state.n_index]])
-            added = [useless_title(t) for t in state.values["title"][state.n_index:]]
-            state.untitled = np.concatenate([self._index_untitled, state.n_index + np.flatnonzero(added)]).astype(int)
-        if not len(state.untitled):
+                rows = np.flatnonzero([useless_title(t) for t in state.values["title"][:state.n_index]])
+                self._index_untitled = rows, [set(terms(t)) for t in self._texts(state, rows)]
+            added = state.n_index + np.flatnonzero([useless_title(t) for t in state.values["title"][state.n_index:]])
+            state.untitled = (np.concatenate([self._index_untitled[0], added]).astype(int),
+                              self._index_untitled[1] + [set(terms(t)) for t in self._texts(state, added)])
+        rows, docs = state.untitled
+        if not len(rows):
             return kw
-        return credit_untitled(kw, state.untitled, index.label_share(text, self._label_terms, state.untitled))
+        return credit_untitled(kw, rows, index.label_share(text, self._label_terms, docs))
 
     def _label_codes(self, state: _State) -> dict[str, np.ndarray]:
         """Each row's class per head (retrieval.rerank): the index's rows once per Searcher, added rows per state."""
