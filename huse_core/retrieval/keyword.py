@@ -15,6 +15,7 @@ import copy
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -26,6 +27,7 @@ _COMPOUND = re.compile(r"[^\W_]+(?:-[^\W_]+)+", re.UNICODE)  # "t-shirt": also i
 _BLANK = {"", "nan", "none", OTHER}
 
 
+@lru_cache(maxsize=1 << 17)  # a catalogue's words repeat: a million titles hold tens of thousands of words
 def stem(word: str) -> str:
     """A light plural stem: "shoes" -> "shoe", "tshirts" -> "tshirt", "watches" -> "watch", "dresses" -> "dress";
     "dress", "status", "chinos"... stay near."""
