@@ -140,6 +140,29 @@ def test_a_memorised_wrong_label_is_still_flagged_by_the_pooled_heads():
     assert set(wrong) <= set(np.argsort(-doubt)[: 2 * len(wrong)])
 
 
+def test_pool_weights_fitted_on_held_out_rows_do_not_reward_memorising():
+    """A head that memorised the training rows' labels (wrong ones too) and guesses elsewhere earns weight when the
+    pool is fitted on every row; fitted on the held-out rows only, the head that reads the true class wins, and the
+    wrong training labels are doubted."""
+    rng = np.random.default_rng(2)
+    n, classes = 2000, 5
+    y_true = rng.integers(0, classes, n)
+    y = y_true.copy()
+    wrong = rng.choice(n, 100, replace=False)
+    y[wrong] = (y_true[wrong] + 1) % classes
+    held_out = rng.random(n) < 0.2
+    memorised = rng.dirichlet(np.ones(classes), n)
+    memorised[~held_out] = 0.02
+    memorised[np.flatnonzero(~held_out), y[~held_out]] = 0.92
+    reads = np.full((n, classes), 0.1)
+    reads[np.arange(n), y_true] = 0.6
+    fold = fold_of(n)
+    train_wrong = wrong[~held_out[wrong]]
+    everywhere = pool([memorised, reads], y, fold)[train_wrong, y[train_wrong]]
+    held = pool([memorised, reads], y, fold, fit_rows=held_out)[train_wrong, y[train_wrong]]
+    assert held.mean() < 0.5 < everywhere.mean()
+
+
 def test_rows_are_plain_and_top_limits_each_kind(planted_run):
     rows = audit(planted_run, kinds="labels,duplicates", top=2)
     assert {r["kind"] for r in rows} <= {"labels", "duplicates"}

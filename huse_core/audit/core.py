@@ -51,7 +51,9 @@ def label_probs(inputs: AuditInputs, tick=None) -> dict[str, np.ndarray]:
     """Out-of-sample label probabilities, the mean of two views: every source pooled (K-fold prototype heads on the
     towers' embeddings and on the titles' TF-IDF, naive Bayes on that TF-IDF; crossfit.pool) and the title sources
     alone pooled. The towers saw every training label, so a label they memorised sits in the embeddings and can win
-    the first view; the title features never saw a label, so it cannot hide in the second (measured: docs/audit.md)."""
+    the first view; the title features never saw a label, so it cannot hide in the second. The first view's
+    weights are fitted on the products the run held out of training (val and test), whose labels the towers never
+    saw, so memorising does not earn the embeddings weight (measured: docs/audit.md)."""
     # why: docs/decisions.md#audit
     heads = [h for h in inputs.run.heads if h.kind == "single"]
     labels, sizes = [inputs.codes(h) for h in heads], [len(h.classes) for h in heads]
@@ -59,9 +61,11 @@ def label_probs(inputs: AuditInputs, tick=None) -> dict[str, np.ndarray]:
     towers = out_of_fold(np.hstack([inputs.image_emb, inputs.text_emb]), labels, sizes, tick=tick)
     titles = [out_of_fold(words, labels, sizes, tick=tick), out_of_fold(words, labels, sizes, head="bayes")]
     fold, out = fold_of(len(inputs)), {}
+    held_out = inputs.products["split"].to_numpy(dtype=object) != "train" if "split" in inputs.products else None
     for i, h in enumerate(heads):
         by_title = [t[i] for t in titles]
-        out[h.name] = (pool([towers[i], *by_title], labels[i], fold) + pool(by_title, labels[i], fold)) / 2
+        out[h.name] = (pool([towers[i], *by_title], labels[i], fold, fit_rows=held_out)
+                       + pool(by_title, labels[i], fold)) / 2
     return out
 
 

@@ -103,10 +103,14 @@ def _bayes(x, y: np.ndarray, fold: np.ndarray, n: int) -> np.ndarray:
     return best
 
 
-def pool(probs: list[np.ndarray], y: np.ndarray, fold: np.ndarray) -> np.ndarray:
+MIN_FIT_ROWS = 200  # fewer rows than this that `fit_rows` allows: the exponents are fitted on every row instead
+
+
+def pool(probs: list[np.ndarray], y: np.ndarray, fold: np.ndarray, fit_rows: np.ndarray | None = None) -> np.ndarray:
     """Log-linear pool of several heads' out-of-fold probabilities: p ∝ Π p_s ** w_s, the exponents of each fold's
     rows fitted (log-loss of the catalogue labels, w_s in [0, 5]) on the other folds' rows: a cross-fitted second
-    level, so no row's own label picks its weights."""
+    level, so no row's own label picks its weights. `fit_rows` (bool, N) limits the fitting to those rows (the
+    products the towers never trained on: there a memorised label cannot make the embeddings look right)."""
     from scipy.optimize import minimize
 
     logs = np.stack([np.log(np.maximum(p, 1e-7)) for p in probs])  # (S, N, C)
@@ -126,6 +130,8 @@ def pool(probs: list[np.ndarray], y: np.ndarray, fold: np.ndarray) -> np.ndarray
     for k in range(fold.max() + 1):
         test = np.flatnonzero(fold == k)
         train = np.flatnonzero((fold != k) & (y >= 0))
+        if fit_rows is not None and fit_rows[train].sum() >= MIN_FIT_ROWS:
+            train = train[fit_rows[train]]
         train = train[:: max(1, len(train) // 10000)]  # a few exponents: a sample of rows fits them
         w = start if not len(train) else minimize(loss, start, args=(train,), jac=True, method="L-BFGS-B",
                                                   bounds=[(0.0, 5.0)] * len(probs)).x
