@@ -30,10 +30,11 @@ def _shop(seed: int = 0, tint: float = 0.3, own_part: float = 1.0):
     pixels = np.full((N, 16, 16, 3), 255, np.uint8)
     pixels[:, 4:12, 4:12] = RGB[colour][:, None, None] + rng.integers(0, 20, (N, 1, 1, 3)).astype(np.uint8)
     heads = [SimpleNamespace(name="kind", kind="single", classes=[f"kind{k}" for k in range(CLASSES)]),
-             SimpleNamespace(name="colour", kind="single", classes=["Red", "Blue", "Green"])]
+             SimpleNamespace(name="colour", kind="single", classes=["Red", "Blue", "Green"])]  # as RGB
+    names = ["Red", "Blue", "Green"]
     products = pd.DataFrame({"id": [f"p{i}" for i in range(N)],
-                             "title": [f"{['Red', 'Blue', 'Green'][c]} kind{k}" for k, c in zip(kind, colour)],
-                             "kind": [f"kind{k}" for k in kind], "colour": [["Red", "Blue", "Green"][c] for c in colour]})
+                             "title": [f"{names[c]} kind{k}" for k, c in zip(kind, colour)],
+                             "kind": [f"kind{k}" for k in kind], "colour": [names[c] for c in colour]})
     inputs = SimpleNamespace(run=SimpleNamespace(heads=heads), products=products, image_emb=unit(image),
                              text_emb=unit(text))
     return inputs, kind, colour, pixels
@@ -90,3 +91,20 @@ def test_colour_histograms_see_the_product_not_the_background():
     assert h[0, :-1].argmax() != h[1, :-1].argmax()  # red and blue fall in different bins
     white = colour_histograms(np.full((1, 8, 8, 3), 255, np.uint8))
     assert h.dtype == np.float32 and white.sum() == 0
+
+
+def test_best_partner_is_the_swap_that_fixes_both_listings():
+    from huse_core.audit import mismatch
+
+    fit = np.array([[0.0, 0.1, 2.0, 0.0],  # photo 0 fits title 2 ...
+                    [0.0, 1.0, 0.0, 0.0],
+                    [3.0, 0.0, 0.5, 0.0],  # ... and photo 2 fits title 0
+                    [0.0, 0.0, 1.0, 0.9]], np.float32)  # photo 3 fits title 2, but photo 2 doesn't fit title 3
+    old = mismatch.BLOCK
+    try:
+        mismatch.BLOCK = 3  # the block boundary falls between the pair
+        best, gain = mismatch.best_partners(fit)
+    finally:
+        mismatch.BLOCK = old
+    assert best[0] == 2 and best[2] == 0 and np.isclose(gain[0], 2.0 + 3.0 - 0.0 - 0.5)
+    assert gain[3] < 0 < gain[0]  # no swap helps listing 3

@@ -22,8 +22,11 @@ from .inputs import AuditInputs
 
 FLAGGED = 0.01  # the share of the catalogue flagged (the issue's operating point: recall at 1 % flagged) ...
 MIN_FLAGGED = 20  # ... but at least this many in a small shop
-CANDIDATES = 0.09  # the share of worst misfits (and as many worst colour misfits) searched for swap partners
+CANDIDATES = 0.09  # the share of worst misfits searched for swap partners ...
+COLOUR_CANDIDATES = 0.18  # ... and of worst colour misfits (a colour swap barely moves the other heads)
+MAX_CANDIDATES = 4000  # per list, times (1, 2): the pair matrix stays under ~0.6 GB however large the shop
 MIN_CANDIDATES = 200
+BLOCK = 2048
 COSINE_WEIGHT = 80.0  # shared-space cosine -> the scale of the heads' log-lifts
 GAIN_WEIGHT = 1.0  # a partner's swap gain added to the misfit (twice when the pair is mutual)
 
@@ -46,7 +49,9 @@ class Evidence:
         """(R, R) float32 summed log-lift of photo rows[i] with title rows[j]."""
         out = np.zeros((len(rows), len(rows)), np.float32)
         for p, t, lift in zip(self.photo, self.title, self.lift):
-            out += np.log((p[rows] @ lift.T) @ t[rows].T + 1e-9)
+            fit = (p[rows] @ lift.T).astype(np.float32) @ t[rows].T.astype(np.float32)
+            fit += 1e-9
+            out += np.log(fit, out=fit)
         return out
 
 
@@ -86,15 +91,30 @@ class Scores:
 
 
 def candidates(ev: Evidence, own: np.ndarray, misfit: np.ndarray) -> np.ndarray:
-    """The rows searched for swap partners: the worst misfits, and as many of the worst colour misfits (a colour
-    swap within a category barely moves the other heads)."""
+    """The rows searched for swap partners: the worst misfits, and the worst colour misfits (a colour swap within
+    a category barely moves the other heads)."""
     n = len(misfit)
-    m = min(n, max(MIN_CANDIDATES, round(CANDIDATES * n)))
+    size = lambda share, cap: min(n, max(MIN_CANDIDATES, min(cap, round(share * n))))  # noqa: E731
     colour = [k for k, name in enumerate(ev.names) if any(w in name.lower() for w in ("colour", "color"))]
-    rows = [np.argsort(-misfit, kind="stable")[:m]]
+    rows = [np.argsort(-misfit, kind="stable")[: size(CANDIDATES, MAX_CANDIDATES)]]
     if colour:
-        rows.append(np.argsort(own[colour].sum(0), kind="stable")[:m])
+        rows.append(np.argsort(own[colour].sum(0), kind="stable")[: size(COLOUR_CANDIDATES, 2 * MAX_CANDIDATES)])
     return np.unique(np.concatenate(rows))
+
+
+def best_partners(fit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For fit[i, j] = how well photo i fits title j: each row's partner j maximising the gain of swapping their
+    photos, fit[i, j] + fit[j, i] - fit[i, i] - fit[j, j], and that gain (block by block: memory stays ~fit)."""
+    mine = np.diag(fit).copy()
+    best, gain = np.zeros(len(fit), np.int64), np.zeros(len(fit), np.float32)
+    for start in range(0, len(fit), BLOCK):
+        block = fit[start : start + BLOCK] + fit[:, start : start + BLOCK].T
+        block -= mine[start : start + BLOCK, None]
+        block -= mine[None, :]
+        block[np.arange(len(block)), np.arange(start, start + len(block))] = -np.inf
+        best[start : start + len(block)] = block.argmax(1)
+        gain[start : start + len(block)] = block[np.arange(len(block)), best[start : start + len(block)]]
+    return best, gain
 
 
 def mismatch_scores(inputs: AuditInputs, ev: Evidence) -> Scores:
@@ -106,13 +126,8 @@ def mismatch_scores(inputs: AuditInputs, ev: Evidence) -> Scores:
     rows = candidates(ev, own, misfit)
     fit = ev.pairs(rows)
     fit += COSINE_WEIGHT * (inputs.image_emb[rows] @ inputs.text_emb[rows].T)
-    mine = np.diag(fit).copy()
-    gain = fit + fit.T  # photo i with title j, photo j with title i ...
-    gain -= mine[:, None]
-    gain -= mine[None, :]  # ... against each with its own
-    np.fill_diagonal(gain, -np.inf)
-    best = gain.argmax(1)
-    best_gain = np.maximum(gain[np.arange(len(rows)), best], 0)
+    best, best_gain = best_partners(fit)
+    best_gain = np.maximum(best_gain, 0)
     mutual = (best[best] == np.arange(len(rows))) & (best_gain > 0)
     score = misfit.astype(np.float64)
     score[rows] += GAIN_WEIGHT * best_gain * (1 + mutual)
