@@ -175,17 +175,20 @@ def test_a_pickle_that_would_run_code_is_refused_unopened(trained, tmp_path):
     assert not marker.exists()
 
 
-def test_cli_demo_train_evaluate(tmp_path, capsys):
+def test_cli_demo_train_evaluate(tmp_path, capsys, monkeypatch):
     assert main(["demo-data", "--out", str(tmp_path / "demo"), "--products", "160", "--quiet"]) == 0
     csv = tmp_path / "demo" / "metadata.csv"
     assert csv.is_file()
-    args = ["train", "--catalog", str(csv), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "32",
+    monkeypatch.chdir(tmp_path / "demo")  # trained from the shop's folder with a relative path ...
+    args = ["train", "--catalog", "metadata.csv", "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "32",
             "--cnn-width", "8", "--hidden", "32", "--dim", "16", "--conv-channels", "16", "--word-dim", "8",
             "--losses", "cls,gap", "--quiet"]
     assert main(args) == 0
     meta = json.loads((tmp_path / "run" / "run.json").read_text())
     assert meta["loss"]["losses"] == ["cls", "gap"] and meta["model"]["dim"] == 16
+    assert meta["data"]["catalog"] == str(csv.resolve())
     capsys.readouterr()
+    monkeypatch.chdir(tmp_path)  # ... and evaluated from another folder: the run still finds its catalogue
     assert main(["evaluate", "--run", str(tmp_path / "run"), "--json", "--quiet"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert {"n_test", "classification", "retrieval", "modality_gap"} <= set(result)

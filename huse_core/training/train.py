@@ -122,6 +122,8 @@ def _settings(given_cfgs: Settings, run_dir: Path, resume: bool, given: list[Giv
     check_before_decoding(s.model, s.loss)
     emit({"stage": "data", "message": "reading the catalogue"})
     if not resume:  # a resumed run's stored configs hold the resolved values
+        if s.data.catalog:  # stored absolute: evaluate, index and audit find it from any folder
+            s.data = dataclasses.replace(s.data, catalog=str(Path(s.data.catalog).expanduser().resolve()))
         s.data, s.model, s.train, s.schedule, s.loss = plan(s.data, s.model, s.train, s.loss, device=device.type)
     if s.schedule is not None:
         emit({"stage": "schedule", "message": f"schedule: batch {s.train.batch_size}, lr {s.train.lr:g}, "
