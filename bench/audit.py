@@ -163,7 +163,8 @@ def measure(args) -> None:
 
     src = pd.read_csv(truth["source"], dtype=str, keep_default_na=False)
     layout = truth.get("layout", {"id": "id", "title": "title"})  # the other shop's columns are named otherwise
-    original = dict(zip(src[layout["id"]], src[layout["title"]])) | {t["id"]: t["source_title"] for t in truth["duplicates"]}
+    original = dict(zip(src[layout["id"]], src[layout["title"]]))
+    original |= {t["id"]: t["source_title"] for t in truth["duplicates"]}
     result = {"run": args.run, "n_products": len(inputs), "findings": {k: sum(r["kind"] == k for r in rows)
                                                                        for k in ("labels", "mismatch", "duplicates")},
               "labels": labels, "mismatch": measure_mismatch(inputs, truth, probs, peer_text),

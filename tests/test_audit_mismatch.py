@@ -108,3 +108,9 @@ def test_best_partner_is_the_swap_that_fixes_both_listings():
         mismatch.BLOCK = old
     assert best[0] == 2 and best[2] == 0 and np.isclose(gain[0], 2.0 + 3.0 - 0.0 - 0.5)
     assert gain[3] < 0 < gain[0]  # no swap helps listing 3
+
+
+def test_a_shop_without_single_label_heads_gets_no_mismatch_scores():
+    inputs, kind, colour, pixels = _shop()
+    scores = mismatch_scores(inputs, evidence(inputs, {}, {}, None))
+    assert scores.heads == [] and not scores.score.any() and (scores.partner == -1).all()

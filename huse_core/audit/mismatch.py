@@ -121,6 +121,9 @@ def mismatch_scores(inputs: AuditInputs, ev: Evidence) -> Scores:
     """The misfit of each product's photo with its title, plus, for candidates, the gain of swapping photos with
     their best partner (measured: docs/audit.md)."""
     # why: docs/decisions.md#audit
+    n = len(inputs.image_emb)
+    if not ev.names:  # no single-label head to compare: nothing to say
+        return Scores(np.zeros(n, np.float32), np.full(n, -1), np.zeros(n, bool), [])
     own = ev.own()
     misfit = -own.sum(0)
     rows = candidates(ev, own, misfit)
