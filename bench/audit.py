@@ -7,9 +7,9 @@
 
 Per kind: precision at the number injected, recall at twice that, AUROC; mismatches also recall at 1 % flagged
 (across categories and within a category, another colour); duplicates also precision / recall of the flagged set,
-with the catalogue's own same-title listings counted apart. Peers on the same rows: cleanlab find_label_issues on
-5-fold TF-IDF + logistic-regression probabilities (labels), photo-class vs title-class disagreement (mismatches),
-perceptual hash + normalised title (duplicates).
+with the catalogue's own duplicates (same original title, or same original photo bytes) counted apart. Peers on the
+same rows: cleanlab find_label_issues on 5-fold TF-IDF + logistic-regression probabilities (labels), photo-class vs
+title-class disagreement (mismatches), perceptual hash + normalised title (duplicates).
 """
 
 from __future__ import annotations
@@ -108,33 +108,91 @@ def measure_mismatch(inputs, truth, probs, peer_text) -> dict:
     return out
 
 
-def measure_duplicates(inputs, truth, pairs, original_titles: dict) -> dict:
-    """Flagged rows: injected duplicates, the catalogue's own same-title listings (counted apart), other."""
+def original_photos(truth: dict) -> dict:
+    """{id: sha1 of its photo in the un-injected catalogue}; an injected copy gets its source's."""
+    import hashlib
+
+    import pandas as pd
+
+    src = pd.read_csv(truth["source"], dtype=str, keep_default_na=False)
+    root, lay = Path(truth["source"]).parent, truth["layout"]
+    out = {}
+    for pid, rel in zip(src[lay["id"]], src[lay["image"]]):
+        try:
+            out[pid] = hashlib.sha1((root / rel).read_bytes()).hexdigest()
+        except OSError:
+            out[pid] = f"missing {pid}"
+    return out | {t["id"]: out.get(t["source"], "") for t in truth["duplicates"]}
+
+
+def peer_pairs(inputs) -> dict:
+    """The data scientist's exact-duplicate check: rows sharing imagehash's pHash of the photo file or the
+    normalised title, each joined to the first row of its group; all flagged."""
+    import imagehash
+    from PIL import Image
+
+    from huse_core.audit.duplicates import exact_groups
+
+    hashes = []
+    for path in inputs.products["image"]:
+        try:
+            with Image.open(path) as im:
+                hashes.append(str(imagehash.phash(im.convert("L"))))
+        except OSError:
+            hashes.append("")
+    groups = exact_groups([""] * len(hashes), hashes, inputs.products["title"])
+    ab = np.array(sorted(groups), dtype=np.int64).reshape(-1, 2)
+    return {"a": ab[:, 0], "b": ab[:, 1]}
+
+
+def _count(ids, a, b, flag, source, same_title, same_photo, injected_pair) -> dict:
+    """Recall and precision of the flagged pairs, the catalogue's own duplicates counted apart."""
+    found = {ids[x] if ids[x] in source else ids[y] for x, y in zip(a[flag & injected_pair], b[flag & injected_pair])}
+    n_flag, n_inj = int(flag.sum()), int((flag & injected_pair).sum())
+    n_title = int((flag & same_title & ~injected_pair).sum())
+    n_own = int((flag & (same_title | same_photo) & ~injected_pair).sum())
+    return {"flagged_pairs": n_flag, "injected_found": len(found), "recall": round(len(found) / max(1, len(source)), 4),
+            "same_title_in_catalogue": n_title,
+            "same_photo_in_catalogue": int((flag & same_photo & ~injected_pair).sum()),
+            "catalogue_duplicates": n_own, "other": n_flag - n_inj - n_own,
+            "precision": round(n_inj / max(1, n_flag), 4),
+            "precision_without_same_title": round(n_inj / max(1, n_flag - n_title), 4),
+            "precision_without_catalogue_duplicates": round(n_inj / max(1, n_flag - n_own), 4)}
+
+
+def measure_duplicates(inputs, truth, pairs, original_titles: dict, photos: dict, peer: dict | None = None) -> dict:
+    """Flagged pairs: injected duplicates; the catalogue's own duplicates (same original title, or same original
+    photo bytes), counted apart; other. The peer (imagehash pHash or normalised title) on its own pairs."""
     ids = inputs.products["id"].astype(str).to_numpy()
     source = {t["id"]: t["source"] for t in truth["duplicates"]}
-    same_title = np.array([normalise_title(original_titles.get(ids[a], "")) == normalise_title(
-        original_titles.get(ids[b], "#")) for a, b in zip(pairs["a"], pairs["b"])])
-    injected_pair = np.array([source.get(ids[a]) == ids[b] or source.get(ids[b]) == ids[a]
-                              for a, b in zip(pairs["a"], pairs["b"])])
-    hashes_equal = pairs["pixels"] >= 1.0
+
+    def classes(a, b):
+        same_title = np.array([normalise_title(original_titles.get(ids[x], "")) == normalise_title(
+            original_titles.get(ids[y], "#")) for x, y in zip(a, b)], dtype=bool)
+        same_photo = np.array([photos.get(ids[x], "") == photos.get(ids[y], "#") for x, y in zip(a, b)], dtype=bool)
+        injected = np.array([source.get(ids[x]) == ids[y] or source.get(ids[y]) == ids[x] for x, y in zip(a, b)],
+                            dtype=bool)
+        return same_title, same_photo, injected
+
+    same_title, same_photo, injected_pair = classes(pairs["a"], pairs["b"])
     out = {"candidate_pairs": int(len(pairs["a"])), "injected": len(source),
-           "pair_auroc": round(float(roc_auc_score(injected_pair, pairs["score"])), 4)}
-    for name, flag in (("huse", flagged(pairs)),
-                       ("phash_or_title", hashes_equal | (pairs["exact"] == "same title"))):
-        found = {ids[a] if ids[a] in source else ids[b] for a, b in zip(pairs["a"][flag & injected_pair],
-                                                                      pairs["b"][flag & injected_pair])}
-        n_flag, n_inj, n_same = int(flag.sum()), int((flag & injected_pair).sum()), int((flag & same_title
-                                                                                            & ~injected_pair).sum())
-        out[name] = {"flagged_pairs": n_flag, "injected_found": len(found),
-                     "recall": round(len(found) / max(1, len(source)), 4),
-                     "same_title_in_catalogue": n_same, "other": n_flag - n_inj - n_same,
-                     "precision": round(n_inj / max(1, n_flag), 4),
-                     "precision_without_same_title": round(n_inj / max(1, n_flag - n_same), 4)}
-    sample = np.flatnonzero(flagged(pairs) & same_title & ~injected_pair)[:8]
-    out["same_title_sample"] = [{"a": ids[pairs["a"][k]], "b": ids[pairs["b"][k]],
-                                 "title": original_titles.get(ids[pairs["a"][k]], ""),
-                                 "score": round(float(pairs["score"][k]), 3)} for k in sample]
-    return out
+           "injected_among_candidates": int(injected_pair.sum()),
+           "pair_auroc": round(float(roc_auc_score(injected_pair, pairs["score"])), 4),
+           "calibration": pairs.get("calibration", {}),
+           "huse": _count(ids, pairs["a"], pairs["b"], flagged(pairs), source, same_title, same_photo, injected_pair)}
+    if peer is not None:
+        out["phash_or_title"] = _count(ids, peer["a"], peer["b"], np.ones(len(peer["a"]), bool), source,
+                                       *classes(peer["a"], peer["b"]))
+    sample = {}
+    for name, mask in (("same_title_sample", same_title & ~same_photo), ("same_photo_sample", same_photo),
+                       ("other_sample", ~same_title & ~same_photo)):
+        rows = np.flatnonzero(flagged(pairs) & mask & ~injected_pair)
+        rows = np.random.default_rng(0).permutation(rows)[:8]
+        sample[name] = [{"a": ids[pairs["a"][k]], "b": ids[pairs["b"][k]],
+                         "title": original_titles.get(ids[pairs["a"][k]], ""),
+                         "title_b": original_titles.get(ids[pairs["b"][k]], ""),
+                         "score": round(float(pairs["score"][k]), 3), "exact": str(pairs["exact"][k])} for k in rows]
+    return out | sample
 
 
 def measure(args) -> None:
@@ -168,7 +226,8 @@ def measure(args) -> None:
     result = {"run": args.run, "n_products": len(inputs), "findings": {k: sum(r["kind"] == k for r in rows)
                                                                        for k in ("labels", "mismatch", "duplicates")},
               "labels": labels, "mismatch": measure_mismatch(inputs, truth, probs, peer_text),
-              "duplicates": measure_duplicates(inputs, truth, pairs, original),
+              "duplicates": measure_duplicates(inputs, truth, pairs, original, original_photos(truth),
+                                               peer_pairs(inputs)),
               "seconds": timings}
     write_result("audit", args.variant, result, markdown=markdown(result))
     print(json.dumps(result, indent=1), flush=True)
@@ -188,13 +247,21 @@ def markdown(r: dict) -> str:
         lines.append(f"| photo swapped (N={m['n_true']}) | {name} | {m['precision_at_n']} | {m['recall_at_2n']} | "
                      f"{m['auroc']} | recall at 1 % flagged {m['recall_at_1pct']} |")
     for name in ("huse", "phash_or_title"):
+        if name not in du:
+            continue
         m = du[name]
-        lines.append(f"| near-duplicate (N={du['injected']}) | {name} | {m['precision_without_same_title']} "
-                     f"(flagged set, same-title listings apart; raw {m['precision']}) | {m['recall']} (flagged "
-                     f"set) | pairs {du['pair_auroc']} | flagged pairs {m['flagged_pairs']}, catalogue same-title "
-                     f"{m['same_title_in_catalogue']}, other {m['other']} |")
-    lines += ["", "Same-title listings of the catalogue flagged as duplicates (sample):", ""]
-    lines += [f"- {s['a']} / {s['b']}: {s['title']} (score {s['score']})" for s in du["same_title_sample"]]
+        lines.append(f"| near-duplicate (N={du['injected']}) | {name} | "
+                     f"{m['precision_without_catalogue_duplicates']} (flagged set, the catalogue's own duplicates "
+                     f"apart; same-title apart {m['precision_without_same_title']}; raw {m['precision']}) | "
+                     f"{m['recall']} (flagged set) | pairs {du['pair_auroc']} | flagged pairs {m['flagged_pairs']}: "
+                     f"catalogue same title {m['same_title_in_catalogue']}, same photo {m['same_photo_in_catalogue']}"
+                     f" ({m['catalogue_duplicates']} either), other {m['other']} |")
+    lines += ["", f"Duplicate rule calibration: {du.get('calibration', {})}"]
+    for key, what in (("same_title_sample", "same original title (photos differ)"),
+                      ("same_photo_sample", "same original photo bytes"), ("other_sample", "neither")):
+        lines += ["", f"Catalogue pairs flagged as duplicates, {what} (seeded sample):", ""]
+        lines += [f"- {s['a']} / {s['b']}: {s['title']} / {s['title_b']} (score {s['score']}"
+                  f"{', ' + s['exact'] if s['exact'] else ''})" for s in du[key]]
     return "\n".join(lines)
 
 

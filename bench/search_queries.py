@@ -1,15 +1,18 @@
 """Search on the queries people type: attribute, noisy-title and photo-only query sets, hybrid vs vector vs keyword
 vs a BM25 peer, in one process, plus the search's latency.
 
-    python bench/search_queries.py RUN [--n 300] [--photo 200] [--split test] [--variant NAME] [--sweep]
+    python bench/search_queries.py RUN [--n 300] [--photo 200] [--split test] [--variant NAME] [--sweep-only]
 
 Query sets: huse_core.retrieval.queries (seeded, drawn from `--split` products only; relevance over the whole
 catalogue). Every ranking goes through Searcher.search on a copy of RUN (the photo-only products are added to the
 copy's store with useless titles, as a shop would add them); the peer is bm25s over the catalogue's titles (its own
-tokenizer and English stop words), the engine a shop would use instead. `--sweep` scores the hybrid rule's variants
-(weighted sum at several weights, reciprocal-rank fusion) on the validation split's attribute and noisy queries, the
-ones the default was chosen on. Latency: each Searcher.search call timed in process (p50, p95), k = 10, and the
-vector side's 1,000-candidate lookup alone: the index as search uses it, as it was before, and exact.
+tokenizer and English stop words), the engine a shop would use instead. Attribute queries are also scored by shape
+(label words only; with a brand word) beside the ideal ranking (every fully relevant product first: P@10 < 1 where a
+query has fewer than 10). `--sweep-only` scores the hybrid rule's variants (weighted sum at
+several keyword weights, the same for both query kinds; reciprocal-rank fusion) on the validation split's queries of
+every set, with the share of each set the router reads as attribute queries: the per-kind weights are chosen on it.
+Latency: each Searcher.search call timed in process (p50, p95), k = 10, and the vector side's 1,000-candidate lookup
+alone: the index as search uses it, as it was before, and exact.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ from huse_core.run import load_run
 from huse_core.training.evaluate import catalog_picks, ranked_hits
 
 DEPTH = 100  # ranks looked at for MRR
-SWEEP = [("sum", w) for w in (4.0, 8.0, 16.0, 32.0, 64.0, 128.0)] + [("rrf", 0.0)]
+# (rule, keyword weight of attribute queries, of titles): each kind's weight varied with the other's at its default
+SWEEP = [("sum", 128.0, w) for w in (128.0, 256.0, 512.0, 1024.0, 4096.0)] + \
+    [("sum", w, 1024.0) for w in (32.0, 64.0, 256.0, 1024.0)] + [("rrf", 0.0, 0.0)]
 
 
 def bm25_peer(products):
@@ -95,11 +100,11 @@ def main() -> int:
     ap.add_argument("--photo", type=int, default=200, help="photo-only products added")
     ap.add_argument("--split", default="test", choices=["val", "test"])
     ap.add_argument("--variant", default=None, help="result file name (default: the run folder's name)")
-    ap.add_argument("--sweep", action="store_true", help="also score the hybrid rule's variants on val queries")
-    ap.add_argument("--sweep-only", action="store_true", help="only that (the default weight is chosen on it)")
+    ap.add_argument("--sweep-only", action="store_true", help="score the hybrid rule's variants on val queries "
+                    "(the default weights are chosen on it)")
     ap.add_argument("--latency", type=int, default=200, help="queries timed per mode")
-    ap.add_argument("--weight", type=float, default=None, help="the hybrid rule's keyword weight (default: the "
-                    "search's)")
+    ap.add_argument("--weight", default=None, help="the hybrid rule's keyword weight, ATTRIBUTE[,TITLE] per query "
+                    "kind (default: the search's)")
     args = ap.parse_args()
     t0 = time.time()
     run = load_run(args.run)
@@ -110,12 +115,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="search-queries-") as tmp:
         searcher = Searcher.open(copy_run(Path(args.run), Path(tmp) / "run"))
         if args.weight is not None:
-            searcher.fusion = ("sum", args.weight)
-        payload["fusion"] = list(searcher.fusion)
+            weights = [float(w) for w in args.weight.split(",")]
+            searcher.keyword_weights = dict(zip(searcher.keyword_weights, weights + weights[-1:]))
+        payload["fusion"] = [searcher.fusion, searcher.keyword_weights]
         peer = bm25_peer(searcher.products)
         if args.sweep_only:
-            payload["sweep"] = sweep(searcher, df, run.leaf, args.n)
-            md += table("hybrid rule on val queries", payload["sweep"], tuple(next(iter(payload["sweep"].values()))))
+            payload["sweep"] = sweep(searcher, df, run.leaf, args.n, args.photo)
+            md += table("hybrid rule on val queries (keyword weight w of attribute queries / of titles; the share "
+                        f"of each set read as attribute queries: {payload['sweep']['routed']})",
+                        payload["sweep"]["results"], tuple(next(iter(payload["sweep"]["results"].values()))))
             print(write_result("search_queries", args.variant or Path(args.run).name + "-sweep", payload,
                                "\n".join(md)))
             return 0
@@ -124,15 +132,18 @@ def main() -> int:
         sets = {"attribute": attribute_queries(df, run.leaf, args.n, args.split),
                 "noisy": noisy_queries(df, args.n, args.split)}
         for kind, queries in sets.items():
-            groups = {"": queries} if kind == "attribute" else \
-                {v: [q for q in queries if q.variant == v] for v in NOISY_VARIANTS}
+            groups = {"": queries, **{v: [q for q in queries if q.variant == v] for v in ("labels", "brand")},
+                      # where a perfect P@10 is possible: 10 or more products carry every label named
+                      "10+ relevant": [q for q in queries if sum(g == 2 for g in q.relevant.values()) >= 10]} if \
+                kind == "attribute" else {v: [q for q in queries if q.variant == v] for v in NOISY_VARIANTS}
             for variant, qs in groups.items():
                 name = f"{kind} {variant}".strip()
-                payload["sets"][name] = {"n_queries": len(qs), "examples": [q.text for q in qs[:5]],
-                                         "results": {r: score(f, qs) for r, f in rankers(searcher, peer).items()}}
+                found = {r: score(f, qs) for r, f in rankers(searcher, peer).items()}
+                if kind == "attribute":
+                    found["ideal ranking"] = score(ideal(qs), qs)
+                payload["sets"][name] = {"n_queries": len(qs), "examples": [q.text for q in qs[:5]], "results": found,
+                                         "routed_attribute": routed(searcher, qs)}
                 print(name, payload["sets"][name]["results"]["hybrid"], flush=True)
-        if args.sweep:
-            payload["sweep"] = sweep(searcher, df, run.leaf, args.n)
         items, photo = photo_only_products(df, args.photo, args.split)
         added = searcher.add_products(items)
         bad = [r for r in added if not r["ok"]]
@@ -144,7 +155,7 @@ def main() -> int:
                                         args.latency)
     payload["seconds"] = round(time.time() - t0, 1)
     for name, entry in payload["sets"].items():
-        metrics = ("P@10", "nDCG@10") if name == "attribute" else ("MRR", "R@10", "hit@10") if \
+        metrics = ("P@10", "nDCG@10") if name.startswith("attribute") else ("MRR", "R@10", "hit@10") if \
             name.startswith("noisy") else ("R@10", "hit@10", "MRR")
         md += table(f"{name} ({entry['n_queries']} queries, e.g. " + "; ".join(f"`{e}`" for e in
                                                                               entry["examples"][:3]) + ")",
@@ -158,29 +169,46 @@ def main() -> int:
            "| call | p50 | p95 | recall of the exact 1,000 |", "|---|---:|---:|---:|"]
     md += [f"| {m} | {v['p50']:.1f} | {v['p95']:.1f} | {v['recall']:.3f} |" if "recall" in v else
            f"| search, {m} | {v['p50']:.1f} | {v['p95']:.1f} | |" for m, v in payload["latency_ms"].items()] + [""]
-    if "sweep" in payload:
-        md += table("hybrid rule on val queries (attribute nDCG@10, noisy typo1 MRR)", payload["sweep"],
-                    ("attribute nDCG@10", "attribute P@10", "noisy typo1 MRR", "noisy typo2 MRR"))
     print(write_result("search_queries", args.variant or Path(args.run).name, payload, "\n".join(md)))
     return 0
 
 
-def sweep(searcher: Searcher, df, leaf: str, n: int) -> dict:
-    """The hybrid rule's variants on the validation split's queries."""
-    attr = attribute_queries(df, leaf, n, "val", seed=1)
+def ideal(queries: list) -> object:
+    """The ranking that puts every query's relevant products first, best grade first: the best any search can do."""
+    best = {q.text: sorted(q.relevant, key=lambda i: -q.relevant[i]) for q in queries}
+    return lambda text: best[text]
+
+
+def routed(searcher: Searcher, queries: list) -> float:
+    """The share of the queries the hybrid search reads as attribute queries (hybrid.Router)."""
+    return round(float(np.mean([searcher.query_kind(q.text) == "attribute" for q in queries])), 3)
+
+
+def sweep(searcher: Searcher, df, leaf: str, n: int, n_photo: int) -> dict:
+    """The hybrid rule's variants on the validation split's queries of every set; the photo-only products are
+    added after the other sets are scored (as in the test run: they would otherwise join those rankings)."""
+    sets = {"attribute": attribute_queries(df, leaf, n, "val", seed=1)}
     noisy = noisy_queries(df, n, "val", seed=1)
-    out, before = {}, searcher.fusion
-    for rule, weight in SWEEP:
-        searcher.fusion = (rule, weight)
-        f = ranker(searcher, "hybrid")
-        a = score(f, attr)
-        typo1, typo2 = (score(f, [q for q in noisy if q.variant == v]) for v in ("typo1", "typo2"))
-        out[f"{rule} w={weight:g}" if rule == "sum" else rule] = {
-            "attribute nDCG@10": a["nDCG@10"], "attribute P@10": a["P@10"], "noisy typo1 MRR": typo1["MRR"],
-            "noisy typo2 MRR": typo2["MRR"]}
-        print(rule, weight, out[list(out)[-1]], flush=True)
-    searcher.fusion = before
-    return out
+    sets.update({f"noisy {v}": [q for q in noisy if q.variant == v] for v in NOISY_VARIANTS})
+    items, photo = photo_only_products(df, n_photo, "val", seed=1)
+    out, before = {"routed": {k: routed(searcher, qs) for k, qs in sets.items()}}, searcher.keyword_weights
+    rows: dict = {}
+    for stage in ("titled", "photo-only"):
+        if stage == "photo-only":
+            searcher.add_products(items)
+            sets = {"photo-only": photo}
+            out["routed"]["photo-only"] = routed(searcher, photo)
+        for rule, attribute, title in SWEEP:
+            searcher.fusion, searcher.keyword_weights = rule, {"attribute": attribute, "title": title}
+            label = f"{rule} w = {attribute:g} / {title:g}" if rule == "sum" else rule
+            f, row = ranker(searcher, "hybrid"), rows.setdefault(label, {})
+            for name, qs in sets.items():
+                m = score(f, qs)
+                row.update({f"{name} P@10": m["P@10"], f"{name} nDCG@10": m["nDCG@10"]} if name == "attribute" else
+                           {f"{name} MRR": m["MRR"]} if name.startswith("noisy") else {f"{name} R@10": m["R@10"]})
+            print(label, row, flush=True)
+    searcher.fusion, searcher.keyword_weights = "sum", before
+    return {**out, "results": rows}
 
 
 def whole_catalogue(searcher: Searcher, df, split: str) -> dict:
@@ -196,7 +224,9 @@ def whole_catalogue(searcher: Searcher, df, split: str) -> dict:
     text_emb = searcher.run.encode_texts(titles)
     log_probs = class_log_probs(searcher.run.probabilities(text_emb=text_emb, titles=titles))
     codes = searcher._label_codes(searcher._current())
-    top = hybrid_top(text_emb, image_emb, titles, searcher.keyword_scores, log_probs, codes, searcher.scale)
+    router, index = searcher.router(), searcher._keyword(searcher._current())
+    top = hybrid_top(text_emb, image_emb, titles, searcher.keyword_scores, log_probs, codes, searcher.scale,
+                     weight_of=lambda t: router.weight(index.query_terms(t)))
     return {"n_queries": len(picks), "n_gallery": len(image_emb),
             "photo embedding only": ranked_hits(text_emb, image_emb, norm[picks], norm),
             "as the search ranks (labels)": ranked_hits(text_emb, image_emb, norm[picks], norm,

@@ -70,8 +70,13 @@ if image is not None:
 elif text and mode == "keyword":
     st.caption("Ranked by your words in each product's title and labels (keyword search; score = closeness)")
 elif text:
+    read = ""
+    if mode == "hybrid":
+        read = (". Read as labels and brands: products carrying them first, ordered by how well their labels fit"
+                if searcher.query_kind(text) == "attribute" else
+                ". Read as a title: your words first, closeness orders the products they leave tied")
     st.caption("Ranked by closeness to your words and by how well each product's labels fit the classes your words "
-               "suggest" + (", and by your words in titles and labels" if mode == "hybrid" else "")
+               "suggest" + (", and by your words in titles and labels" if mode == "hybrid" else "") + read
                + " (score = closeness alone)")
 if filters:
     st.caption("Filters: " + " · ".join(f"{ui.esc(h)} = {ui.esc(v)}" for h, v in filters.items()))

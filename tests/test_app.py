@@ -119,6 +119,7 @@ def test_search_by_title_shows_photo_hits_with_scores(app):
     no_exception(app)
     assert "Matching photos" in texts(app)
     assert sum("score" in c.value for c in app.caption) >= 4
+    assert any("Read as labels and brands" in c.value for c in app.caption)  # hybrid: how it weighed the words
     assert len(app.dataframe) >= 1, "the matching titles table"
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from huse_core.audit import AuditError, audit, export_corrected, read_decisions, record
-from huse_core.audit.crossfit import out_of_fold
+from huse_core.audit.crossfit import fold_of, out_of_fold, pool
 
 N_SHOP, PER_KIND = 600, 4
 
@@ -98,6 +98,46 @@ def test_a_memorised_wrong_label_is_still_flagged():
     assert in_sample[7].argmax() == y[7]  # the wrong label is memorised in sample
     oof = out_of_fold(x.astype(np.float32), [y], [classes])[0]
     assert oof[7].argmax() == y_true[7] and oof[7, y[7]] < 0.5
+
+
+def test_pool_weights_come_from_the_other_folds_and_favour_the_informative_head():
+    """The pool's exponents for a fold's rows are fitted on the other folds only: changing one fold's labels leaves
+    that fold's pooled probabilities unchanged; a head that knows the labels outweighs one that guesses."""
+    rng = np.random.default_rng(0)
+    n, classes = 600, 5
+    y = rng.integers(0, classes, n)
+    good = np.full((n, classes), 0.05)
+    good[np.arange(n), y] = 0.8
+    noise = rng.dirichlet(np.ones(classes), n)
+    fold = fold_of(n)
+    pooled = pool([good, noise], y, fold)
+    assert (pooled.argmax(1) == y).mean() > 0.95
+    changed = y.copy()
+    changed[fold == 0] = rng.integers(0, classes, (fold == 0).sum())
+    again = pool([good, noise], changed, fold)
+    np.testing.assert_allclose(again[fold == 0], pooled[fold == 0], rtol=1e-5)
+    assert not np.allclose(again[fold != 0], pooled[fold != 0])
+
+
+def test_a_memorised_wrong_label_is_still_flagged_by_the_pooled_heads():
+    """Embeddings that memorised a wrong label (moved towards its class) and titles that name the true class:
+    the pooled out-of-fold probabilities still doubt the catalogue label."""
+    from scipy.sparse import csr_matrix
+
+    rng = np.random.default_rng(1)
+    n, classes = 500, 4
+    y_true = rng.integers(0, classes, n)
+    y = y_true.copy()
+    wrong = np.arange(0, 40, 4)
+    y[wrong] = (y_true[wrong] + 1) % classes
+    emb = np.eye(classes)[y] * 2 + rng.normal(size=(n, classes))  # the towers pulled each row to its label
+    words = csr_matrix(np.hstack([np.eye(classes)[y_true] * 2, rng.random((n, 20)) < 0.1]).astype(np.float32))
+    fold = fold_of(n)
+    sources = [out_of_fold(emb.astype(np.float32), [y], [classes])[0], out_of_fold(words, [y], [classes])[0],
+               out_of_fold(words, [y], [classes], head="bayes")[0]]
+    pooled = pool(sources, y, fold)
+    doubt = 1 - pooled[np.arange(n), y]
+    assert set(wrong) <= set(np.argsort(-doubt)[: 2 * len(wrong)])
 
 
 def test_rows_are_plain_and_top_limits_each_kind(planted_run):
@@ -255,3 +295,83 @@ def test_cli_audit_csv_is_formula_safe(tmp_path, monkeypatch):
     written = pd.read_csv(out, dtype=str)
     assert written.loc[0, "title"] == "'=HYPERLINK(\"http://x\",\"y\")"
     assert written.loc[0, "suggested"] == "Tshirts"
+
+
+def _garment(colour: tuple[int, int, int], size=(60, 80)):
+    """A synthetic product shot: a patterned garment in `colour` on white."""
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(im)
+    w, h = size
+    d.polygon([(w * .2, h * .1), (w * .8, h * .1), (w * .95, h * .35), (w * .8, h * .4), (w * .78, h * .95),
+               (w * .22, h * .95), (w * .2, h * .4), (w * .05, h * .35)], fill=colour)
+    for y in range(int(h * .2), int(h * .9), 9):  # stripes: detail a crop has to line up
+        d.line([(w * .25, y), (w * .75, y + 4)], fill=tuple(c // 2 for c in colour), width=2)
+    d.ellipse([w * .42, h * .15, w * .58, h * .25], fill="white")
+    return im
+
+
+def test_a_cropped_copy_is_near_its_source_and_a_colour_variant_is_not():
+    """The aligned pixel difference: an off-centre crop, resized and re-encoded, lines up with its source; the same
+    garment in another colour (a colour variant shot alike) does not."""
+    import io
+
+    from PIL import Image
+
+    from huse_core.audit.pixels import aligned_difference, thumbnails
+    from huse_core.data.images import decode_image
+
+    src, variant = _garment((200, 40, 40)), _garment((40, 60, 190))
+    w, h = src.size
+    crop = src.crop((6, 3, w - 2, h - 7)).resize((70, 88))
+    buf = io.BytesIO()
+    crop.save(buf, "JPEG", quality=50)
+    crop = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    photos = [src, crop, variant]
+    thumbs = thumbnails(np.stack([decode_image(p, 80) for p in photos]), np.array([p.size for p in photos]))
+    diff = aligned_difference(thumbs, np.array([0, 0]), np.array([1, 2]))[:, 0]
+    assert diff[0] < 0.1 and diff[1] > 3 * diff[0], diff
+
+
+def test_a_cropped_copy_is_flagged_and_a_same_title_colour_variant_is_not(planted_run):
+    """End to end on the trained shop: list one product again as a cropped, re-encoded photo under a reworded
+    title, and another in a second colour under the very same title; only the copy is flagged, by the calibrated
+    rule (synthetic copies of the shop's own products), not the fixed fallback."""
+    from PIL import Image
+
+    from huse_core.audit.duplicates import duplicate_pairs, flagged
+    from huse_core.audit.inputs import load_inputs
+    from huse_core.data.images import decode_image
+
+    inputs = load_inputs(planted_run)
+    df = inputs.products
+    folder = Path(df["image"].iat[0]).parent
+    spread = [np.asarray(Image.open(p).convert("RGB"), np.float32).std(2).mean() for p in df["image"][:80]]
+    a, b = (int(i) for i in np.argsort(spread)[-2:])  # two colourful products
+    with Image.open(df["image"].iat[a]) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        im.crop((w // 14, h // 18, w - w // 16, h - h // 14)).save(folder / "copy_a.jpg", "JPEG", quality=70)
+    with Image.open(df["image"].iat[b]) as im:
+        Image.fromarray(np.asarray(im.convert("RGB"))[:, :, ::-1]).save(folder / "variant_b.jpg", "JPEG", quality=90)
+    extra = pd.DataFrame([{**df.iloc[a].to_dict(), "id": "copy_a", "image": str(folder / "copy_a.jpg"),
+                           "title": df["title"].iat[a].upper() + " - New"},
+                          {**df.iloc[b].to_dict(), "id": "variant_b", "image": str(folder / "variant_b.jpg")}])
+    pixels = np.stack([decode_image(p, inputs.run.image_size) for p in extra["image"]])
+    inputs.products = pd.concat([df, extra], ignore_index=True)
+    inputs.image_emb = np.vstack([inputs.image_emb, inputs.run.encode_images(pixels)])
+    inputs.text_emb = np.vstack([inputs.text_emb, inputs.run.encode_texts(list(extra["title"]))])
+    pairs = duplicate_pairs(inputs)
+    n = len(df)
+    hit = flagged(pairs)
+    pair = {(int(x), int(y)): k for k, (x, y) in enumerate(zip(pairs["a"], pairs["b"]))}
+    assert pairs["calibration"]["copies"] >= 30 and "cut" in pairs["calibration"]
+    k = pair[(a, n)]
+    rival = [(int(x), int(y), float(sc)) for x, y, sc in zip(pairs["a"], pairs["b"], pairs["score"])
+             if a in (x, y) or n in (x, y)]
+    assert hit[k], ({key: pairs[key][k] for key in ("photo", "title", "aligned", "score")}, pairs["threshold"],
+                    sorted(rival, key=lambda r: -r[2])[:5])
+    k = pair.get((b, n + 1))
+    assert k is not None and pairs["exact"][k] == "same title" and not hit[k], (
+        {key: pairs[key][k] for key in ("photo", "title", "aligned", "score")}, pairs["threshold"])

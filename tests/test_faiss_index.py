@@ -54,6 +54,18 @@ def test_faiss_agrees_with_exact_search_at_the_recorded_recall(tmp_path):
 
 
 @needs_faiss
+def test_a_candidate_pool_re_ranks_k_rows_and_keeps_the_tuned_best(tmp_path):
+    emb, fresh = np.split(clustered(5300, 64, seed=4), [5000])
+    index = FaissIndex.build(emb, [f"p{i}" for i in range(5000)], tmp_path / "p.faiss", "fp", progress=False)
+    assert index._plan(500, None, None, tuned_for=10)[0] == 500 < index._plan(500, None, None)[0]
+    for q in fresh[:20]:
+        top, top_scores = index.query(q, 10)
+        pool, pool_scores = index.query(q, 500, tuned_for=10)
+        assert len(pool) == 500 and np.all(np.diff(pool_scores) <= 0)
+        assert np.all(pool_scores[:10] >= top_scores - 1e-6)  # the best 10 at least as near as the tuned query's
+
+
+@needs_faiss
 def test_a_memory_mapped_build_re_ranks_from_the_file_with_the_same_answers(tmp_path):
     # Builds open their embeddings memory-mapped; re-ranking reads its candidate rows with preadv (RowView), not
     # through the map, whose readahead pulled ~1 MB from disk a row at 10M vectors. Same rows, same cosines.

@@ -9,8 +9,8 @@ import pytest
 
 from huse_core.data.catalog import load_catalog
 from huse_core.config import DataConfig
-from huse_core.retrieval.hybrid import credit_untitled
-from huse_core.retrieval.keyword import KeywordIndex, useless_title
+from huse_core.retrieval.hybrid import KEYWORD_WEIGHTS, Router, credit_untitled
+from huse_core.retrieval.keyword import KeywordIndex, brand_terms, label_terms, terms, useless_title
 from huse_core.retrieval.queries import (attribute_queries, beir_recall, hit_rate, ndcg, noisy_queries, noisy_title,
                                          photo_only_products, precision, reciprocal_rank, score)
 from huse_core.retrieval.search import Searcher
@@ -52,6 +52,47 @@ def test_attribute_queries_judge_every_catalogue_product_by_its_labels():
         if any(w in ("puma", "nike", "aldo", "mango") for w in words):  # a brand word: the title starts with it
             expect = expect[expect["title"].str.split().str[0] == src["title"].split()[0]]
         assert full == set(expect["id"])  # across all splits: the whole catalogue is the gallery
+
+
+def test_attribute_queries_say_whether_they_name_a_brand():
+    queries = attribute_queries(shop(), "articleType", 60)
+    named = [any(w in ("puma", "nike", "aldo", "mango") for w in q.text.split()) for q in queries]
+    assert [q.variant for q in queries] == ["brand" if b else "labels" for b in named]
+    assert 0 < sum(named) < len(queries)
+
+
+def test_brands_are_words_that_start_several_titles_and_name_no_label():
+    titles = ["Puma Men Black Shoes"] * 5 + ["Nike Red Tshirts"] * 4 + ["Men Blue Jeans"] * 6 + ["Mango's Dress"] * 5
+    labels = label_terms([{"classes": ["Men", "Women", "Tshirts", "Black"]}])
+    assert labels == {"men", "women", "tshirt", "black"}
+    assert brand_terms(titles, labels) == {"puma", "mango"}  # nike: 4 titles; men: a label; "mango's" -> mango
+
+
+def test_the_router_reads_label_and_brand_words_as_an_attribute_query_and_others_as_a_title():
+    router = Router({"men", "black", "shoe", "tshirt", "puma"})
+    assert router.kind(["black", "shoe", "men"]) == router.kind(["puma", "tshirt"]) == "attribute"
+    assert router.kind(["puma", "running", "shoe"]) == router.kind([]) == "title"
+    assert router.weight(["men", "shoe"]) == KEYWORD_WEIGHTS["attribute"] < router.weight(["zorblax"])
+
+
+def test_the_searcher_routes_typed_queries_by_the_shops_labels_and_brands(demo):
+    searcher, df = demo
+    single = [h for h in searcher.heads if h["kind"] != "multi"]
+    product = df.iloc[0]
+    labels_only = " ".join(str(product[h["name"]]) for h in single[:3]).lower()
+    assert searcher.query_kind(labels_only) == "attribute"
+    long = max(labels_only.split(), key=len)  # swap its last two letters: a typo the keyword side reads back
+    assert len(long) >= 4 and searcher.query_kind(labels_only.replace(long, long[:-2] + long[-1] + long[-2])) == \
+        "attribute"
+    other = [w for t in df["title"] for w in str(t).lower().split() if searcher.query_kind(w) == "title"]
+    assert other and searcher.query_kind(f"{labels_only} {other[0]}") == "title"  # a catalogue word, no label's
+    assert searcher.query_kind(labels_only + " zorblax") == "attribute"  # a word no product uses counts for nothing
+    title = searcher.query_kind(product["title"])
+    weight = searcher.keyword_weights[title]
+    top = float(searcher.keyword_scores(product["title"]).max())
+    hits = searcher.search(text=product["title"], k=10)
+    key = [searcher.scale * h.score + h.agreement + weight * h.keyword / top for h in hits]
+    assert all(a >= b - 1e-9 for a, b in zip(key, key[1:]))
 
 
 def test_noisy_titles_drop_reorder_lowercase_and_add_the_asked_typos():
@@ -135,13 +176,14 @@ def test_an_untitled_product_gets_the_share_of_the_querys_label_words_its_labels
     labels = {"men", "women", "white", "black", "tshirt", "shoe", "jean"}
     raw = index.scores("guerrilla men white tshirt")
     assert raw.argmax() == 1 and raw[0] < raw[1]  # BM25 alone: the titled product wins the brand word
-    share = index.label_share("guerrilla men white tshirt", labels, np.array([0, 3]))
+    docs = [set(terms(t)) for t in ("IMG_0231 Men White Tshirts", "IMG_0007 Women White Jeans")]  # rows 0 and 3
+    share = index.label_share("guerrilla men white tshirt", labels, docs)
     idf = {t: index.idf(t) for t in ("men", "white", "tshirt")}
     assert share == pytest.approx([1.0, idf["white"] / sum(idf.values())])  # "guerrilla" is no label word
     credited = credit_untitled(raw, np.array([0, 3]), share)
     assert credited[0] == pytest.approx(raw.max()) and credited[3] == pytest.approx(share[1] * raw.max())
     assert credited[1] == raw[1] and credited[2] == raw[2]  # titled products keep their BM25
-    assert not index.label_share("guerrilla", labels, np.array([0, 3])).any()
+    assert not index.label_share("guerrilla", labels, docs).any()
 
 
 def test_a_photo_only_product_is_labelled_from_its_photo_and_found_by_its_labels(indexed_run_copy):

@@ -10,7 +10,6 @@ from PIL import Image
 
 from huse_core.cli import main
 from huse_core.retrieval.build import build_index
-from huse_core.retrieval.hybrid import KEYWORD_WEIGHT
 from huse_core.retrieval.search import IndexMissingError, Searcher, StaleIndexError
 
 BACKENDS = ["annoy", "exact"]
@@ -43,7 +42,8 @@ def test_text_search_returns_k_hits_best_first_with_all_fields(searcher):
     assert all(a >= b - 1e-9 for a, b in zip(key, key[1:]))
     top = float(searcher.keyword_scores("red sneakers").max())  # hybrid: + w * bm25 / the query's best bm25
     mixed = searcher.search(text="red sneakers", k=7)
-    key = [searcher.scale * h.score + h.agreement + (KEYWORD_WEIGHT * h.keyword / top if top else 0.0) for h in mixed]
+    weight = searcher.keyword_weights[searcher.query_kind("red sneakers")]  # w by what the words look like
+    key = [searcher.scale * h.score + h.agreement + (weight * h.keyword / top if top else 0.0) for h in mixed]
     assert all(a >= b - 1e-9 for a, b in zip(key, key[1:])), [(h.score, h.agreement, h.keyword, top) for h in mixed]
     plain = searcher.search(text="red sneakers", k=7, use_labels=False, mode="vector")
     assert all(a.score >= b.score for a, b in zip(plain, plain[1:]))

@@ -2,8 +2,9 @@
 
 A run's own heads saw every training product's catalogue label and fit it, wrong ones too; a head fitted on the
 other K-1 folds never saw a product's label, so its probabilities say what the rest of the catalogue implies.
-Two kinds of head: "prototype" (default: each class's mean unit embedding in the other folds, softmax over scaled
-cosines; one matrix product a fold) and "linear" (softmax regression trained with Adam; much slower).
+Three kinds of head: "prototype" (default: each class's mean unit embedding in the other folds, softmax over scaled
+cosines; one matrix product a fold), "bayes" (multinomial naive Bayes on sparse TF-IDF rows; one sparse product a
+fold) and "linear" (softmax regression trained with Adam; much slower). `pool` stacks several heads' probabilities.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def _fit(x: torch.Tensor, ys: list[torch.Tensor], sizes: list[int], seed: int) -
     return heads
 
 
+ALPHAS = (0.01, 0.03, 0.1)  # naive Bayes smoothing: each head's is picked from these by its out-of-fold log-loss
 SCALES = (5.0, 10.0, 20.0, 40.0, 80.0)  # prototype heads: the softmax scale is picked from these on the train folds
 
 
@@ -73,21 +75,82 @@ def title_features(titles):
         [str(t).lower() for t in titles])
 
 
+def fold_of(n: int, folds: int = FOLDS, seed: int = 0) -> np.ndarray:
+    """(n,) fold number of each row (seeded, balanced): the split every out-of-fold step here shares."""
+    return np.random.default_rng(seed).permutation(n) % max(2, folds)
+
+
+def log_loss(probs: np.ndarray, y: np.ndarray) -> float:
+    """Mean -log p(label) over the labelled rows (the catalogue's labels: no truth needed)."""
+    ok = np.flatnonzero(y >= 0)
+    return float(-np.log(np.maximum(probs[ok, y[ok]], 1e-12)).mean()) if len(ok) else 0.0
+
+
+def _bayes(x, y: np.ndarray, fold: np.ndarray, n: int) -> np.ndarray:
+    """(N, n) out-of-fold multinomial naive Bayes probabilities, smoothing picked from ALPHAS by log-loss."""
+    from sklearn.naive_bayes import MultinomialNB
+
+    best, best_loss = None, np.inf
+    for alpha in ALPHAS:
+        out = np.zeros((x.shape[0], n), np.float32)
+        for k in range(fold.max() + 1):
+            train, test = np.flatnonzero((fold != k) & (y >= 0)), np.flatnonzero(fold == k)
+            if len(train):
+                clf = MultinomialNB(alpha=alpha).fit(x[train], y[train])
+                out[np.ix_(test, clf.classes_)] = clf.predict_proba(x[test])
+        if (loss := log_loss(out, y)) < best_loss:
+            best, best_loss = out, loss
+    return best
+
+
+def pool(probs: list[np.ndarray], y: np.ndarray, fold: np.ndarray) -> np.ndarray:
+    """Log-linear pool of several heads' out-of-fold probabilities: p ∝ Π p_s ** w_s, the exponents of each fold's
+    rows fitted (log-loss of the catalogue labels, w_s in [0, 5]) on the other folds' rows: a cross-fitted second
+    level, so no row's own label picks its weights."""
+    from scipy.optimize import minimize
+
+    logs = np.stack([np.log(np.maximum(p, 1e-7)) for p in probs])  # (S, N, C)
+
+    def mix(w: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        z = np.tensordot(w, logs[:, rows], axes=1)
+        return _softmax(z)
+
+    def loss(w: np.ndarray, rows: np.ndarray) -> tuple[float, np.ndarray]:
+        p, mine = mix(w, rows), logs[:, rows, y[rows]]  # (S, R): each source's log p(label)
+        expected = np.einsum("src,rc->sr", logs[:, rows], p)
+        return (float(-np.log(np.maximum(p[np.arange(len(rows)), y[rows]], 1e-12)).mean()),
+                -(mine - expected).mean(1))
+
+    out = np.empty_like(probs[0])
+    start = np.full(len(probs), 1.0 / len(probs))
+    for k in range(fold.max() + 1):
+        test = np.flatnonzero(fold == k)
+        train = np.flatnonzero((fold != k) & (y >= 0))
+        train = train[:: max(1, len(train) // 10000)]  # a few exponents: a sample of rows fits them
+        w = start if not len(train) else minimize(loss, start, args=(train,), jac=True, method="L-BFGS-B",
+                                                  bounds=[(0.0, 5.0)] * len(probs)).x
+        out[test] = mix(w, test)
+    return out
+
+
 def out_of_fold(features: np.ndarray, labels: list[np.ndarray], sizes: list[int], folds: int = FOLDS,
                 seed: int = 0, tick: Callable[[], None] | None = None, head: str = "prototype") -> list[np.ndarray]:
     """Per label set, (N, C) float32 probabilities of each row from heads fitted on the other folds' rows.
 
     features (N, F); labels: (N,) int64 class indices (-1 = unknown); sizes: class counts."""
+    if head == "bayes":  # non-negative (TF-IDF) features
+        fold = fold_of(features.shape[0], folds, seed)
+        return [_bayes(features, np.asarray(y), fold, n) for y, n in zip(labels, sizes)]
     if head == "prototype":
         from scipy.sparse import issparse
 
         x = features.tocsr() if issparse(features) else np.ascontiguousarray(features, dtype=np.float32)
         if not issparse(x):
             x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        fold_of = np.random.default_rng(seed).permutation(x.shape[0]) % max(2, folds)
+        fold = fold_of(x.shape[0], folds, seed)
         out = [np.zeros((x.shape[0], n), np.float32) for n in sizes]
         for k in range(max(2, folds)):
-            test, train = np.flatnonzero(fold_of == k), np.flatnonzero(fold_of != k)
+            test, train = np.flatnonzero(fold == k), np.flatnonzero(fold != k)
             for y, n, o in zip(labels, sizes, out):
                 o[test] = _prototypes(x, np.asarray(y), train, test, n)
             if tick:
@@ -96,10 +159,10 @@ def out_of_fold(features: np.ndarray, labels: list[np.ndarray], sizes: list[int]
     x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
     x = (x - x.mean(0)) / x.std(0).clamp_min(1e-6)
     ys = [torch.from_numpy(np.asarray(y, dtype=np.int64)) for y in labels]
-    fold_of = np.random.default_rng(seed).permutation(len(x)) % max(2, folds)
+    fold = fold_of(len(x), folds, seed)
     out = [np.zeros((len(x), n), np.float32) for n in sizes]
     for k in range(max(2, folds)):
-        test, train = np.flatnonzero(fold_of == k), np.flatnonzero(fold_of != k)
+        test, train = np.flatnonzero(fold == k), np.flatnonzero(fold != k)
         heads = _fit(x[train], [y[train] for y in ys], sizes, seed + k)
         with torch.no_grad():
             for h, o in zip(heads, out):

@@ -4,6 +4,7 @@ resized or cropped photo under a reworded title), grouped into clusters with a s
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,29 +16,27 @@ from ..data.catalog import normalise_title
 from ..retrieval.adding import ADD_THRESHOLD, resembling  # noqa: F401 - the add-time check, defined where it runs
 from .inputs import AuditInputs
 
-NEIGHBOURS = 8  # candidate pairs: each product's nearest photos in the shared space
-# why: docs/decisions.md#audit
-THRESHOLD = 0.8  # a pair whose duplicate score reaches this is one listing twice
+NEIGHBOURS = 10  # candidate pairs: each product's nearest photos, and its nearest titles, in the shared space
+REDUCED = 128  # dimensions the candidate search runs in
+THRESHOLD = 0.8  # the cut when no calibration is possible (a catalogue too small to copy from)
 
 
 def photo_digests(paths, tick: Callable[[], None] | None = None) -> tuple[list[str], np.ndarray]:
-    """(sha1 of each photo file's bytes, (N,) uint64 64-bit perceptual hash); unreadable photos get "" and 0."""
-    import imagehash
+    """(sha1 of each photo file's bytes, (N, 2) width and height from its header); unreadable photos get ""."""
     from PIL import Image
 
-    shas, hashes = [], np.zeros(len(paths), np.uint64)
+    shas, sizes = [], np.zeros((len(paths), 2), np.int32)
     for i, path in enumerate(paths):
         try:
             data = Path(path).read_bytes()
-            with Image.open(__import__("io").BytesIO(data)) as im:
-                bits = imagehash.phash(im.convert("L")).hash.flatten()
+            with Image.open(io.BytesIO(data)) as im:
+                sizes[i] = im.size
             shas.append(hashlib.sha1(data).hexdigest())
-            hashes[i] = int("".join("1" if b else "0" for b in bits), 2)
         except (OSError, ValueError):
             shas.append("")
         if tick and i % 1000 == 999:
             tick()
-    return shas, hashes
+    return shas, sizes
 
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -46,65 +45,152 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(1)
 
 
-def neighbours(emb: np.ndarray, k: int = NEIGHBOURS, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """(idx, sim): each row's k nearest other rows by cosine (exact, blockwise), best first."""
+def neighbours(emb: np.ndarray, k: int = NEIGHBOURS, block: int = 2048) -> np.ndarray:
+    """(N, k) each row's k nearest other rows by cosine (exact), best first; faiss when installed."""
     k = min(k, len(emb) - 1)
-    idx, sim = np.zeros((len(emb), k), np.int64), np.zeros((len(emb), k), np.float32)
-    for start in range(0, len(emb), block):
-        s = emb[start : start + block] @ emb.T
-        s[np.arange(len(s)), np.arange(start, start + len(s))] = -np.inf
-        top = np.argpartition(-s, k, axis=1)[:, :k]
-        vals = np.take_along_axis(s, top, 1)
-        order = np.argsort(-vals, axis=1)
-        idx[start : start + block], sim[start : start + block] = (np.take_along_axis(top, order, 1),
-                                                                  np.take_along_axis(vals, order, 1))
-    return idx, sim
+    if k < 1:
+        return np.zeros((len(emb), 0), np.int64)
+    emb = _reduced(emb)
+    try:
+        import faiss
+
+        index = faiss.IndexFlatIP(emb.shape[1])
+        index.add(np.ascontiguousarray(emb, dtype=np.float32))
+        _, idx = index.search(np.ascontiguousarray(emb, dtype=np.float32), k + 1)
+    except ImportError:
+        idx = np.zeros((len(emb), k + 1), np.int64)
+        for start in range(0, len(emb), block):
+            s = emb[start : start + block] @ emb.T
+            top = np.argpartition(-s, k, axis=1)[:, : k + 1]
+            order = np.argsort(-np.take_along_axis(s, top, 1), axis=1)
+            idx[start : start + block] = np.take_along_axis(top, order, 1)
+    keep = idx != np.arange(len(emb))[:, None]  # each row itself, wherever it came (ties with copies of it)
+    keep[keep.all(1), -1] = False
+    return idx[keep].reshape(len(emb), k)
 
 
-def title_vectors(titles):
-    """Unit TF-IDF rows of character 2-4-grams of the normalised titles: a reworded title stays close."""
+def _reduced(emb: np.ndarray, dim: int = REDUCED) -> np.ndarray:
+    """Unit rows of `emb` projected on its `dim` leading principal axes (fitted on a seeded sample): candidate
+    search at a quarter of the cost; the pairs found are scored on the full embeddings."""
+    if emb.shape[1] <= dim or len(emb) <= 4 * dim:
+        return np.ascontiguousarray(emb, dtype=np.float32)
+    sample = emb[np.random.default_rng(0).permutation(len(emb))[:8192]]
+    mean = sample.mean(0)
+    centred = (sample - mean).astype(np.float64)
+    axes = np.linalg.eigh(centred.T @ centred)[1][:, ::-1][:, :dim].T  # leading eigenvectors of the scatter
+    out = ((emb - mean) @ axes.T).astype(np.float32)
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def title_vectors(titles, fit=None):
+    """(unit TF-IDF rows of character 2-4-grams of the normalised titles, the vectoriser): a reworded title stays
+    close. `fit`: a vectoriser already fitted (on the catalogue), to place other titles in its space."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    return TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, min_df=1).fit_transform(
-        [normalise_title(t) for t in titles])
+    norm = [normalise_title(t) for t in titles]
+    if fit is not None:
+        return fit.transform(norm), fit
+    vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, min_df=1)
+    return vec.fit_transform(norm), vec
 
 
-def pair_scores(inputs: AuditInputs, a: np.ndarray, b: np.ndarray, hashes: np.ndarray, tfidf) -> dict:
-    """The evidence that rows a[i] and b[i] are one listing: photo (shared space), pixels (perceptual hash), title."""
-    photo = np.einsum("nd,nd->n", inputs.image_emb[a], inputs.image_emb[b])
-    pixels = 1 - hamming(hashes[a], hashes[b]) / 32  # 0 bits: 1.0; 32 bits (unrelated photos): 0
-    title = np.asarray(tfidf[a].multiply(tfidf[b]).sum(1)).ravel()
-    score = np.clip(0.3 * np.clip(pixels, 0, 1) + 0.4 * photo + 0.3 * title, 0, 1)
-    return {"photo": photo, "pixels": pixels, "title": title, "score": score}
-
-
-def duplicate_pairs(inputs: AuditInputs, tick: Callable[[], None] | None = None) -> dict:
-    """Every candidate pair with its evidence: {"a", "b", "photo", "pixels", "title", "score", "exact"}; exact is
-    "" or why the pair is an exact duplicate."""
-    df = inputs.products
-    shas, hashes = photo_digests(df["image"].tolist(), tick)
-    idx, _ = neighbours(inputs.image_emb)
-    a = np.repeat(np.arange(len(df)), idx.shape[1])
-    b = idx.ravel()
-    groups = {}
+def exact_groups(shas, hashes, titles) -> dict:
+    """{(first row, row): why} for rows sharing photo bytes, a perceptual hash or a normalised title with an
+    earlier row."""
+    groups: dict = {}
     for name, keys in (("same photo bytes", shas), ("same perceptual hash", [str(h) if h else "" for h in hashes]),
-                       ("same title", [normalise_title(t) for t in df["title"]])):
+                       ("same title", [normalise_title(t) for t in titles])):
         first: dict[str, int] = {}
         for i, key in enumerate(keys):
             if key:
                 j = first.setdefault(key, i)
                 if j != i:
                     groups.setdefault((j, i), name)
-    extra = np.array(list(groups), dtype=np.int64).reshape(-1, 2)
-    a, b = np.concatenate([a, extra[:, 0]]), np.concatenate([b, extra[:, 1]])
-    lo, hi = np.minimum(a, b), np.maximum(a, b)
-    pairs = np.unique(np.stack([lo, hi], 1), axis=0)
-    out = pair_scores(inputs, pairs[:, 0], pairs[:, 1], hashes, title_vectors(df["title"]))
+    return groups
+
+
+def candidates(inputs: AuditInputs, groups: dict) -> np.ndarray:
+    """(P, 2) sorted unique row pairs worth scoring: photo and title neighbours in the shared space, exact groups."""
+    parts = [np.array(list(groups), dtype=np.int64).reshape(-1, 2)]
+    for emb in (inputs.image_emb, inputs.text_emb):
+        idx = neighbours(emb)
+        parts.append(np.stack([np.repeat(np.arange(len(emb)), idx.shape[1]), idx.ravel()], 1))
+    pairs = np.concatenate(parts)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    return np.unique(np.sort(pairs, axis=1), axis=0)
+
+
+def evidence(image_emb, text_emb, tfidf, thumbs, hashes, a, b, look=None, tick=None) -> dict:
+    """What says rows a[i] and b[i] are one listing: photo and title-tower cosine, title n-gram similarity,
+    perceptual-hash agreement (1 - Hamming/32), the aligned colour difference of the thumbnails (1.0 where `look`
+    is False: not worth aligning), and how far apart the two products' colour casts are."""
+    from .pixels import aligned_difference, ink_colours
+
+    look = np.ones(len(a), bool) if look is None else look
+    aligned = np.ones(len(a), np.float32)
+    aligned[look] = aligned_difference(thumbs, a[look], b[look], tick=tick)[:, 0]
+    cast = ink_colours(thumbs)
+    return {"photo": np.einsum("nd,nd->n", image_emb[a], image_emb[b]),
+            "colour": np.linalg.norm(cast[a] - cast[b], axis=1) / 255,
+            "text": np.einsum("nd,nd->n", text_emb[a], text_emb[b]),
+            "title": np.asarray(tfidf[a].multiply(tfidf[b]).sum(1)).ravel(),
+            "pixels": np.clip(1 - hamming(hashes[a], hashes[b]) / 32, 0, 1), "aligned": aligned}
+
+
+def duplicate_pairs(inputs: AuditInputs, tick: Callable[[], None] | None = None) -> dict:
+    """Every candidate pair with its evidence: {"a", "b", "photo", "text", "title", "pixels", "aligned", "score",
+    "exact", "threshold", "calibration"}; exact is "" or why the pair is an exact duplicate, score how sure the
+    calibrated rule is that the two rows are one listing, threshold its cut."""
+    from ..data.images import decode_many
+    from ..prepare import cache_dir_for
+    from .pixels import perceptual_hashes, thumbnails
+
+    df = inputs.products
+    paths = df["image"].tolist()
+    shas, sizes = photo_digests(paths, tick)
+    pixels, _, _ = decode_many(paths, inputs.run.image_size, cache_dir_for(inputs.run.data_cfg, inputs.run_dir),
+                               progress=False)  # the run's decode cache: read, not decoded again
+    thumbs = thumbnails(pixels, sizes)
+    hashes = perceptual_hashes(thumbs)
+    groups = exact_groups(shas, hashes, df["title"])
+    pairs = candidates(inputs, groups)
     exact = np.array([groups.get((int(x), int(y)), "") for x, y in pairs], dtype=object)
-    for k, why in enumerate(exact):
-        if why in ("same photo bytes", "same perceptual hash"):
-            out["score"][k] = 1.0 if why == "same photo bytes" else max(out["score"][k], 0.99)
+    out = scored(inputs, pairs[:, 0], pairs[:, 1], exact == "same photo bytes", thumbs, hashes, tick)
+    out["score"] = np.where(exact == "same photo bytes", 1.0, out["score"])
     return {"a": pairs[:, 0], "b": pairs[:, 1], "exact": exact, **out}
+
+
+def scored(inputs: AuditInputs, a, b, same_file, thumbs, hashes, tick=None) -> dict:
+    """The pairs' evidence and score under a rule learnt from synthetic copies of the shop's own products against
+    the catalogue's other candidate pairs (but those sharing a photo file: see calibrate); a fixed weighted score
+    and THRESHOLD when too few copies or look-alike pairs can be made."""
+    from .calibrate import MIN_COPIES, NEGATIVES, SEED, features, learn_rule, make_copies
+
+    tfidf, vec = title_vectors(inputs.products["title"])
+    copies = make_copies(inputs) if len(inputs) > 1 else None
+    n, m = len(inputs), 0 if copies is None else len(copies.source)
+    if m < MIN_COPIES or (~same_file).sum() < MIN_COPIES:
+        ev = evidence(inputs.image_emb, inputs.text_emb, tfidf, thumbs, hashes, a, b, tick=tick)
+        score = 0.3 * ev["pixels"] + 0.4 * ev["photo"] + 0.3 * ev["title"]
+        return {**ev, "score": np.clip(score, 0, 1), "threshold": THRESHOLD, "calibration": {"copies": m}}
+    from scipy.sparse import vstack
+
+    ca, cb = n + np.arange(m), copies.source
+    ev_copy = evidence(np.vstack([inputs.image_emb, copies.image_emb]), np.vstack([inputs.text_emb, copies.text_emb]),
+                       vstack([tfidf, title_vectors(copies.titles, vec)[0]]).tocsr(),
+                       np.concatenate([thumbs, copies.thumbs]), np.concatenate([hashes, copies.hashes]), ca, cb)
+    # only pairs as alike as (nearly) every copy is to its source are worth aligning pixel by pixel
+    floor = {k: float(np.quantile(ev_copy[k], 0.005)) - 0.05 for k in ("photo", "title")}
+    photo = np.einsum("nd,nd->n", inputs.image_emb[a], inputs.image_emb[b])
+    title = np.asarray(tfidf[a].multiply(tfidf[b]).sum(1)).ravel()
+    look = (photo >= floor["photo"]) & (title >= floor["title"])
+    ev = evidence(inputs.image_emb, inputs.text_emb, tfidf, thumbs, hashes, a, b, look, tick)
+    x = features(ev)
+    neg = np.random.default_rng(SEED).permutation(np.flatnonzero(~same_file))[:NEGATIVES]
+    model, cut, oof = learn_rule(features(ev_copy), x[neg])
+    return {**ev, "score": model.predict_proba(x)[:, 1], "threshold": cut,
+            "calibration": {"copies": m, "cut": round(cut, 4), "aligned_share": round(float(look.mean()), 4),
+                            "copies_kept": round(float((oof >= cut).mean()), 4), "floors": floor}}
 
 
 def mutual_best(pairs: dict) -> np.ndarray:
@@ -122,15 +208,17 @@ def mutual_best(pairs: dict) -> np.ndarray:
     return (arg[a] == b) & (arg[b] == a)
 
 
-def flagged(pairs: dict, threshold: float = THRESHOLD) -> np.ndarray:
-    """(P,) bool: the pairs reported as one listing twice: the same photo (bytes or perceptual hash), or a score over
-    `threshold` between mutual best partners."""
+def flagged(pairs: dict, threshold: float | None = None) -> np.ndarray:
+    """(P,) bool: the pairs reported as one listing twice: the same photo file bytes, or a score over `threshold`
+    (default: the calibrated cut) between mutual best partners. A shared perceptual hash alone is not enough:
+    plain shots of different products on white share one; the rule weighs it with the aligned pixels."""
+    threshold = pairs.get("threshold", THRESHOLD) if threshold is None else threshold
     # why: docs/decisions.md#audit
-    exact = np.isin(pairs["exact"], ["same photo bytes", "same perceptual hash"])
+    exact = pairs["exact"] == "same photo bytes"
     return exact | ((pairs["score"] >= threshold) & mutual_best(pairs))
 
 
-def duplicate_findings(inputs: AuditInputs, pairs: dict, threshold: float = THRESHOLD) -> list[dict]:
+def duplicate_findings(inputs: AuditInputs, pairs: dict, threshold: float | None = None) -> list[dict]:
     """Clusters of products joined by flagged pairs; one finding per product but the cluster's first (catalogue
     order), suggesting to remove it as a duplicate of that one."""
     keep = flagged(pairs, threshold)
@@ -141,8 +229,9 @@ def duplicate_findings(inputs: AuditInputs, pairs: dict, threshold: float = THRE
     _, comp = connected_components(graph, directed=False)
     best: dict[int, tuple[float, str, str]] = {}  # row -> its best pair's score, evidence
     for k in np.flatnonzero(keep):
-        why = pairs["exact"][k] or (f"photo {pairs['photo'][k]:.2f}, pixels {pairs['pixels'][k]:.2f}, "
-                                    f"title {pairs['title'][k]:.2f}")
+        pixels = pairs["aligned"][k] if "aligned" in pairs else 1 - pairs["pixels"][k]
+        why = pairs["exact"][k] or (f"photo {pairs['photo'][k]:.2f}, pixels differ {pixels:.2f} after "
+                                    f"alignment, title {pairs['title'][k]:.2f}")
         for row in (int(pairs["a"][k]), int(pairs["b"][k])):
             if pairs["score"][k] > best.get(row, (-1.0, "", ""))[0]:
                 best[row] = (float(pairs["score"][k]), why, "")

@@ -89,22 +89,23 @@ class FaissIndex(SidecarIndex):
     def rerank(self) -> int:
         return int(self.meta["rerank"])
 
-    def _plan(self, k: int, nprobe: int | None, rerank: int | None) -> tuple[int, int]:
-        """(candidates fetched, lists probed) for k hits. Tuned for k = 10: the candidates grow with k, and the
-        lists probed too when the tuned ones would hold fewer than twice the candidates on average."""
+    def _plan(self, k: int, nprobe: int | None, rerank: int | None, tuned_for: int | None = None) -> tuple[int, int]:
+        """(candidates fetched, lists probed) for k hits. Tuned for k = 10: the candidates grow with k (with
+        `tuned_for` < k, a re-ranking's pool: with tuned_for, never fewer than k), and the lists probed too when
+        the tuned ones would hold fewer than twice the candidates on average."""
         nprobe, rerank, nlist = nprobe or self.nprobe, rerank or self.rerank, int(self.meta["nlist"])
-        fetch = min(self.n_items, max(k, math.ceil(rerank * k / 10)))
+        fetch = min(self.n_items, max(k, math.ceil(rerank * min(k, tuned_for or k) / 10)))
         return fetch, min(nlist, max(nprobe, math.ceil(2 * fetch * nlist / max(1, self.n_items))))
 
     def search(self, queries: np.ndarray, k: int, nprobe: int | None = None,
-               rerank: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+               rerank: int | None = None, tuned_for: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(Q, k) rows and exact cosines of about the k nearest items of each query (Q, D), best first. Where fewer
         than k candidates were found (tiny indexes) the row is -1 and the cosine -inf."""
         queries = np.ascontiguousarray(queries, np.float32).reshape(-1, self.dim)
         k = max(0, min(int(k), self.n_items))
         if k == 0 or not len(queries):
             return np.zeros((len(queries), k), np.int64), np.zeros((len(queries), k), np.float32)
-        fetch, probes = self._plan(k, nprobe, rerank)
+        fetch, probes = self._plan(k, nprobe, rerank, tuned_for)
         params = _faiss().SearchParametersIVF(nprobe=probes)  # per call: safe while other threads search
         rows, scores = np.empty((len(queries), k), np.int64), np.empty((len(queries), k), np.float32)
         step = max(1, GATHER_FLOATS // (fetch * self.dim))  # queries whose candidates are gathered at once
@@ -122,9 +123,10 @@ class FaissIndex(SidecarIndex):
 
     def query(self, vector: np.ndarray, k: int, nprobe: int | None = None, rerank: int | None = None,
               tuned_for: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, cosines) of about the k nearest items to one query (D,), best first (AnnoyIndex.query's shape;
-        `tuned_for` is accepted for that and unused: the probes, not k, set faiss's cost)."""
-        rows, scores = self.search(np.asarray(vector, np.float32)[None], k, nprobe, rerank)
+        """(rows, cosines) of about the k nearest items to one query (D,), best first (AnnoyIndex.query's shape).
+        tuned_for = t < k: a candidate pool (a re-ranking's): k candidates are re-ranked exactly, not the rerank x
+        k / 10 the tuned recall needs for all k, which the best t keep (half the rows read at k = 1,000)."""
+        rows, scores = self.search(np.asarray(vector, np.float32)[None], k, nprobe, rerank, tuned_for)
         keep = rows[0] >= 0
         return rows[0][keep], scores[0][keep]
 

@@ -5,24 +5,45 @@ side (BM25 over titles and label text, retrieval.keyword) on one candidate list,
 
 The candidates are the vector side's K nearest and the keyword side's K best; a candidate gets both sides' scores
 (its cosine is computed where only the keyword side found it). BM25 is divided by the query's best BM25 so w means
-the same for a two-word query as for a whole title. The rule and w were chosen on validation queries of the real
-catalogue (attribute queries and noisy titles; bench/search_queries.py --sweep-only), where reciprocal-rank fusion
-was the alternative. A large w makes the words decide wherever they discriminate and the shared space and labels
-order what they leave tied (products matching the same words) or find nothing for. Used by the Searcher and, through
+the same for a two-word query as for a whole title. w depends on what the query looks like (Router): naming only
+labels and brands, the words pick the products that carry them and the labels order them (w moderate); a title's
+words decide and the shared space only breaks their ties (w large). The rule and both w were chosen on validation
+queries of the real catalogue (attribute queries, noisy titles, photo-only products; bench/search_queries.py
+--sweep-only), where reciprocal-rank fusion was the alternative. Used by the Searcher and, through
 hybrid_top, by evaluate's whole-catalogue protocol.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
 MODES = ("hybrid", "vector", "keyword")  # search --mode; the Searcher's and the Search page's setting
 DEFAULT_MODE = "hybrid"  # why: docs/decisions.md#hybrid-search
-KEYWORD_WEIGHT = 128.0  # w: the keyword side's weight in the hybrid score. why: docs/decisions.md#hybrid-search
+QUERY_KINDS = ("attribute", "title")  # what a typed query looks like (Router.kind)
+# w, the keyword side's weight in the hybrid score, per query kind. why: docs/decisions.md#hybrid-search
+KEYWORD_WEIGHTS = {"attribute": 128.0, "title": 1024.0}
 RRF_K = 60  # reciprocal-rank fusion's constant (the usual 60), for the rule compared on validation
 KEYWORD_CANDIDATES = 1000  # the keyword side's best products joined to the vector side's candidates
+
+
+@dataclass
+class Router:
+    """The keyword weight a typed query gets by its kind: "attribute" when every word names a label the shop has or
+    a brand (`facet_terms`: `green tshirts men`, `puma shoes black`), where the labels order what the words leave
+    tied; "title" otherwise (`guerrilla wanted t-shirt white`), where the words decide and the shared space breaks
+    ties. Terms are the keyword side's (typos already read as catalogue words)."""
+
+    facet_terms: set[str]
+    weights: dict[str, float] = field(default_factory=lambda: dict(KEYWORD_WEIGHTS))
+
+    def kind(self, query_terms: list[str]) -> str:
+        return "attribute" if query_terms and all(t in self.facet_terms for t in query_terms) else "title"
+
+    def weight(self, query_terms: list[str]) -> float:
+        return float(self.weights[self.kind(query_terms)])
 
 
 def check_mode(mode: str) -> str:
@@ -53,7 +74,7 @@ def credit_untitled(kw: np.ndarray, rows: np.ndarray, share: np.ndarray) -> np.n
 
 def hybrid_order(rows: np.ndarray, cos: np.ndarray, kw: np.ndarray, cos_of: Callable[[np.ndarray], np.ndarray],
                  agree_of: Callable[[np.ndarray], np.ndarray] | None, scale: float,
-                 weight: float = KEYWORD_WEIGHT, rule: str = "sum", allowed: np.ndarray | None = None,
+                 weight: float = KEYWORD_WEIGHTS["attribute"], rule: str = "sum", allowed: np.ndarray | None = None,
                  k_keyword: int = KEYWORD_CANDIDATES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rows, cosines, keys) best first: the vector candidates `rows` (cosines `cos`) joined with the keyword side's
     best of `kw` (every product's BM25; `allowed` rows only), scored by the hybrid rule.
@@ -87,10 +108,11 @@ def _ranks(score: np.ndarray) -> np.ndarray:
 
 def hybrid_top(query_emb: np.ndarray, gallery_emb: np.ndarray, texts: list[str], keyword_scores,
                log_probs: dict[str, np.ndarray] | None, codes: dict[str, np.ndarray], scale: float,
-               k: int = 1000, weight: float = KEYWORD_WEIGHT, rule: str = "sum") -> np.ndarray:
+               k: int = 1000, weight_of: Callable[[str], float] | None = None, rule: str = "sum") -> np.ndarray:
     """(Q, k) gallery rows, best first, as the hybrid search ranks typed `texts` (exact, for evaluation): each
     query's k nearest by cosine joined with its keyword side's best (keyword_scores(text) -> every gallery row's
-    BM25), scored by `hybrid_order` with the label agreement of `log_probs` {head: (Q, C)} (None: no labels)."""
+    BM25), scored by `hybrid_order` with the label agreement of `log_probs` {head: (Q, C)} (None: no labels) and
+    the keyword weight weight_of(text) (default: a title's)."""
     from .rerank import agreement
 
     k = min(k, len(gallery_emb))
@@ -100,6 +122,7 @@ def hybrid_top(query_emb: np.ndarray, gallery_emb: np.ndarray, texts: list[str],
         cand = np.argpartition(-sims, k - 1)[:k]
         lp = None if log_probs is None else {h: p[i : i + 1] for h, p in log_probs.items()}
         agree_of = None if lp is None else (lambda r, lp=lp: agreement(r[None], lp, codes)[0])
+        weight = KEYWORD_WEIGHTS["title"] if weight_of is None else weight_of(text)
         rows, _, _ = hybrid_order(cand, sims[cand], keyword_scores(text), sims.__getitem__, agree_of, scale,
                                   weight=weight, rule=rule)
         out[i] = rows[:k]

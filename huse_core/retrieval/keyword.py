@@ -15,6 +15,7 @@ import copy
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -26,6 +27,7 @@ _COMPOUND = re.compile(r"[^\W_]+(?:-[^\W_]+)+", re.UNICODE)  # "t-shirt": also i
 _BLANK = {"", "nan", "none", OTHER}
 
 
+@lru_cache(maxsize=1 << 17)  # a catalogue's words repeat: a million titles hold tens of thousands of words
 def stem(word: str) -> str:
     """A light plural stem: "shoes" -> "shoe", "tshirts" -> "tshirt", "watches" -> "watch", "dresses" -> "dress";
     "dress", "status", "chinos"... stay near."""
@@ -66,6 +68,21 @@ def product_text(title: str, labels: dict[str, str]) -> str:
     for value in labels.values():
         parts += [v for v in str(value).split("|") if v.strip().lower() not in _BLANK]
     return " ".join(parts)
+
+
+def label_terms(heads) -> set[str]:
+    """The keyword terms of the shop's class names (every head's): the words a query can name a label by."""
+    return {t for h in heads for c in h["classes"] for t in terms(product_text("", {"": c}))}
+
+
+def brand_terms(titles, labels: set[str], least: int = 5) -> set[str]:
+    """Terms that start at least `least` titles and name no label: the catalogue's brands ("puma", "nike"), read
+    from the titles where the shop has no brand column."""
+    counts: Counter = Counter()
+    for word, n in Counter((str(title).split() or [""])[0].lower() for title in titles).items():
+        first = terms(word)[:1]
+        counts.update({first[0]: n} if first else {})
+    return {w for w, n in counts.items() if n >= least and w not in labels and w.isalpha() and len(w) > 2}
 
 
 def max_edits(word: str) -> int:
@@ -187,19 +204,17 @@ class KeywordIndex:
         """(len(self),) float32 BM25 score of each product for `query` (0 where no term matches)."""
         return self.term_scores(self.query_terms(query))
 
-    def label_share(self, query: str, label_terms: set[str], rows: np.ndarray) -> np.ndarray:
-        """For products `rows`: the IDF-weighted share of the query's label words (terms in `label_terms`) that
-        each one's keyword document holds; 0 for every row when the query names no label word."""
+    def label_share(self, query: str, label_terms: set[str], docs: list) -> np.ndarray:
+        """For products whose keyword documents hold the terms `docs` (a set or Counter each): the IDF-weighted
+        share of the query's label words (terms in `label_terms`) each one holds; 0 for every product when the
+        query names no label word. Reads only those documents: a handful of untitled products in a catalogue of
+        millions costs microseconds."""
         named = list(dict.fromkeys(t for t in self.query_terms(query) if t in label_terms))
-        rows = np.asarray(rows, np.int64)
-        share = np.zeros(len(rows), np.float64)
-        weights = [self.idf(t) for t in named]
-        old = rows < self.n_docs  # index rows: through bm25s; added rows: their term counts
-        for t, weight in zip(named, weights):
-            if old.any() and t in self.df:
-                share[old] += weight * (self.bm25.get_scores([t])[rows[old]] > 0)
-            share[~old] += weight * np.array([t in self._added[r - self.n_docs] for r in rows[~old]], bool)
-        return share / sum(weights) if named and sum(weights) > 0 else share
+        weights = np.array([self.idf(t) for t in named], np.float64)
+        if not named or weights.sum() <= 0:
+            return np.zeros(len(docs), np.float64)
+        held = np.array([[t in d for t in named] for d in docs], np.float64).reshape(len(docs), len(named))
+        return held @ weights / weights.sum()
 
     def term_scores(self, q: list[str]) -> np.ndarray:
         """(len(self),) float32 BM25 score of each product for query terms `q` (as query_terms returns them)."""

@@ -4,7 +4,8 @@ Three kinds, each seeded and built from one split's products only (the test spli
 over the whole catalogue:
 - "attribute": what a shopper types from the labels the shop has, `{gender} {colour} {type}` (plus a brand word
   where the product's title starts with one) in varied word order. Graded: 2 = carries every named attribute,
-  1 = the type and all but one other; scored by P@10 (grade 2) and nDCG@10.
+  1 = the type and all but one other; scored by P@10 (grade 2) and nDCG@10. Variant "brand" (a brand word named) or
+  "labels" (label words only).
 - "noisy": a product's title half-remembered: a word dropped, words reordered, lower-cased, and 0, 1 or 2 typos
   (variants "partial", "typo1", "typo2" of the same products). Relevant: every product with that title; MRR, R@10.
 - "photo": products added with a useless title ("IMG_0231"), found from the photo alone by a query naming what it
@@ -93,7 +94,8 @@ def attribute_queries(df: pd.DataFrame, leaf: str, n: int = 300, split: str = "t
         full = misses == 0
         part = match[leaf] & (misses == 1) & (len(attrs) > 2)
         relevant = {**{i: 1 for i in ids[part]}, **{i: 2 for i in ids[full]}}
-        out.append(Query(text, "attribute", str(df["id"].iloc[r]), relevant))
+        variant = "brand" if "brand" in attrs else "labels"
+        out.append(Query(text, "attribute", str(df["id"].iloc[r]), relevant, variant))
         if len(out) >= n:
             break
     return out

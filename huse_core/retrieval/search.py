@@ -17,9 +17,9 @@ from ..data.heads import Head
 from ..run import Run, check_weight, load_run, mix
 from .adding import add_products, resembling
 from .embed import products_frame
-from .hybrid import DEFAULT_MODE, KEYWORD_WEIGHT, check_mode, credit_untitled, hybrid_order, keyword_top
+from .hybrid import DEFAULT_MODE, KEYWORD_WEIGHTS, Router, check_mode, credit_untitled, hybrid_order, keyword_top
 from .index import load_index, top_matches
-from .keyword import KeywordIndex, product_text, terms, useless_title
+from .keyword import KeywordIndex, brand_terms, label_terms, product_text, terms, useless_title
 from .knn import exact_search
 from .layout import IndexMissingError, StaleIndexError, build_folder, index_dir, load_map, load_product_emb
 from .map import extend_map, full_map
@@ -65,7 +65,8 @@ class _State:
     masks: dict = field(default_factory=dict, init=False)  # (head, class) -> rows with that label
     codes: dict | None = field(default=None, init=False)  # head -> each row's class index (retrieval.rerank)
     keyword: KeywordIndex | None = field(default=None, init=False)  # BM25 over every row, made on first use
-    untitled: np.ndarray | None = field(default=None, init=False)  # rows whose title says nothing (useless_title)
+    # rows whose title says nothing (useless_title), and the terms of their keyword documents (label words)
+    untitled: tuple[np.ndarray, list[set[str]]] | None = field(default=None, init=False)
 
     def __post_init__(self):
         self.row_of = {pid: i for i, pid in enumerate(self.products["id"])}
@@ -93,9 +94,11 @@ class Searcher:
         self._index_codes: dict | None = None  # the index rows' class codes, made on the first title search
         self._keyword_index: KeywordIndex | None = None  # BM25 over the index rows, made on the first word search
         self._keyword_lock = threading.Lock()
-        self._index_untitled: np.ndarray | None = None  # index rows with a useless title (first word search)
-        self._label_terms = {t for h in self.heads for c in h["classes"] for t in terms(product_text("", {"": c}))}
-        self.fusion = ("sum", KEYWORD_WEIGHT)  # the hybrid rule and the keyword side's weight (retrieval.hybrid)
+        self._index_untitled: tuple | None = None  # index rows with a useless title, their terms (first word search)
+        self._label_terms = label_terms(self.heads)
+        self._facet_terms: set[str] | None = None  # label and brand words: an attribute query's (hybrid.Router)
+        self.fusion = "sum"  # the hybrid rule (retrieval.hybrid)
+        self.keyword_weights = dict(KEYWORD_WEIGHTS)  # the keyword side's weight per query kind (hybrid.Router)
 
     @classmethod
     def open(cls, run_dir: str | Path, backend: str = "auto") -> Searcher:
@@ -219,10 +222,11 @@ class Searcher:
         return mask
 
     def _ranked(self, state: _State, query: np.ndarray, target: str, k: int, mask=None, exclude=None,
-                log_probs: dict | None = None, kw: np.ndarray | None = None) -> list[Hit]:
+                log_probs: dict | None = None, kw: np.ndarray | None = None, weight: float = 0.0) -> list[Hit]:
         """The k best of the index's nearest; with a title's class `log_probs` ({head: (1, C)}), its CANDIDATES
         nearest re-ordered by s * cosine + agreement (retrieval.rerank); with `kw` (every row's BM25 of the
-        query's words), joined with the keyword side's best and ranked by the hybrid rule (retrieval.hybrid)."""
+        query's words), joined with the keyword side's best and ranked by the hybrid rule (retrieval.hybrid) with
+        keyword weight `weight`."""
         need = k + (exclude is not None)
         if log_probs is not None or kw is not None:
             need = max(need, CANDIDATES)
@@ -245,7 +249,7 @@ class Searcher:
                 allowed = np.ones(len(kw), bool) if allowed is None else allowed
                 allowed[exclude] = False
             rows, scores, _ = hybrid_order(rows, scores, kw, lambda r: self._cosines(state, query, target, r),
-                                           agree_of, self.scale, weight=self.fusion[1], rule=self.fusion[0],
+                                           agree_of, self.scale, weight=weight, rule=self.fusion,
                                            allowed=allowed)
             order = np.arange(len(rows))
         else:
@@ -284,19 +288,32 @@ class Searcher:
         if state.keyword is None:
             with self._keyword_lock:
                 if self._keyword_index is None:
-                    self._keyword_index = KeywordIndex(self._texts(state, 0, state.n_index))
-            state.keyword = self._keyword_index.with_added(self._texts(state, state.n_index, len(state.products)))
+                    self._keyword_index = KeywordIndex(self._texts(state, range(state.n_index)))
+            state.keyword = self._keyword_index.with_added(self._texts(state, range(state.n_index,
+                                                                                    len(state.products))))
         return state.keyword
 
-    def _texts(self, state: _State, lo: int, hi: int) -> list[str]:
-        """Keyword documents (title and label words) of rows lo..hi."""
+    def _texts(self, state: _State, rows) -> list[str]:
+        """Keyword documents (title and label words) of these rows."""
         v, names = state.values, [h["name"] for h in self.heads]
-        return [product_text(v["title"][r], {h: v[h][r] for h in names}) for r in range(lo, hi)]
+        return [product_text(v["title"][r], {h: v[h][r] for h in names}) for r in rows]
 
     def keyword_scores(self, text: str) -> np.ndarray:
         """Every product's keyword score for these words (catalogue rows, then added ones: the order of
         `products`): its BM25, or for a product whose title says nothing, the credit of its label words."""
         return self._keyword_scores(self._current(), text)
+
+    def router(self) -> Router:
+        """What decides a typed query's kind and keyword weight: the shop's label words and brands (title words
+        that start several titles), read once per Searcher from the index's products."""
+        if self._facet_terms is None:
+            titles = self._index_products["title"].to_numpy(dtype=object)
+            self._facet_terms = self._label_terms | brand_terms(titles, self._label_terms)
+        return Router(self._facet_terms, self.keyword_weights)
+
+    def query_kind(self, text: str) -> str:
+        """"attribute" (every word names a label or a brand) or "title": how hybrid search weighs its words."""
+        return self.router().kind(self._keyword(self._current()).query_terms(str(text)))
 
     def _keyword_scores(self, state: _State, text: str) -> np.ndarray:
         """BM25 of every row; rows with a useless title ("IMG_0231") credited by hybrid.credit_untitled with the
@@ -306,12 +323,15 @@ class Searcher:
         kw = index.scores(text)
         if state.untitled is None:
             if self._index_untitled is None:
-                self._index_untitled = np.flatnonzero([useless_title(t) for t in state.values["title"][:state.n_index]])
-            added = [useless_title(t) for t in state.values["title"][state.n_index:]]
-            state.untitled = np.concatenate([self._index_untitled, state.n_index + np.flatnonzero(added)]).astype(int)
-        if not len(state.untitled):
+                rows = np.flatnonzero([useless_title(t) for t in state.values["title"][:state.n_index]])
+                self._index_untitled = rows, [set(terms(t)) for t in self._texts(state, rows)]
+            added = state.n_index + np.flatnonzero([useless_title(t) for t in state.values["title"][state.n_index:]])
+            state.untitled = (np.concatenate([self._index_untitled[0], added]).astype(int),
+                              self._index_untitled[1] + [set(terms(t)) for t in self._texts(state, added)])
+        rows, docs = state.untitled
+        if not len(rows):
             return kw
-        return credit_untitled(kw, state.untitled, index.label_share(text, self._label_terms, state.untitled))
+        return credit_untitled(kw, rows, index.label_share(text, self._label_terms, docs))
 
     def _label_codes(self, state: _State) -> dict[str, np.ndarray]:
         """Each row's class per head (retrieval.rerank): the index's rows once per Searcher, added rows per state."""
@@ -333,9 +353,9 @@ class Searcher:
         title's class predictions say of each product's labels (retrieval.rerank) unless `use_labels` is False.
 
         `mode` for words alone: "hybrid" (default) joins the keyword side (BM25 over titles and label words,
-        typo-tolerant) to that ranking (retrieval.hybrid); "vector" ranks by the shared space (and labels) only;
-        "keyword" by BM25 only (products sharing no word with the query are not returned). A photo or product
-        query is a vector query ("keyword" refuses it).
+        typo-tolerant) to that ranking (retrieval.hybrid), weighted by what the words look like (`query_kind`);
+        "vector" ranks by the shared space (and labels) only; "keyword" by BM25 only (products sharing no word with
+        the query are not returned). A photo or product query is a vector query ("keyword" refuses it).
         """
         check_mode(mode)
         if target not in KINDS:
@@ -370,7 +390,8 @@ class Searcher:
         log_probs = None
         if use_labels and words_only:  # a title alone: what it says of classes counts too
             log_probs = class_log_probs(self.run.probabilities(text_emb=query[None], titles=[str(text)]))
-        return self._ranked(state, query, target, int(k), mask, exclude, log_probs, kw)
+        weight = 0.0 if kw is None else self.router().weight(self._keyword(state).query_terms(str(text)))
+        return self._ranked(state, query, target, int(k), mask, exclude, log_probs, kw, weight)
 
     def neighbours(self, product_id: str, k: int = 8) -> dict[str, list[Hit]]:
         """"i2i", "i2t", "t2i", "t2t": the product's photo / title (first letter) against photos / titles; and

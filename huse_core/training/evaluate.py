@@ -15,8 +15,8 @@ import torch
 from ..artifacts import write_json
 from ..data.catalog import normalise_title
 from ..prepare import Prepared, cache_dir_for, embed, prepare, title_logits
-from ..retrieval.hybrid import hybrid_top
-from ..retrieval.keyword import KeywordIndex, product_text
+from ..retrieval.hybrid import Router, hybrid_top
+from ..retrieval.keyword import KeywordIndex, brand_terms, label_terms, product_text
 from ..retrieval.knn import top_k
 from ..retrieval.rerank import CANDIDATES, class_log_probs, label_codes, reranked_top, search_scale
 from ..run import load_run
@@ -241,8 +241,11 @@ def whole_catalog_retrieval(run, prep: Prepared, split: str, progress: bool = Fa
     codes, scale, df = product_codes(run, prep, everything), search_scale(run), prep.catalog.df
     keyword = KeywordIndex([product_text(t, {h["name"]: df[h["name"]].iloc[r] for h in run.heads if h["name"] in df})
                             for r, t in enumerate(df["title"])])
+    labels = label_terms(run.heads)
+    router = Router(labels | brand_terms(df["title"], labels))  # a title's keyword weight, as the search's
     hybrid = lambda rows, lp: hybrid_top(text_emb[rows], image_emb, df["title"].iloc[rows].tolist(),  # noqa: E731
-                                         keyword.scores, lp, codes, scale)
+                                         keyword.scores, lp, codes, scale,
+                                         weight_of=lambda t: router.weight(keyword.query_terms(t)))
     return catalog_retrieval(image_emb, text_emb, df["title"].tolist(), prep.split(split),
                              rerank=(log_probs_of, codes, scale), hybrid=hybrid)
 
