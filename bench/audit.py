@@ -24,11 +24,11 @@ from sklearn.metrics import roc_auc_score
 
 from common import write_result
 
-from huse_core.audit.core import label_probs, out_of_fold_probs
+from huse_core.audit.core import label_probs, mismatch_probs
 from huse_core.audit.duplicates import duplicate_findings, duplicate_pairs, flagged
 from huse_core.audit.inputs import load_inputs
 from huse_core.audit.labels import issues, label_findings, quality
-from huse_core.audit.mismatch import mismatch_findings, mismatch_scores
+from huse_core.audit.mismatch import evidence, mismatch_findings, mismatch_scores
 from huse_core.data.catalog import normalise_title
 
 
@@ -81,11 +81,13 @@ def measure_labels(inputs, truth, both, timings) -> tuple[dict, np.ndarray]:
     return out, peer_p
 
 
-def measure_mismatch(inputs, truth, p_image, p_text, peer_text) -> dict:
+def measure_mismatch(inputs, truth, probs, peer_text) -> dict:
     ids = inputs.products["id"].astype(str).to_numpy()
     kind = {t["id"]: t["kind"] for t in truth["swaps"]}
+    partner = {t["id"]: t["partner"] for t in truth["swaps"]}
     swapped = np.array([i in kind for i in ids])
-    ours, heads = mismatch_scores(inputs, p_image, p_text)
+    scores = mismatch_scores(inputs, evidence(inputs, *probs))
+    ours, heads = scores.score, scores.heads
     leaf = inputs.run.leaf
     photo = inputs.run.probabilities(image_emb=inputs.image_emb)[leaf]["image"]  # the run's own photo head
     disagree = photo.argmax(1) != peer_text.argmax(1)
@@ -99,6 +101,10 @@ def measure_mismatch(inputs, truth, p_image, p_text, peer_text) -> dict:
             kd: round(float(np.mean([flagged[i] for i in np.flatnonzero(swapped) if kind[ids[i]] == kd])), 4)
             for kd in ("across", "colour")}}
     out["photo_vs_title_class"]["disagreeing"] = int(disagree.sum())
+    named = [i for i in np.flatnonzero(swapped) if scores.partner[i] >= 0 and ids[scores.partner[i]] == partner[ids[i]]]
+    out["huse"]["partner_named"] = {"right": len(named), "of_swapped": int(swapped.sum()),
+                                    "mutual_right": int(scores.mutual[named].sum()),
+                                    "mutual_pairs_found": int(scores.mutual.sum())}
     return out
 
 
@@ -203,8 +209,8 @@ def measure(args) -> None:
     both = label_probs(inputs)
     rows = label_findings(inputs, both)
     lap("labels_step")
-    p_image, p_text = (out_of_fold_probs(inputs, f) for f in ("image", "text"))
-    rows += mismatch_findings(inputs, p_image, p_text)
+    probs = mismatch_probs(inputs)
+    rows += mismatch_findings(inputs, *probs)
     lap("mismatch_step")
     pairs = duplicate_pairs(inputs)
     rows += duplicate_findings(inputs, pairs)
@@ -219,7 +225,7 @@ def measure(args) -> None:
     original |= {t["id"]: t["source_title"] for t in truth["duplicates"]}
     result = {"run": args.run, "n_products": len(inputs), "findings": {k: sum(r["kind"] == k for r in rows)
                                                                        for k in ("labels", "mismatch", "duplicates")},
-              "labels": labels, "mismatch": measure_mismatch(inputs, truth, p_image, p_text, peer_text),
+              "labels": labels, "mismatch": measure_mismatch(inputs, truth, probs, peer_text),
               "duplicates": measure_duplicates(inputs, truth, pairs, original, original_photos(truth),
                                                peer_pairs(inputs)),
               "seconds": timings}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .colours import pixel_colour_probs
 from .crossfit import FOLDS, fold_of, out_of_fold, pool, title_features
 from .duplicates import duplicate_findings, duplicate_pairs
 from .inputs import AuditError, AuditInputs, load_inputs
@@ -69,6 +70,19 @@ def label_probs(inputs: AuditInputs, tick=None) -> dict[str, np.ndarray]:
     return out
 
 
+def mismatch_probs(inputs: AuditInputs, bar=None) -> tuple[dict, dict, tuple | None]:
+    """What the mismatch kind compares: out-of-sample photo probabilities (K-fold heads on image_emb), title
+    probabilities (K-fold heads on the titles' TF-IDF: the text tower memorised the training labels, wrong ones too)
+    and the colour the photo's pixels show (None without a colour attribute)."""
+    share = STEPS["mismatch"] / FOLDS / 3
+    tick = (lambda: bar.advance(share, "photo/title mismatches")) if bar else None  # noqa: E731
+    p_image, p_title = (out_of_fold_probs(inputs, f, tick) for f in ("image", "tfidf"))
+    pixels = pixel_colour_probs(inputs)
+    if bar:
+        bar.advance(STEPS["mismatch"] / 3, "photo/title mismatches")
+    return p_image, p_title, pixels
+
+
 class _Bar:
     """One progress bar (stderr) and/or callback over the audit's steps."""
 
@@ -118,10 +132,7 @@ def audit(run_dir: str | Path, kinds=None, top: int | None = None, progress: boo
             rows += _rows(inputs, label_findings(inputs, label_probs(inputs, lambda: bar.advance(share, "labels"))),
                           top)
         if "mismatch" in kinds:
-            share = STEPS["mismatch"] / FOLDS / 2
-            tick = lambda: bar.advance(share, "photo/title mismatches")  # noqa: E731
-            p_image, p_text = (out_of_fold_probs(inputs, f, tick) for f in ("image", "text"))
-            rows += _rows(inputs, mismatch_findings(inputs, p_image, p_text), top)
+            rows += _rows(inputs, mismatch_findings(inputs, *mismatch_probs(inputs, bar)), top)
         if "duplicates" in kinds:
             n_ticks = max(1, len(inputs) // 1000)
             pairs = duplicate_pairs(inputs, lambda: bar.advance(STEPS["duplicates"] / n_ticks / 2, "duplicates"))

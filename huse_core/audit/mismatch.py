@@ -1,7 +1,20 @@
-"""Photo ↔ title mismatches: the photo's out-of-sample predictions disagree with the title's, and the two sit apart
-in the shared space."""
+"""Photo ↔ title mismatches: the photo's out-of-sample predictions and pixels disagree with what the title says, and,
+for a photo swapped between two listings, swapping the photos back makes both listings fit.
+
+Evidence for "photo a belongs with title b", each a log-likelihood ratio the catalogue itself calibrates:
+- per single-label head, log sum_t p_title_b(t) L[t, a'] p_photo_a(a') with the lift L of the catalogue's own
+  (title class, photo class) co-occurrence: confusions the catalogue makes all the time (shirt vs t-shirt) cost
+  little, a watch photo on a shirt title a lot. Photo side: K-fold heads on image_emb; title side: K-fold heads on
+  the titles' TF-IDF (the text tower memorised the training labels, wrong ones too; TF-IDF heads never saw them);
+- the colour the photo's pixels show (colours.py) against the title's colour, the same way;
+- the cosine of photo a's and title b's embeddings in the shared space.
+A product's misfit is minus its own pair's evidence. Among the likeliest products (the worst misfits, and the worst
+colour misfits) every pair (a, b) gets the gain of swapping their photos; a mutual best pair with a gain is a swap.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -9,45 +22,155 @@ from .inputs import AuditInputs
 
 FLAGGED = 0.01  # the share of the catalogue flagged (the issue's operating point: recall at 1 % flagged) ...
 MIN_FLAGGED = 20  # ... but at least this many in a small shop
+CANDIDATES = 0.09  # the share of worst misfits searched for swap partners ...
+COLOUR_CANDIDATES = 0.18  # ... and of worst colour misfits (a colour swap barely moves the other heads)
+MAX_CANDIDATES = 4000  # per list, times (1, 2): the pair matrix stays under ~0.6 GB however large the shop
+MIN_CANDIDATES = 200
+BLOCK = 2048
+COSINE_WEIGHT = 80.0  # shared-space cosine -> the scale of the heads' log-lifts
+GAIN_WEIGHT = 1.0  # a partner's swap gain added to the misfit (twice when the pair is mutual)
+
+
+@dataclass
+class Evidence:
+    """Per head/source: the photo side's and the title side's (N, C) probabilities and the catalogue's lift."""
+
+    names: list[str]
+    photo: list[np.ndarray]
+    title: list[np.ndarray]
+    lift: list[np.ndarray]
+
+    def own(self) -> np.ndarray:
+        """(S, N) log-lift of each product's photo with its own title, per source."""
+        return np.stack([np.log(np.einsum("nt,ta,na->n", t, lift, p) + 1e-9)
+                         for p, t, lift in zip(self.photo, self.title, self.lift)])
+
+    def pairs(self, rows: np.ndarray) -> np.ndarray:
+        """(R, R) float32 summed log-lift of photo rows[i] with title rows[j]."""
+        out = np.zeros((len(rows), len(rows)), np.float32)
+        for p, t, lift in zip(self.photo, self.title, self.lift):
+            fit = (p[rows] @ lift.T).astype(np.float32) @ t[rows].T.astype(np.float32)
+            fit += 1e-9
+            out += np.log(fit, out=fit)
+        return out
+
+
+def lift(p_photo: np.ndarray, p_title: np.ndarray) -> np.ndarray:
+    """(T, A) lift L = J / (J_t J_a) of the catalogue's joint J[t, a] = mean p_title(t) p_photo(a)."""
+    joint = (p_title.T @ p_photo) / max(len(p_photo), 1) + 1e-6
+    return joint / (joint.sum(1, keepdims=True) * joint.sum(0, keepdims=True))
 
 
 def surprise(p_image: np.ndarray, p_text: np.ndarray) -> np.ndarray:
-    """(N,) -log of how usual the photo's prediction is given the title's, across the catalogue: with the joint
-    J[t, a] = mean p_text(t) p_image(a) and its lift L = J / (J_t J_a), score = -log sum p_text(t) L[t, a] p_image(a).
-    Confusions the catalogue makes all the time (shirt vs t-shirt) score low; a watch photo on a shirt title high."""
-    joint = (p_text.T @ p_image) / max(len(p_image), 1) + 1e-6
-    lift = joint / (joint.sum(1, keepdims=True) * joint.sum(0, keepdims=True))
-    return -np.log(np.einsum("nt,ta,na->n", p_text, lift, p_image) + 1e-9)
+    """(N,) -log of how usual the photo's prediction is given the title's, across the catalogue:
+    -log sum p_text(t) L[t, a] p_image(a) with the catalogue's lift L."""
+    return -np.log(np.einsum("nt,ta,na->n", p_text, lift(p_image, p_text), p_image) + 1e-9)
 
 
-def mismatch_heads(inputs: AuditInputs, probs: dict) -> list[str]:
-    """Every single-label head: levels and attributes (on a small test shop the coarser levels caught swaps the
-    leaf alone missed)."""
-    return [h.name for h in inputs.run.heads if h.name in probs]
+def evidence(inputs: AuditInputs, p_image: dict, p_title: dict, pixel_colour: tuple | None = None) -> Evidence:
+    """Every single-label head (levels and attributes) the photo and title sides both predict, and the pixels'
+    colour against the title's colour when given as (head name, probabilities)."""
+    names = [h.name for h in inputs.run.heads if h.name in p_image and h.name in p_title]
+    photo, title = [p_image[n] for n in names], [p_title[n] for n in names]
+    if pixel_colour is not None and pixel_colour[0] in p_title:
+        names.append(f"pixels:{pixel_colour[0]}")
+        photo.append(pixel_colour[1])
+        title.append(p_title[pixel_colour[0]])
+    return Evidence(names, photo, title, [lift(p, t) for p, t in zip(photo, title)])
 
 
-def mismatch_scores(inputs: AuditInputs, p_image: dict[str, np.ndarray], p_text: dict[str, np.ndarray]
-                    ) -> tuple[np.ndarray, list[str]]:
-    """(N,) score (high: the photo shows something else than the title says) and the heads used: the sum over
-    heads of each head's surprise, as independent evidence adds (measured: docs/audit.md)."""
+@dataclass
+class Scores:
+    """score (N,): high = the photo shows something else than the title says; partner (N,): the listing whose
+    title the photo fits and whose photo fits this title (-1: none found); mutual (N,) bool; heads used."""
+
+    score: np.ndarray
+    partner: np.ndarray
+    mutual: np.ndarray
+    heads: list[str]
+
+
+def candidates(ev: Evidence, own: np.ndarray, misfit: np.ndarray) -> np.ndarray:
+    """The rows searched for swap partners: the worst misfits, and the worst colour misfits (a colour swap within
+    a category barely moves the other heads)."""
+    n = len(misfit)
+    size = lambda share, cap: min(n, max(MIN_CANDIDATES, min(cap, round(share * n))))  # noqa: E731
+    colour = [k for k, name in enumerate(ev.names) if any(w in name.lower() for w in ("colour", "color"))]
+    rows = [np.argsort(-misfit, kind="stable")[: size(CANDIDATES, MAX_CANDIDATES)]]
+    if colour:
+        rows.append(np.argsort(own[colour].sum(0), kind="stable")[: size(COLOUR_CANDIDATES, 2 * MAX_CANDIDATES)])
+    return np.unique(np.concatenate(rows))
+
+
+def best_partners(fit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For fit[i, j] = how well photo i fits title j: each row's partner j maximising the gain of swapping their
+    photos, fit[i, j] + fit[j, i] - fit[i, i] - fit[j, j], and that gain (block by block: memory stays ~fit)."""
+    mine = np.diag(fit).copy()
+    best, gain = np.zeros(len(fit), np.int64), np.zeros(len(fit), np.float32)
+    for start in range(0, len(fit), BLOCK):
+        block = fit[start : start + BLOCK] + fit[:, start : start + BLOCK].T
+        block -= mine[start : start + BLOCK, None]
+        block -= mine[None, :]
+        block[np.arange(len(block)), np.arange(start, start + len(block))] = -np.inf
+        best[start : start + len(block)] = block.argmax(1)
+        gain[start : start + len(block)] = block[np.arange(len(block)), best[start : start + len(block)]]
+    return best, gain
+
+
+def mismatch_scores(inputs: AuditInputs, ev: Evidence) -> Scores:
+    """The misfit of each product's photo with its title, plus, for candidates, the gain of swapping photos with
+    their best partner (measured: docs/audit.md)."""
     # why: docs/decisions.md#audit
-    heads = mismatch_heads(inputs, p_image)
-    return np.sum([surprise(p_image[h], p_text[h]) for h in heads], axis=0).astype(np.float32), heads
+    n = len(inputs.image_emb)
+    if not ev.names:  # no single-label head to compare: nothing to say
+        return Scores(np.zeros(n, np.float32), np.full(n, -1), np.zeros(n, bool), [])
+    own = ev.own()
+    misfit = -own.sum(0)
+    rows = candidates(ev, own, misfit)
+    fit = ev.pairs(rows)
+    fit += COSINE_WEIGHT * (inputs.image_emb[rows] @ inputs.text_emb[rows].T)
+    best, best_gain = best_partners(fit)
+    best_gain = np.maximum(best_gain, 0)
+    mutual = (best[best] == np.arange(len(rows))) & (best_gain > 0)
+    score = misfit.astype(np.float64)
+    score[rows] += GAIN_WEIGHT * best_gain * (1 + mutual)
+    partner, is_mutual = np.full(len(score), -1), np.zeros(len(score), bool)
+    partner[rows] = np.where(best_gain > 0, rows[best], -1)
+    is_mutual[rows] = mutual
+    return Scores(score.astype(np.float32), partner, is_mutual, ev.names)
 
 
 def _describe(inputs: AuditInputs, probs: dict[str, np.ndarray], heads: list[str], i: int) -> str:
-    return ", ".join(inputs.run.heads[[h.name for h in inputs.run.heads].index(name)].classes[probs[name][i]
-                     .argmax()] for name in heads)
+    by_name = {h.name: h for h in inputs.run.heads}
+    return ", ".join(by_name[name].classes[probs[name][i].argmax()] for name in heads if name in by_name)
 
 
-def mismatch_findings(inputs: AuditInputs, p_image: dict[str, np.ndarray], p_text: dict[str, np.ndarray],
-                      share: float = FLAGGED) -> list[dict]:
-    """The `share` of products scoring highest, with what the photo seems to show and what the title says."""
-    score, heads = mismatch_scores(inputs, p_image, p_text)
+def _reason(inputs: AuditInputs, shows: str, says: str, partner: int, mutual: bool) -> str:
+    reason = f"the photo looks like {shows}; the title says {says}"
+    if partner < 0:
+        return reason
+    other = f"listing {inputs.products['id'].iat[partner]} (\"{inputs.products['title'].iat[partner]}\")"
+    if mutual:
+        return f"{reason}; photos swapped? it fits {other}, whose photo fits this title"
+    return f"{reason}; it fits {other} better"
+
+
+def mismatch_findings(inputs: AuditInputs, p_image: dict[str, np.ndarray], p_title: dict[str, np.ndarray],
+                      pixel_colour: tuple | None = None, share: float = FLAGGED) -> list[dict]:
+    """The `share` of products scoring highest, with what the photo seems to show, what the title says and the
+    listing the photo seems to belong to."""
+    ev = evidence(inputs, p_image, p_title, pixel_colour)
+    s = mismatch_scores(inputs, ev)
+    heads = [n for n in ev.names if n in p_image]
+    shown = dict(p_image)
+    if pixel_colour is not None and pixel_colour[0] in shown:
+        shown[pixel_colour[0]] = pixel_colour[1]  # what colour the photo shows: the pixels say it better
     rows = []
-    for i in np.argsort(-score)[: max(MIN_FLAGGED, round(share * len(score)))]:
-        shows, says = _describe(inputs, p_image, heads, i), _describe(inputs, p_text, heads, i)
+    for i in np.argsort(-s.score, kind="stable")[: max(MIN_FLAGGED, round(share * len(s.score)))]:
+        shows, says = _describe(inputs, shown, heads, i), _describe(inputs, p_title, heads, i)
+        partner, score = int(s.partner[i]), float(s.score[i])
         rows.append({"kind": "mismatch", "head": "photo/title", "row": int(i), "current": says, "suggested": shows,
-                     "score": round(float(score[i]), 4), "confidence": round(float(1 - np.exp(-score[i])), 4),
-                     "reason": f"the photo looks like {shows}; the title says {says}"})
+                     "score": round(score, 4), "confidence": round(1 - float(np.exp(-max(0.0, score))), 4),
+                     "reason": _reason(inputs, shows, says, partner, bool(s.mutual[i])),
+                     "others": str(inputs.products["id"].iat[partner]) if partner >= 0 else ""})
     return rows
