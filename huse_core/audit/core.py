@@ -58,9 +58,8 @@ def label_probs(inputs: AuditInputs, tick=None) -> dict[str, np.ndarray]:
     # why: docs/decisions.md#audit
     heads = [h for h in inputs.run.heads if h.kind == "single"]
     labels, sizes = [inputs.codes(h) for h in heads], [len(h.classes) for h in heads]
-    words = title_features(inputs.products["title"])
     towers = out_of_fold(np.hstack([inputs.image_emb, inputs.text_emb]), labels, sizes, tick=tick)
-    titles = [out_of_fold(words, labels, sizes, tick=tick), out_of_fold(words, labels, sizes, head="bayes")]
+    titles = _title_sources(inputs, labels, sizes, tick)
     fold, out = fold_of(len(inputs)), {}
     held_out = inputs.products["split"].to_numpy(dtype=object) != "train" if "split" in inputs.products else None
     for i, h in enumerate(heads):
@@ -70,13 +69,30 @@ def label_probs(inputs: AuditInputs, tick=None) -> dict[str, np.ndarray]:
     return out
 
 
+def title_probs(inputs: AuditInputs, tick=None) -> dict[str, np.ndarray]:
+    """{head: (N, C)} what the titles alone say of each single-label head, out of sample: K-fold prototype heads and
+    naive Bayes on the titles' TF-IDF, pooled (crossfit.pool). Features no model fitted to the labels, so a label
+    the towers memorised is not in them; pooled, they read 94 % of the clean 44k catalogue's articleTypes right
+    against 85 % for the prototypes alone (docs/audit.md)."""
+    heads = [h for h in inputs.run.heads if h.kind == "single"]
+    labels, sizes = [inputs.codes(h) for h in heads], [len(h.classes) for h in heads]
+    sources, fold = _title_sources(inputs, labels, sizes, tick), fold_of(len(inputs))
+    return {h.name: pool([s[i] for s in sources], labels[i], fold) for i, h in enumerate(heads)}
+
+
+def _title_sources(inputs: AuditInputs, labels: list, sizes: list, tick=None) -> list[list[np.ndarray]]:
+    """[prototype heads, naive Bayes] on the titles' TF-IDF: per source, each head's out-of-fold probabilities."""
+    words = title_features(inputs.products["title"])
+    return [out_of_fold(words, labels, sizes, tick=tick), out_of_fold(words, labels, sizes, head="bayes")]
+
+
 def mismatch_probs(inputs: AuditInputs, bar=None) -> tuple[dict, dict, tuple | None]:
     """What the mismatch kind compares: out-of-sample photo probabilities (K-fold heads on image_emb), title
-    probabilities (K-fold heads on the titles' TF-IDF: the text tower memorised the training labels, wrong ones too)
-    and the colour the photo's pixels show (None without a colour attribute)."""
+    probabilities (`title_probs`: the text tower memorised the training labels, wrong ones too) and the colour the
+    photo's pixels show (None without a colour attribute)."""
     share = STEPS["mismatch"] / FOLDS / 3
     tick = (lambda: bar.advance(share, "photo/title mismatches")) if bar else None  # noqa: E731
-    p_image, p_title = (out_of_fold_probs(inputs, f, tick) for f in ("image", "tfidf"))
+    p_image, p_title = out_of_fold_probs(inputs, "image", tick), title_probs(inputs, tick)
     pixels = pixel_colour_probs(inputs)
     if bar:
         bar.advance(STEPS["mismatch"] / 3, "photo/title mismatches")
