@@ -33,39 +33,35 @@ def parse_kinds(kinds) -> list[str]:
     return names
 
 
-def out_of_fold_probs(inputs: AuditInputs, features: str, tick=None, folds: int = FOLDS,
-                      head: str = "prototype") -> dict[str, np.ndarray]:
-    """{head: (N, C) out-of-sample probabilities} of the single-label heads from K-fold heads on the "image",
-    "text" or "both" (side by side) embeddings, or on the titles' TF-IDF ("tfidf")."""
+def _single_heads(inputs: AuditInputs) -> tuple[list, list[np.ndarray], list[int]]:
+    """(single-label heads, each head's catalogue class codes, its class count)."""
     heads = [h for h in inputs.run.heads if h.kind == "single"]
-    x = {"image": inputs.image_emb, "text": inputs.text_emb}.get(features)
-    if features == "tfidf":
-        x = title_features(inputs.products["title"])
-    elif x is None:
-        x = np.hstack([inputs.image_emb, inputs.text_emb])
-    probs = out_of_fold(x, [inputs.codes(h) for h in heads], [len(h.classes) for h in heads], folds, tick=tick,
-                        head=head)
-    return {h.name: p for h, p in zip(heads, probs)}
+    return heads, [inputs.codes(h) for h in heads], [len(h.classes) for h in heads]
+
+
+def photo_probs(inputs: AuditInputs, tick=None) -> dict[str, np.ndarray]:
+    """{head: (N, C) out-of-sample probabilities} of the single-label heads from K-fold prototype heads on the photo
+    embeddings."""
+    heads, labels, sizes = _single_heads(inputs)
+    return {h.name: p for h, p in zip(heads, out_of_fold(inputs.image_emb, labels, sizes, tick=tick))}
 
 
 def label_probs(inputs: AuditInputs, tick=None) -> dict[str, np.ndarray]:
     """Out-of-sample label probabilities, the mean of two views: every source pooled (K-fold prototype heads on the
     towers' embeddings and on the titles' TF-IDF, naive Bayes on that TF-IDF; crossfit.pool) and the title sources
-    alone pooled. The towers saw every training label, so a label they memorised sits in the embeddings and can win
-    the first view; the title features never saw a label, so it cannot hide in the second. The first view's
-    weights are fitted on the products the run held out of training (val and test), whose labels the towers never
-    saw, so memorising does not earn the embeddings weight (measured: docs/audit.md)."""
+    alone pooled (`title_probs`). The towers saw every training label, so a label they memorised sits in the
+    embeddings and can win the first view; the title features never saw a label, so it cannot hide in the second.
+    The first view's weights are fitted on the products the run held out of training (val and test), whose labels
+    the towers never saw, so memorising does not earn the embeddings weight (measured: docs/audit.md)."""
     # why: docs/decisions.md#audit
-    heads = [h for h in inputs.run.heads if h.kind == "single"]
-    labels, sizes = [inputs.codes(h) for h in heads], [len(h.classes) for h in heads]
+    heads, labels, sizes = _single_heads(inputs)
     towers = out_of_fold(np.hstack([inputs.image_emb, inputs.text_emb]), labels, sizes, tick=tick)
-    titles = _title_sources(inputs, labels, sizes, tick)
+    titles, by_titles = _title_sources(inputs, tick), title_probs(inputs)
     fold, out = fold_of(len(inputs)), {}
     held_out = inputs.products["split"].to_numpy(dtype=object) != "train" if "split" in inputs.products else None
     for i, h in enumerate(heads):
-        by_title = [t[i] for t in titles]
-        out[h.name] = (pool([towers[i], *by_title], labels[i], fold, fit_rows=held_out)
-                       + pool(by_title, labels[i], fold)) / 2
+        out[h.name] = (pool([towers[i], *(t[i] for t in titles)], labels[i], fold, fit_rows=held_out)
+                       + by_titles[h.name]) / 2
     return out
 
 
@@ -73,17 +69,24 @@ def title_probs(inputs: AuditInputs, tick=None) -> dict[str, np.ndarray]:
     """{head: (N, C)} what the titles alone say of each single-label head, out of sample: K-fold prototype heads and
     naive Bayes on the titles' TF-IDF, pooled (crossfit.pool). Features no model fitted to the labels, so a label
     the towers memorised is not in them; pooled, they read 94 % of the clean 44k catalogue's articleTypes right
-    against 85 % for the prototypes alone (docs/audit.md)."""
-    heads = [h for h in inputs.run.heads if h.kind == "single"]
-    labels, sizes = [inputs.codes(h) for h in heads], [len(h.classes) for h in heads]
-    sources, fold = _title_sources(inputs, labels, sizes, tick), fold_of(len(inputs))
-    return {h.name: pool([s[i] for s in sources], labels[i], fold) for i, h in enumerate(heads)}
+    against 85 % for the prototypes alone (docs/audit.md). Made once per inputs: labels and mismatches share it."""
+    if "title_probs" not in inputs.memo:
+        heads, labels, _ = _single_heads(inputs)
+        sources, fold = _title_sources(inputs, tick), fold_of(len(inputs))
+        inputs.memo["title_probs"] = {h.name: pool([s[i] for s in sources], labels[i], fold)
+                                      for i, h in enumerate(heads)}
+    return inputs.memo["title_probs"]
 
 
-def _title_sources(inputs: AuditInputs, labels: list, sizes: list, tick=None) -> list[list[np.ndarray]]:
-    """[prototype heads, naive Bayes] on the titles' TF-IDF: per source, each head's out-of-fold probabilities."""
-    words = title_features(inputs.products["title"])
-    return [out_of_fold(words, labels, sizes, tick=tick), out_of_fold(words, labels, sizes, head="bayes")]
+def _title_sources(inputs: AuditInputs, tick=None) -> list[list[np.ndarray]]:
+    """[prototype heads, naive Bayes] on the titles' TF-IDF: per source, each head's out-of-fold probabilities
+    (made once per inputs)."""
+    if "title_sources" not in inputs.memo:
+        _, labels, sizes = _single_heads(inputs)
+        words = title_features(inputs.products["title"])
+        inputs.memo["title_sources"] = [out_of_fold(words, labels, sizes, tick=tick),
+                                        out_of_fold(words, labels, sizes, head="bayes")]
+    return inputs.memo["title_sources"]
 
 
 def mismatch_probs(inputs: AuditInputs, bar=None) -> tuple[dict, dict, tuple | None]:
@@ -92,7 +95,7 @@ def mismatch_probs(inputs: AuditInputs, bar=None) -> tuple[dict, dict, tuple | N
     photo's pixels show (None without a colour attribute)."""
     share = STEPS["mismatch"] / FOLDS / 3
     tick = (lambda: bar.advance(share, "photo/title mismatches")) if bar else None  # noqa: E731
-    p_image, p_title = out_of_fold_probs(inputs, "image", tick), title_probs(inputs, tick)
+    p_image, p_title = photo_probs(inputs, tick), title_probs(inputs, tick)
     pixels = pixel_colour_probs(inputs)
     if bar:
         bar.advance(STEPS["mismatch"] / 3, "photo/title mismatches")

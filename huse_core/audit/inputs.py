@@ -26,6 +26,7 @@ class AuditInputs:
     image_emb: np.ndarray  # (N, D) float32 unit rows
     text_emb: np.ndarray  # (N, D)
     _codes: dict = field(default_factory=dict)
+    memo: dict = field(default_factory=dict)  # what one audit's kinds share, made once (core.title_probs)
 
     @property
     def run_dir(self) -> Path:
