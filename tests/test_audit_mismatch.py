@@ -114,3 +114,46 @@ def test_a_shop_without_single_label_heads_gets_no_mismatch_scores():
     inputs, kind, colour, pixels = _shop()
     scores = mismatch_scores(inputs, evidence(inputs, {}, {}, None))
     assert scores.heads == [] and not scores.score.any() and (scores.partner == -1).all()
+
+
+def _heads(*names):
+    return SimpleNamespace(run=SimpleNamespace(heads=[SimpleNamespace(name=n, kind="single", classes=list("abc"))
+                                                      for n in names]))
+
+
+def test_a_sure_misreading_costs_the_same_however_unsure_the_catalogues_readings_are():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    eye = np.eye(3, dtype=np.float32)
+    title = sure = eye[y] * 0.94 + 0.02
+    unsure = eye[y] * 0.25 + 0.25  # the colour reader: the right class at 0.5 on most photos
+    sure, unsure = sure.copy(), unsure.copy()
+    sure[0] = unsure[0] = eye[(y[0] + 1) % 3] * 0.94 + 0.02  # photo 0 read surely as another class by both
+    own = evidence(_heads("kind", "colour"), {"kind": sure, "colour": unsure},
+                   {"kind": title, "colour": title}).own()
+    assert abs(own[0, 0] - own[1, 0]) < 0.1, own[:, 0]  # the unsure head does not water the misreading down
+    assert (own[:, 0] < np.median(own[:, 1:], 1) - 1).all()
+
+
+def test_a_sure_colour_swap_outranks_single_category_misreadings_when_most_colours_read_unsure():
+    inputs, kind, colour, pixels = _shop(2, tint=0.0, own_part=0.0)
+    inputs.text_emb = inputs.image_emb = np.eye(CLASSES, 32, dtype=np.float32)[kind]  # the shared space: kind only
+    rng = np.random.default_rng(2)
+    a = 7
+    b = int(np.flatnonzero((kind == kind[a]) & (colour != colour[a]))[0])
+    shown = colour.copy()
+    shown[[a, b]] = colour[[b, a]]  # the two photos swapped
+    eye_k, eye_c = np.eye(CLASSES, dtype=np.float32), np.eye(COLOURS, dtype=np.float32)
+    p_title = {"kind": eye_k[kind] * 0.9 + 0.02, "colour": eye_c[colour] * 0.9 + 0.03}
+    p_image = {"kind": p_title["kind"].copy(), "colour": np.full((N, COLOURS), 1 / COLOURS, np.float32)}
+    mild = rng.choice(np.setdiff1d(np.arange(N), [a, b]), 20, replace=False)
+    p_image["kind"][mild] = eye_k[kind[mild]] * 0.35 + eye_k[(kind[mild] + 1) % CLASSES] * 0.35 + 0.06
+    sure = mild[:5]  # five photos read surely as another kind (single misreadings, no partner)
+    p_image["kind"][sure] = eye_k[(kind[sure] + 1) % CLASSES] * 0.8125 + 0.0375
+    pix = eye_c[shown] * 0.25 + 0.25  # most photos' colour read unsure ...
+    wrong = rng.choice(N, 40, replace=False)
+    pix[wrong] = eye_c[(shown[wrong] + 1) % COLOURS] * 0.1 + 0.3
+    pix[[a, b]] = eye_c[shown[[a, b]]] * 0.94 + 0.02  # ... the swapped pair's surely
+    scores = mismatch_scores(inputs, evidence(inputs, p_image, p_title, ("colour", pix)))
+    assert set(np.argsort(-scores.score)[:2].tolist()) == {a, b}
+    assert scores.partner[a] == b and scores.mutual[a]

@@ -1,11 +1,14 @@
-"""Photo ↔ title mismatches: the photo's out-of-sample predictions and pixels disagree with what the title says, and,
+"""Photo <-> title mismatches: the photo's out-of-sample predictions and pixels disagree with what the title says, and,
 for a photo swapped between two listings, swapping the photos back makes both listings fit.
 
-Evidence for "photo a belongs with title b", each a log-likelihood ratio the catalogue itself calibrates:
-- per single-label head, log sum_t p_title_b(t) L[t, a'] p_photo_a(a') with the lift L of the catalogue's own
-  (title class, photo class) co-occurrence: confusions the catalogue makes all the time (shirt vs t-shirt) cost
-  little, a watch photo on a shirt title a lot. Photo side: K-fold heads on image_emb; title side: K-fold heads on
-  the titles' TF-IDF (the text tower memorised the training labels, wrong ones too; TF-IDF heads never saw them);
+Evidence for "photo a belongs with title b", each a log-likelihood ratio:
+- per single-label head, log(FLOOR + (1 - FLOOR) sum_t p_title_b(t) p_photo_a(t) / prior(t)): how much likelier the
+  two readings are if photo and title show the same class than if they were unrelated, with the floor the share of
+  matched pairs whose readings are unrelated anyway (a wrong catalogue label, a confident misreading). The photo
+  side's probabilities are out of sample and so calibrated: classes the catalogue confuses (shirt vs t-shirt) share
+  their mass and cost little, a confident reading of another class costs up to log(1 / FLOOR). Photo side: K-fold
+  heads on image_emb; title side: K-fold heads on the titles' TF-IDF (the text tower memorised the training labels,
+  wrong ones too; TF-IDF heads never saw them);
 - the colour the photo's pixels show (colours.py) against the title's colour, the same way;
 - the cosine of photo a's and title b's embeddings in the shared space.
 A product's misfit is minus its own pair's evidence. Among the likeliest products (the worst misfits, and the worst
@@ -27,44 +30,41 @@ COLOUR_CANDIDATES = 0.18  # ... and of worst colour misfits (a colour swap barel
 MAX_CANDIDATES = 4000  # per list, times (1, 2): the pair matrix stays under ~0.6 GB however large the shop
 MIN_CANDIDATES = 200
 BLOCK = 2048
-COSINE_WEIGHT = 80.0  # shared-space cosine -> the scale of the heads' log-lifts
+COSINE_WEIGHT = 80.0  # shared-space cosine -> the scale of the heads' log-likelihood ratios
+FLOOR = 0.03  # the share of matched pairs whose photo and title readings are unrelated anyway
 GAIN_WEIGHT = 1.0  # a partner's swap gain added to the misfit (twice when the pair is mutual)
 
 
 @dataclass
 class Evidence:
-    """Per head/source: the photo side's and the title side's (N, C) probabilities and the catalogue's lift."""
+    """Per head/source: the photo side's and the title side's (N, C) probabilities and the (C, C) agreement
+    matrix `agreement` makes of them."""
 
     names: list[str]
     photo: list[np.ndarray]
     title: list[np.ndarray]
-    lift: list[np.ndarray]
+    agree: list[np.ndarray]
 
     def own(self) -> np.ndarray:
-        """(S, N) log-lift of each product's photo with its own title, per source."""
-        return np.stack([np.log(np.einsum("nt,ta,na->n", t, lift, p) + 1e-9)
-                         for p, t, lift in zip(self.photo, self.title, self.lift)])
+        """(S, N) log-likelihood ratio of each product's photo with its own title, per source."""
+        return np.stack([np.log(np.einsum("nt,ta,na->n", t, agree, p) + 1e-9)
+                         for p, t, agree in zip(self.photo, self.title, self.agree)])
 
     def pairs(self, rows: np.ndarray) -> np.ndarray:
-        """(R, R) float32 summed log-lift of photo rows[i] with title rows[j]."""
+        """(R, R) float32 summed log-likelihood ratio of photo rows[i] with title rows[j]."""
         out = np.zeros((len(rows), len(rows)), np.float32)
-        for p, t, lift in zip(self.photo, self.title, self.lift):
-            fit = (p[rows] @ lift.T).astype(np.float32) @ t[rows].T.astype(np.float32)
+        for p, t, agree in zip(self.photo, self.title, self.agree):
+            fit = (p[rows] @ agree.T).astype(np.float32) @ t[rows].T.astype(np.float32)
             fit += 1e-9
             out += np.log(fit, out=fit)
         return out
 
 
-def lift(p_photo: np.ndarray, p_title: np.ndarray) -> np.ndarray:
-    """(T, A) lift L = J / (J_t J_a) of the catalogue's joint J[t, a] = mean p_title(t) p_photo(a)."""
-    joint = (p_title.T @ p_photo) / max(len(p_photo), 1) + 1e-6
-    return joint / (joint.sum(1, keepdims=True) * joint.sum(0, keepdims=True))
-
-
-def surprise(p_image: np.ndarray, p_text: np.ndarray) -> np.ndarray:
-    """(N,) -log of how usual the photo's prediction is given the title's, across the catalogue:
-    -log sum p_text(t) L[t, a] p_image(a) with the catalogue's lift L."""
-    return -np.log(np.einsum("nt,ta,na->n", p_text, lift(p_image, p_text), p_image) + 1e-9)
+def agreement(p_photo: np.ndarray, floor: float = FLOOR) -> np.ndarray:
+    """(C, C) A with sum_t p_title(t) A[t, a] p_photo(a) = floor + (1 - floor) sum_t p_title(t) p_photo(t) / prior(t):
+    the photo side's posterior over its prior (the catalogue's mean prediction) is the likelihood of what it saw."""
+    prior = p_photo.mean(0) + 1e-6
+    return (1 - floor) * np.diag(1 / prior) + floor
 
 
 def evidence(inputs: AuditInputs, p_image: dict, p_title: dict, pixel_colour: tuple | None = None) -> Evidence:
@@ -76,7 +76,7 @@ def evidence(inputs: AuditInputs, p_image: dict, p_title: dict, pixel_colour: tu
         names.append(f"pixels:{pixel_colour[0]}")
         photo.append(pixel_colour[1])
         title.append(p_title[pixel_colour[0]])
-    return Evidence(names, photo, title, [lift(p, t) for p, t in zip(photo, title)])
+    return Evidence(names, photo, title, [agreement(p) for p in photo])
 
 
 @dataclass
