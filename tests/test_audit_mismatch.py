@@ -157,3 +157,33 @@ def test_a_sure_colour_swap_outranks_single_category_misreadings_when_most_colou
     scores = mismatch_scores(inputs, evidence(inputs, p_image, p_title, ("colour", pix)))
     assert set(np.argsort(-scores.score)[:2].tolist()) == {a, b}
     assert scores.partner[a] == b and scores.mutual[a]
+
+
+def test_a_swap_the_shared_space_memorised_is_found_from_the_title_words_the_photo_predicts():
+    from huse_core.audit.words import photo_title_words
+
+    styles = ["striped", "checked", "floral", "plain", "denim", "leather", "knit", "printed"]
+    rng, n = np.random.default_rng(3), 200  # a shop small enough that every listing is searched for a partner
+    kind, colour, style = rng.integers(0, CLASSES, n), rng.integers(0, COLOURS, n), rng.integers(0, len(styles), n)
+    protos, style_protos = rng.normal(size=(CLASSES, 32)), rng.normal(size=(len(styles), 32))
+    unit = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+    image = unit(2 * protos[kind] + 1.5 * style_protos[style] + 0.3 * rng.normal(size=(n, 32)))
+    text = unit(2 * protos[kind] + 1.5 * style_protos[style] + 0.3 * rng.normal(size=(n, 32)))
+    a = 11
+    b = int(np.flatnonzero((kind == kind[a]) & (colour != colour[a]) & (style != style[a]))[0])
+    image[[a, b]] = image[[b, a]]  # the photos swapped ...
+    text[[a, b]] = unit(text[[a, b]] + 2 * image[[a, b]])  # ... and the towers trained on them: titles follow photos
+    names = ["Red", "Blue", "Green"]
+    products = pd.DataFrame({"id": [f"p{i}" for i in range(n)],
+                             "title": [f"{names[c]} {styles[s]} kind{k}" for k, c, s in zip(kind, colour, style)]})
+    heads = [SimpleNamespace(name="kind", kind="single", classes=[f"kind{k}" for k in range(CLASSES)]),
+             SimpleNamespace(name="colour", kind="single", classes=names)]
+    inputs = SimpleNamespace(run=SimpleNamespace(heads=heads), products=products, image_emb=image, text_emb=text)
+    p_image = {"kind": out_of_fold(image, [kind], [CLASSES])[0], "colour": np.full((n, COLOURS), 1 / COLOURS)}
+    p_title = {"kind": np.eye(CLASSES)[kind] * 0.9 + 0.02, "colour": np.eye(COLOURS)[colour] * 0.9 + 0.03}
+    words = photo_title_words(inputs)
+    scores = mismatch_scores(inputs, evidence(inputs, p_image, p_title, None, words))
+    assert set(np.argsort(-scores.score)[:2].tolist()) == {a, b}
+    assert scores.partner[a] == b and scores.mutual[a]
+    without = mismatch_scores(inputs, evidence(inputs, p_image, p_title, None)).score
+    assert not {a, b} <= set(np.argsort(-without)[:10].tolist())

@@ -13,6 +13,7 @@ from .duplicates import duplicate_findings, duplicate_pairs
 from .inputs import AuditError, AuditInputs, load_inputs
 from .labels import label_findings
 from .mismatch import mismatch_findings
+from .words import photo_title_words
 
 KINDS = ("labels", "mismatch", "duplicates")
 COLUMNS = ("kind", "id", "title", "image", "head", "current", "suggested", "score", "confidence", "reason",
@@ -89,17 +90,18 @@ def _title_sources(inputs: AuditInputs, tick=None) -> list[list[np.ndarray]]:
     return inputs.memo["title_sources"]
 
 
-def mismatch_probs(inputs: AuditInputs, bar=None) -> tuple[dict, dict, tuple | None]:
+def mismatch_probs(inputs: AuditInputs, bar=None) -> tuple[dict, dict, tuple | None, tuple | None]:
     """What the mismatch kind compares: out-of-sample photo probabilities (K-fold heads on image_emb), title
-    probabilities (`title_probs`: the text tower memorised the training labels, wrong ones too) and the colour the
-    photo's pixels show (None without a colour attribute)."""
+    probabilities (`title_probs`: the text tower memorised the training labels, wrong ones too), the colour the
+    photo's pixels show (None without a colour attribute) and the title each photo predicts out of fold beside the
+    titles' words (words.py; None when titles share too few words)."""
     share = STEPS["mismatch"] / FOLDS / 3
     tick = (lambda: bar.advance(share, "photo/title mismatches")) if bar else None  # noqa: E731
     p_image, p_title = photo_probs(inputs, tick), title_probs(inputs, tick)
-    pixels = pixel_colour_probs(inputs)
+    pixels, words = pixel_colour_probs(inputs), photo_title_words(inputs)
     if bar:
         bar.advance(STEPS["mismatch"] / 3, "photo/title mismatches")
-    return p_image, p_title, pixels
+    return p_image, p_title, pixels, words
 
 
 class _Bar:

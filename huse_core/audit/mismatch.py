@@ -10,7 +10,8 @@ Evidence for "photo a belongs with title b", each a log-likelihood ratio:
   heads on image_emb; title side: K-fold heads on the titles' TF-IDF (the text tower memorised the training labels,
   wrong ones too; TF-IDF heads never saw them);
 - the colour the photo's pixels show (colours.py) against the title's colour, the same way;
-- the cosine of photo a's and title b's embeddings in the shared space.
+- the cosine of photo a's and title b's embeddings in the shared space (memorised for a training photo that sat
+  beside the wrong title), and of the title photo a predicts out of fold (words.py) with title b's words (not).
 A product's misfit is minus its own pair's evidence. Among the likeliest products (the worst misfits, and the worst
 colour misfits) every pair (a, b) gets the gain of swapping their photos; a mutual best pair with a gain is a swap.
 """
@@ -31,6 +32,7 @@ MAX_CANDIDATES = 4000  # per list, times (1, 2): the pair matrix stays under ~0.
 MIN_CANDIDATES = 200
 BLOCK = 2048
 COSINE_WEIGHT = 80.0  # shared-space cosine -> the scale of the heads' log-likelihood ratios
+WORDS_WEIGHT = 40.0  # cosine of the title a photo predicts with a title's words -> the same scale
 FLOOR = 0.03  # the share of matched pairs whose photo and title readings are unrelated anyway
 GAIN_WEIGHT = 1.0  # a partner's swap gain added to the misfit (twice when the pair is mutual)
 
@@ -44,6 +46,7 @@ class Evidence:
     photo: list[np.ndarray]
     title: list[np.ndarray]
     agree: list[np.ndarray]
+    words: tuple[np.ndarray, np.ndarray] | None = None  # (title each photo predicts, each title's words): words.py
 
     def own(self) -> np.ndarray:
         """(S, N) log-likelihood ratio of each product's photo with its own title, per source."""
@@ -67,16 +70,18 @@ def agreement(p_photo: np.ndarray, floor: float = FLOOR) -> np.ndarray:
     return (1 - floor) * np.diag(1 / prior) + floor
 
 
-def evidence(inputs: AuditInputs, p_image: dict, p_title: dict, pixel_colour: tuple | None = None) -> Evidence:
-    """Every single-label head (levels and attributes) the photo and title sides both predict, and the pixels'
-    colour against the title's colour when given as (head name, probabilities)."""
+def evidence(inputs: AuditInputs, p_image: dict, p_title: dict, pixel_colour: tuple | None = None,
+             words: tuple | None = None) -> Evidence:
+    """Every single-label head (levels and attributes) the photo and title sides both predict, the pixels' colour
+    against the title's colour when given as (head name, probabilities), and the photos' predicted titles against
+    the titles' words when given (words.photo_title_words)."""
     names = [h.name for h in inputs.run.heads if h.name in p_image and h.name in p_title]
     photo, title = [p_image[n] for n in names], [p_title[n] for n in names]
     if pixel_colour is not None and pixel_colour[0] in p_title:
         names.append(f"pixels:{pixel_colour[0]}")
         photo.append(pixel_colour[1])
         title.append(p_title[pixel_colour[0]])
-    return Evidence(names, photo, title, [agreement(p) for p in photo])
+    return Evidence(names, photo, title, [agreement(p) for p in photo], words)
 
 
 @dataclass
@@ -129,6 +134,8 @@ def mismatch_scores(inputs: AuditInputs, ev: Evidence) -> Scores:
     rows = candidates(ev, own, misfit)
     fit = ev.pairs(rows)
     fit += COSINE_WEIGHT * (inputs.image_emb[rows] @ inputs.text_emb[rows].T)
+    if ev.words is not None:
+        fit += WORDS_WEIGHT * (ev.words[0][rows] @ ev.words[1][rows].T)
     best, best_gain = best_partners(fit)
     best_gain = np.maximum(best_gain, 0)
     mutual = (best[best] == np.arange(len(rows))) & (best_gain > 0)
@@ -156,10 +163,11 @@ def _reason(inputs: AuditInputs, shows: str, says: str, partner: int, mutual: bo
 
 
 def mismatch_findings(inputs: AuditInputs, p_image: dict[str, np.ndarray], p_title: dict[str, np.ndarray],
-                      pixel_colour: tuple | None = None, share: float = FLAGGED) -> list[dict]:
+                      pixel_colour: tuple | None = None, words: tuple | None = None,
+                      share: float = FLAGGED) -> list[dict]:
     """The `share` of products scoring highest, with what the photo seems to show, what the title says and the
     listing the photo seems to belong to."""
-    ev = evidence(inputs, p_image, p_title, pixel_colour)
+    ev = evidence(inputs, p_image, p_title, pixel_colour, words)
     s = mismatch_scores(inputs, ev)
     heads = [n for n in ev.names if n in p_image]
     shown = dict(p_image)
