@@ -184,6 +184,11 @@ def measure_duplicates(inputs, truth, pairs, original_titles: dict, photos: dict
            "pair_auroc": round(float(roc_auc_score(injected_pair, pairs["score"])), 4),
            "calibration": pairs.get("calibration", {}),
            "huse": _count(ids, pairs["a"], pairs["b"], flagged(pairs), source, same_title, same_photo, injected_pair)}
+    # the cut moved, for the record (the product's cut is calibrated on synthetic copies, never on this truth)
+    out["cut_sweep"] = {str(cut): {k: v for k, v in _count(ids, pairs["a"], pairs["b"], flagged(pairs, cut), source,
+                                                           same_title, same_photo, injected_pair).items()
+                                   if k in ("recall", "other", "precision_without_catalogue_duplicates")}
+                        for cut in (0.8, 0.9, 0.95, 0.99)}
     if peer is not None:
         out["phash_or_title"] = _count(ids, peer["a"], peer["b"], np.ones(len(peer["a"]), bool), source,
                                        *classes(peer["a"], peer["b"]))
@@ -260,7 +265,9 @@ def markdown(r: dict) -> str:
                      f"{m['recall']} (flagged set) | pairs {du['pair_auroc']} | flagged pairs {m['flagged_pairs']}: "
                      f"catalogue same title {m['same_title_in_catalogue']}, same photo {m['same_photo_in_catalogue']}"
                      f" ({m['catalogue_duplicates']} either), other {m['other']} |")
-    lines += ["", f"Duplicate rule calibration: {du.get('calibration', {})}"]
+    lines += ["", f"Duplicate rule calibration: {du.get('calibration', {})}", "",
+              f"Duplicates with the cut moved (recall, precision with the catalogue's own apart, other pairs): "
+              f"{du.get('cut_sweep', {})}"]
     for key, what in (("same_title_sample", "same original title (photos differ)"),
                       ("same_photo_sample", "same photo bytes, originally or as audited"), ("other_sample", "neither")):
         lines += ["", f"Catalogue pairs flagged as duplicates, {what} (seeded sample):", ""]
