@@ -7,9 +7,10 @@
 
 Per kind: precision at the number injected, recall at twice that, AUROC; mismatches also recall at 1 % flagged
 (across categories and within a category, another colour); duplicates also precision / recall of the flagged set,
-with the catalogue's own duplicates (same original title, or same original photo bytes) counted apart. Peers on the
-same rows: cleanlab find_label_issues on 5-fold TF-IDF + logistic-regression probabilities (labels), photo-class vs
-title-class disagreement (mismatches), perceptual hash + normalised title (duplicates).
+with the catalogue's own duplicates (same original title, or photo files byte-identical originally or as audited)
+counted apart. Peers on the same rows: cleanlab find_label_issues on 5-fold TF-IDF + logistic-regression
+probabilities (labels), photo-class vs title-class disagreement (mismatches), perceptual hash + normalised title
+(duplicates).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from sklearn.metrics import roc_auc_score
 from common import write_result
 
 from huse_core.audit.core import label_probs, mismatch_probs
-from huse_core.audit.duplicates import duplicate_findings, duplicate_pairs, flagged
+from huse_core.audit.duplicates import duplicate_findings, duplicate_pairs, flagged, photo_digests
 from huse_core.audit.inputs import load_inputs
 from huse_core.audit.labels import issues, label_findings, quality
 from huse_core.audit.mismatch import evidence, mismatch_findings, mismatch_scores
@@ -161,15 +162,18 @@ def _count(ids, a, b, flag, source, same_title, same_photo, injected_pair) -> di
 
 
 def measure_duplicates(inputs, truth, pairs, original_titles: dict, photos: dict, peer: dict | None = None) -> dict:
-    """Flagged pairs: injected duplicates; the catalogue's own duplicates (same original title, or same original
-    photo bytes), counted apart; other. The peer (imagehash pHash or normalised title) on its own pairs."""
+    """Flagged pairs: injected duplicates; the catalogue's own duplicates (same original title, or photo files
+    byte-identical originally or as audited), counted apart; other. The peer (imagehash pHash or normalised title)
+    on its own pairs."""
     ids = inputs.products["id"].astype(str).to_numpy()
     source = {t["id"]: t["source"] for t in truth["duplicates"]}
+    now = photo_digests(inputs.products["image"])[0]  # byte-identical photo files as audited (a swap can make them)
 
     def classes(a, b):
         same_title = np.array([normalise_title(original_titles.get(ids[x], "")) == normalise_title(
             original_titles.get(ids[y], "#")) for x, y in zip(a, b)], dtype=bool)
-        same_photo = np.array([photos.get(ids[x], "") == photos.get(ids[y], "#") for x, y in zip(a, b)], dtype=bool)
+        same_photo = np.array([photos.get(ids[x], "") == photos.get(ids[y], "#") or now[x] == now[y] != ""
+                               for x, y in zip(a, b)], dtype=bool)
         injected = np.array([source.get(ids[x]) == ids[y] or source.get(ids[y]) == ids[x] for x, y in zip(a, b)],
                             dtype=bool)
         return same_title, same_photo, injected
@@ -180,6 +184,11 @@ def measure_duplicates(inputs, truth, pairs, original_titles: dict, photos: dict
            "pair_auroc": round(float(roc_auc_score(injected_pair, pairs["score"])), 4),
            "calibration": pairs.get("calibration", {}),
            "huse": _count(ids, pairs["a"], pairs["b"], flagged(pairs), source, same_title, same_photo, injected_pair)}
+    # the cut moved, for the record (the product's cut is calibrated on synthetic copies, never on this truth)
+    out["cut_sweep"] = {str(cut): {k: v for k, v in _count(ids, pairs["a"], pairs["b"], flagged(pairs, cut), source,
+                                                           same_title, same_photo, injected_pair).items()
+                                   if k in ("recall", "other", "precision_without_catalogue_duplicates")}
+                        for cut in (0.8, 0.9, 0.95, 0.99)}
     if peer is not None:
         out["phash_or_title"] = _count(ids, peer["a"], peer["b"], np.ones(len(peer["a"]), bool), source,
                                        *classes(peer["a"], peer["b"]))
@@ -187,7 +196,7 @@ def measure_duplicates(inputs, truth, pairs, original_titles: dict, photos: dict
     for name, mask in (("same_title_sample", same_title & ~same_photo), ("same_photo_sample", same_photo),
                        ("other_sample", ~same_title & ~same_photo)):
         rows = np.flatnonzero(flagged(pairs) & mask & ~injected_pair)
-        rows = np.random.default_rng(0).permutation(rows)[:8]
+        rows = np.random.default_rng(0).permutation(rows)[: 30 if name == "other_sample" else 8]  # 30: by eye
         sample[name] = [{"a": ids[pairs["a"][k]], "b": ids[pairs["b"][k]],
                          "title": original_titles.get(ids[pairs["a"][k]], ""),
                          "title_b": original_titles.get(ids[pairs["b"][k]], ""),
@@ -256,9 +265,11 @@ def markdown(r: dict) -> str:
                      f"{m['recall']} (flagged set) | pairs {du['pair_auroc']} | flagged pairs {m['flagged_pairs']}: "
                      f"catalogue same title {m['same_title_in_catalogue']}, same photo {m['same_photo_in_catalogue']}"
                      f" ({m['catalogue_duplicates']} either), other {m['other']} |")
-    lines += ["", f"Duplicate rule calibration: {du.get('calibration', {})}"]
+    lines += ["", f"Duplicate rule calibration: {du.get('calibration', {})}", "",
+              f"Duplicates with the cut moved (recall, precision with the catalogue's own apart, other pairs): "
+              f"{du.get('cut_sweep', {})}"]
     for key, what in (("same_title_sample", "same original title (photos differ)"),
-                      ("same_photo_sample", "same original photo bytes"), ("other_sample", "neither")):
+                      ("same_photo_sample", "same photo bytes, originally or as audited"), ("other_sample", "neither")):
         lines += ["", f"Catalogue pairs flagged as duplicates, {what} (seeded sample):", ""]
         lines += [f"- {s['a']} / {s['b']}: {s['title']} / {s['title_b']} (score {s['score']}"
                   f"{', ' + s['exact'] if s['exact'] else ''})" for s in du[key]]

@@ -15,6 +15,7 @@ from scipy.sparse.csgraph import connected_components
 from ..data.catalog import normalise_title
 from ..retrieval.adding import ADD_THRESHOLD, resembling  # noqa: F401 - the add-time check, defined where it runs
 from .inputs import AuditInputs
+from .variants import variant_reasons
 
 NEIGHBOURS = 10  # candidate pairs: each product's nearest photos, and its nearest titles, in the shared space
 REDUCED = 128  # dimensions the candidate search runs in
@@ -139,8 +140,9 @@ def evidence(image_emb, text_emb, tfidf, thumbs, hashes, a, b, look=None, tick=N
 
 def duplicate_pairs(inputs: AuditInputs, tick: Callable[[], None] | None = None) -> dict:
     """Every candidate pair with its evidence: {"a", "b", "photo", "text", "title", "pixels", "aligned", "score",
-    "exact", "threshold", "calibration"}; exact is "" or why the pair is an exact duplicate, score how sure the
-    calibrated rule is that the two rows are one listing, threshold its cut."""
+    "exact", "variant", "threshold", "calibration"}; exact is "" or why the pair is an exact duplicate, variant ""
+    or why the two rows are different items (their score is then 0), score how sure the calibrated rule is that
+    the two rows are one listing, threshold its cut."""
     from ..data.images import decode_many
     from ..prepare import cache_dir_for
     from .pixels import perceptual_hashes, thumbnails
@@ -156,8 +158,9 @@ def duplicate_pairs(inputs: AuditInputs, tick: Callable[[], None] | None = None)
     pairs = candidates(inputs, groups)
     exact = np.array([groups.get((int(x), int(y)), "") for x, y in pairs], dtype=object)
     out = scored(inputs, pairs[:, 0], pairs[:, 1], exact == "same photo bytes", thumbs, hashes, tick)
-    out["score"] = np.where(exact == "same photo bytes", 1.0, out["score"])
-    return {"a": pairs[:, 0], "b": pairs[:, 1], "exact": exact, **out}
+    variant = variant_reasons(inputs, pairs[:, 0], pairs[:, 1])  # two items, however alike: never one listing
+    out["score"] = np.where(exact == "same photo bytes", 1.0, np.where(variant != "", 0.0, out["score"]))
+    return {"a": pairs[:, 0], "b": pairs[:, 1], "exact": exact, "variant": variant, **out}
 
 
 def scored(inputs: AuditInputs, a, b, same_file, thumbs, hashes, tick=None) -> dict:
@@ -210,12 +213,17 @@ def mutual_best(pairs: dict) -> np.ndarray:
 
 def flagged(pairs: dict, threshold: float | None = None) -> np.ndarray:
     """(P,) bool: the pairs reported as one listing twice: the same photo file bytes, or a score over `threshold`
-    (default: the calibrated cut) between mutual best partners. A shared perceptual hash alone is not enough:
-    plain shots of different products on white share one; the rule weighs it with the aligned pixels."""
+    (default: the calibrated cut) between mutual best partners among the other pairs. A shared perceptual hash
+    alone is not enough: plain shots of different products on white share one; the rule weighs it with the
+    aligned pixels."""
     threshold = pairs.get("threshold", THRESHOLD) if threshold is None else threshold
     # why: docs/decisions.md#audit
     exact = pairs["exact"] == "same photo bytes"
-    return exact | ((pairs["score"] >= threshold) & mutual_best(pairs))
+    # the best-partner contest runs without the byte-identical pairs (flagged anyway): a listing whose photo file
+    # another shares can still be a near copy of a third
+    mutual = np.zeros(len(exact), bool)
+    mutual[~exact] = mutual_best({k: pairs[k][~exact] for k in ("a", "b", "score")})
+    return exact | ((pairs["score"] >= threshold) & mutual)
 
 
 def duplicate_findings(inputs: AuditInputs, pairs: dict, threshold: float | None = None) -> list[dict]:
