@@ -31,6 +31,7 @@ COLOUR_CANDIDATES = 0.18  # ... and of worst colour misfits (a colour swap barel
 MAX_CANDIDATES = 4000  # per list, times (1, 2): the pair matrix stays under ~0.6 GB however large the shop
 MIN_CANDIDATES = 200
 BLOCK = 2048
+# why: docs/decisions.md#audit
 COSINE_WEIGHT = 80.0  # shared-space cosine -> the scale of the heads' log-likelihood ratios
 WORDS_WEIGHT = 40.0  # cosine of the title a photo predicts with a title's words -> the same scale
 FLOOR = 0.03  # the share of matched pairs whose photo and title readings are unrelated anyway
