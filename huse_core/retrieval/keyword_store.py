@@ -37,10 +37,10 @@ class KeywordParts:
 
 def keyword_texts(products: pd.DataFrame, heads, rows=None) -> list[str]:
     """The keyword documents (title and label words) of these rows of `products` (all by default)."""
-    rows = range(len(products)) if rows is None else rows
-    titles = products["title"].to_numpy(dtype=object)
-    cells = {h["name"]: products[h["name"]].to_numpy(dtype=object) for h in heads}
-    return [product_text(titles[r], {h: c[r] for h, c in cells.items()}) for r in rows]
+    part = products if rows is None else products.iloc[np.asarray(rows, np.int64)]  # a few rows: read only those
+    titles = part["title"].to_numpy(dtype=object)
+    cells = {h["name"]: part[h["name"]].to_numpy(dtype=object) for h in heads}
+    return [product_text(titles[i], {h: c[i] for h, c in cells.items()}) for i in range(len(part))]
 
 
 def make_parts(products: pd.DataFrame, heads) -> KeywordParts:
@@ -52,7 +52,8 @@ def make_parts(products: pd.DataFrame, heads) -> KeywordParts:
 
 def rows_digest(products: pd.DataFrame, heads) -> str:
     """What stored parts must match: the products' ids in order and the label columns their documents read."""
-    text = "\n".join(map(str, products["id"])) + "\0" + "\n".join(h["name"] for h in heads)
+    ids = products["id"].to_numpy(dtype=object).tolist()  # 10x faster than iterating an Arrow-backed column
+    text = "\n".join(map(str, ids)) + "\0" + "\n".join(h["name"] for h in heads)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -94,6 +95,8 @@ def load_parts(folder: str | Path, products: pd.DataFrame, heads) -> tuple[Keywo
         import bm25s  # here: only searches with words need it
 
         bm25 = bm25s.BM25.load(path, mmap=True, allow_pickle=False, show_progress=False)
+        # plain arrays over the same memory maps: np.memmap's own wrapping made each query's scoring ~15 % slower
+        bm25.scores = {k: np.asarray(v) if isinstance(v, np.memmap) else v for k, v in bm25.scores.items()}
         if bm25.scores["num_docs"] != max(len(products), 1) or (bm25.k1, bm25.b, bm25.method) != (K1, B, "lucene"):
             return None, "does not match its own description"
         untitled = np.asarray(meta["untitled"], np.int64)

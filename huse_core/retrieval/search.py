@@ -21,7 +21,7 @@ from .embed import products_frame
 from .hybrid import DEFAULT_MODE, KEYWORD_WEIGHTS, Router, check_mode, credit_untitled, hybrid_order, keyword_top
 from .index import load_index, top_matches
 from .keyword import KeywordIndex, label_terms, product_text, terms, useless_title
-from .keyword_store import KeywordParts, load_parts, make_parts
+from .keyword_store import KeywordParts, keyword_texts, load_parts, make_parts
 from .knn import exact_search
 from .layout import IndexMissingError, StaleIndexError, build_folder, index_dir, load_map, load_product_emb
 from .map import extend_map, full_map
@@ -340,7 +340,8 @@ class Searcher:
         if state.untitled is None:
             if self._index_untitled is None:
                 rows = self._keyword_side().untitled
-                self._index_untitled = rows, [set(terms(t)) for t in self._texts(state, rows)]
+                self._index_untitled = rows, [set(terms(t)) for t in keyword_texts(self._index_products, self.heads,
+                                                                                   rows)]
             added = state.n_index + np.flatnonzero([useless_title(t) for t in state.values["title"][state.n_index:]])
             state.untitled = (np.concatenate([self._index_untitled[0], added]).astype(int),
                               self._index_untitled[1] + [set(terms(t)) for t in self._texts(state, added)])
