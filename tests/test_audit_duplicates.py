@@ -31,6 +31,15 @@ def test_a_reworded_second_listing_is_not_two_items():
     assert list(why) == ["", "", ""], why
 
 
+def test_titles_led_by_two_brands_are_two_items_but_label_words_are_no_brand():
+    titles = FILLER + ["Nike Men Black Backpack", "Puma Men Black Backpack"] + ["Men Black Socks"] * 6 + \
+        ["Men Black Socks", "Women Black Socks"]
+    n = len(FILLER)
+    a, b = np.array([n, n + 8]), np.array([n + 1, n + 9])
+    why = title_conflicts(titles, a, b, labels=frozenset({"men", "women"}))
+    assert list(why) == ["titles name different items (nike / puma)", ""], why
+
+
 def test_distinct_words_are_numbers_and_rare_words():
     words = title_words(FILLER + ["Puma Men Dizzy Graphic Tee"])
     distinct = distinct_words(words, share=0.005)
