@@ -2,6 +2,7 @@
 Searcher.search in process (hybrid, vector, keyword), with build times and memory.
 
     python bench/search_scale.py RUN [--sizes 250000,1000000] [--queries 300] [--variant NAME] [--dir DIR]
+                                     [--keyword stored|memory]
 
 The run's own index build gives the seed catalogue (products, photo and title embeddings). N rows are its rows
 followed by N - n copies of seeded random rows: each copy's embeddings are the source's plus Gaussian noise,
@@ -9,8 +10,10 @@ renormalised (cosine `--copy-cos` to the source, 0.9 by default), its title the 
 a word drawn from the catalogue's titles (by frequency) and, half the time, two neighbours swapped; its labels are
 the source's. The index is built as `index` builds one of that size (faiss IVF-SQ8 with exact re-ranking from
 100,000 products, tuned to recall@10 0.98 on title queries; the photo index only: typed queries search photos),
-written as a build folder of a copy of the run, and opened by a Searcher; the keyword index (BM25 over titles and
-label words) is built by the Searcher's first word search, as in the product. Queries: the attribute and noisy-title
+written as a build folder of a copy of the run, with the keyword index (BM25 over titles and label words, brand
+words, untitled rows) stored as `index` stores it (`--keyword stored`, the default; its build time and size are
+reported) or not (`--keyword memory`: the Searcher's first word search builds it, as for a build from before it was
+stored), and opened by a Searcher. Queries: the attribute and noisy-title
 query sets of the seed catalogue's test split (bench/search_queries.py's), mixed, each timed once per mode after one
 warm-up (k = 10), wall clock and process CPU time. Peak RSS is the process's (VmHWM, restarted per size). Writes
 bench/results/search_queries/<variant>.
@@ -31,6 +34,7 @@ from huse_core.data.catalog import load_catalog
 from huse_core.data.rowfile import RowView
 from huse_core.retrieval.build import choose_backend
 from huse_core.retrieval.faiss_index import FaissIndex
+from huse_core.retrieval.keyword_store import make_parts, save_parts
 from huse_core.retrieval.annoy_index import AnnoyIndex, RECALL_QUERIES, N_TREES
 from huse_core.retrieval.layout import (IMAGE_EMB, MANIFEST, PRODUCTS, TEXT_EMB, build_folder, faiss_path,
                                         forest_path, index_dir, load_embeddings, new_build_folder)
@@ -106,8 +110,9 @@ def synthesize(seed_dir: Path, stage: Path, n: int, cos: float, seed: int = 0) -
     return {"n": n, "seed_products": n0, "copies": int(copy.sum()), "copy_cos": cos}
 
 
-def open_scaled(run_dir: Path, n: int, cos: float, work: Path) -> tuple[Searcher, dict]:
-    """A copy of the run whose index is an n-product synthetic build (photo index only), and its Searcher."""
+def open_scaled(run_dir: Path, n: int, cos: float, work: Path, keyword: str = "stored") -> tuple[Searcher, dict]:
+    """A copy of the run whose index is an n-product synthetic build (photo index only; with its keyword index
+    stored unless `keyword` is "memory"), and its Searcher."""
     run = load_run(run_dir)
     seed_dir = build_folder(index_dir(run_dir))
     to = work / f"run-{n}"
@@ -122,6 +127,11 @@ def open_scaled(run_dir: Path, n: int, cos: float, work: Path) -> tuple[Searcher
     steps["synthesize"] = synthesize(seed_dir, stage, n, cos)
     steps["synthesize"]["seconds"] = round(time.time() - t, 1)
     products, image_emb, text_emb = load_embeddings(stage)
+    steps["keyword"] = {"stored": keyword == "stored"}
+    if keyword == "stored":  # as build_index stores it
+        t = time.time()
+        steps["keyword"]["bytes"] = save_parts(stage, make_parts(products, run.heads), products, run.heads)
+        steps["keyword"].update(seconds=round(time.time() - t, 1), **rss_gb())
     kind = choose_backend("auto", n)
     pick = np.sort(np.random.default_rng(0).choice(n, min(RECALL_QUERIES, n), replace=False))
     t = time.time()
@@ -144,7 +154,7 @@ def open_scaled(run_dir: Path, n: int, cos: float, work: Path) -> tuple[Searcher
                                                                  run.fingerprint, to))}
     t = time.time()
     searcher = Searcher(run, manifest, image_emb, text_emb, products, forests, kind)
-    steps["open"] = {"seconds": round(time.time() - t, 1), **rss_gb()}
+    steps["open"] = {"seconds": round(time.time() - t, 2), **rss_gb()}
     return searcher, steps
 
 
@@ -154,7 +164,9 @@ def time_modes(searcher: Searcher, texts: list[str]) -> tuple[dict, dict]:
     for mode in MODES:
         t = time.time()
         searcher.search(text=texts[0], k=10, mode=mode)
-        first[mode] = {"seconds": round(time.time() - t, 1), **rss_gb()}
+        first[mode] = {"seconds": round(time.time() - t, 2), **rss_gb()}
+        if mode == "hybrid":
+            first[mode]["keyword_source"] = searcher.keyword_source
         wall, cpu = [], []
         for text in texts:
             t0, c0 = time.perf_counter(), time.process_time()
@@ -177,18 +189,21 @@ def main() -> int:
     ap.add_argument("--copy-cos", type=float, default=0.9, help="cosine of a synthetic copy to its source")
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
     ap.add_argument("--variant", default="scale", help="result file name")
+    ap.add_argument("--keyword", choices=("stored", "memory"), default="stored",
+                    help="store the keyword index with the build (as `index` does) or let the first search build it")
     args = ap.parse_args()
     run = load_run(args.run)
     df = load_catalog(run.data_cfg, progress=False).df
     attr = attribute_queries(df, run.leaf, args.queries, "test")
     noisy = noisy_queries(df, args.queries, "test")
     texts = [q.text for pair in zip(attr, noisy[::3], noisy[1::3]) for q in pair][: args.queries]
-    payload: dict = {"run": str(args.run), "queries": len(texts), "examples": texts[:6], "sizes": {}}
+    payload: dict = {"run": str(args.run), "queries": len(texts), "examples": texts[:6], "keyword": args.keyword,
+                     "sizes": {}}
     with tempfile.TemporaryDirectory(prefix="search-scale-", dir=args.dir) as tmp:
         for n in (int(s) for s in args.sizes.split(",")):
             t0 = time.time()
             reset_peak()
-            searcher, steps = open_scaled(args.run, n, args.copy_cos, Path(tmp))
+            searcher, steps = open_scaled(args.run, n, args.copy_cos, Path(tmp), args.keyword)
             first, latency = time_modes(searcher, texts)
             payload["sizes"][str(n)] = {"build": steps, "first_search": first, "latency_ms": latency,
                                         "seconds": round(time.time() - t0, 1), **rss_gb()}
@@ -197,14 +212,19 @@ def main() -> int:
             shutil.rmtree(Path(tmp) / f"run-{n}")
     md = [f"# Search latency at scale: synthetic catalogues grown from {args.run}", "",
           f"{len(texts)} typed queries (attribute and noisy titles, test split), Searcher.search, k = 10, in process; "
-          "wall clock and the process's CPU time per call (what an idle machine's wall clock would be, about).",
+          "wall clock and the process's CPU time per call (what an idle machine's wall clock would be, about). "
+          "Keyword index: " + ("stored with the build." if args.keyword == "stored" else
+                               "not stored: built by the first word search."),
           "", "| products | index | mode | p50 ms | p95 ms | CPU p50 ms | CPU p95 ms | index build s | "
-          "first word search s | peak RSS GB |", "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+          "keyword build s | keyword MB | open s | first word search s | peak RSS GB |",
+          "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n, r in payload["sizes"].items():
+        kw = r["build"]["keyword"]
+        kw_cells = f"{kw['seconds']:.1f} | {kw['bytes'] / 1e6:.1f}" if kw["stored"] else "- | -"
         for mode, v in r["latency_ms"].items():
             md.append(f"| {int(n):,} | {r['build']['index']['backend']} | {mode} | {v['p50']:.1f} | {v['p95']:.1f} | "
-                      f"{v['cpu_p50']:.1f} | {v['cpu_p95']:.1f} | "
-                      f"{r['build']['index']['seconds']:.0f} | {r['first_search']['hybrid']['seconds']:.0f} | "
+                      f"{v['cpu_p50']:.1f} | {v['cpu_p95']:.1f} | {r['build']['index']['seconds']:.0f} | {kw_cells} | "
+                      f"{r['build']['open']['seconds']:.2f} | {r['first_search']['hybrid']['seconds']:.2f} | "
                       f"{r['peak_gb']:.1f} |")
     print(write_result("search_queries", args.variant, payload, "\n".join(md) + "\n"))
     return 0

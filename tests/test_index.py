@@ -174,7 +174,8 @@ def test_build_index_reports_rising_progress_and_its_manifest_says_whether_the_m
     run_dir = shutil.copytree(tiny_trained_run, tmp_path / "run")
     events: list[dict] = []
     manifest = build_index(run_dir, progress=False, callback=events.append)
-    assert [e["stage"] for e in events] == ["embed", "annoy", "annoy", "annoy", "map", "done"]  # photo, title, product
+    # the keyword index, then the photo, title and product indexes
+    assert [e["stage"] for e in events] == ["embed", "keyword", "annoy", "annoy", "annoy", "map", "done"]
     fractions = [e["fraction"] for e in events]
     assert fractions[0] == 0.0 and fractions[-1] == 1.0
     assert all(b > a for a, b in zip(fractions, fractions[1:])), "progress must rise at every step"
@@ -184,7 +185,7 @@ def test_build_index_reports_rising_progress_and_its_manifest_says_whether_the_m
 
     events.clear()
     manifest = build_index(run_dir, with_map=False, progress=False, callback=events.append)
-    assert [e["stage"] for e in events] == ["embed", "annoy", "annoy", "annoy", "done"]
+    assert [e["stage"] for e in events] == ["embed", "keyword", "annoy", "annoy", "annoy", "done"]
     assert [e["fraction"] for e in events] == sorted({e["fraction"] for e in events}) and events[-1]["fraction"] == 1.0
     assert manifest["map"] is False and read_json(run_dir / "index" / MANIFEST)["map"] is False
     assert not (build_folder(run_dir / "index") / MAP).exists() and not map_ready(run_dir)

@@ -19,13 +19,15 @@ from .embed import embed_catalog, embed_products
 from .ray_embed import gather_parts, parts_ready
 from .faiss_index import FaissIndex, faiss_available, require_faiss
 from .index import EXACT_BELOW
+from .keyword_store import make_parts, save_parts
 from .map import build_map
 from .layout import (INDEX_FORMAT, MANIFEST, build_folder, faiss_path, forest_path, index_dir, load_embeddings,
                      load_product_emb, new_build_folder, remove_other_builds)
 
 # A build's steps and their rough shares of its time on the demo shop, for one progress bar (at larger catalogues
 # embedding takes a larger share, the map is sampled).
-BUILD_STEPS = {"embed": 0.4, "index_image": 0.05, "index_text": 0.05, "index_product": 0.05, "map": 0.45}
+BUILD_STEPS = {"embed": 0.4, "keyword": 0.02, "index_image": 0.05, "index_text": 0.05, "index_product": 0.05,
+               "map": 0.45}
 Progress = Callable[[dict], None]
 BACKENDS = ("auto", "annoy", "faiss", "exact")
 # `--backend auto` builds faiss (when installed) from this many products on, Annoy (a core dependency) below,
@@ -77,9 +79,9 @@ def build_index(run_dir: str | Path, n_trees: int = N_TREES, with_map: bool = Tr
     are deleted. Products added since the previous build are re-embedded with this model and folded in as ordinary
     rows (their `added` flag kept).
 
-    `callback` gets {"stage": "embed" | "annoy" | "faiss" | "map" | "done", "fraction": share of the build done
-    (0..1, never decreasing), "message": str} as each step starts, and "done" with fraction 1.0 once index.json is
-    written.
+    `callback` gets {"stage": "embed" | "keyword" | "annoy" | "faiss" | "map" | "done", "fraction": share of the
+    build done (0..1, never decreasing), "message": str} as each step starts, and "done" with fraction 1.0 once
+    index.json is written. The keyword step stores the catalogue's keyword index (retrieval.keyword_store).
     """
     if n_trees < 1:
         raise ValueError(f"--n-trees must be at least 1, got {n_trees}")
@@ -108,7 +110,12 @@ def build_index(run_dir: str | Path, n_trees: int = N_TREES, with_map: bool = Tr
     products = (gather_parts(run, stage, added=added) if parts_ready(run)
                 else embed_catalog(run, None, stage, progress=progress, added=added))
     seconds["embed"] = round(time.time() - t, 2)
-    _, image_emb, text_emb = load_embeddings(stage)
+    stored, image_emb, text_emb = load_embeddings(stage)
+    t = time.time()
+    report("keyword", "indexing the catalogue's words (BM25, typo vocabulary, brands)")
+    keyword_bytes = save_parts(stage, make_parts(stored, run.heads), stored, run.heads)  # read as a Searcher reads
+    seconds["keyword"] = round(time.time() - t, 2)
+    del stored
     kind = choose_backend(backend, len(products))
     # Rows read through a memory map stay in the process's RSS (file-backed) until the kernel needs them back: at
     # 1M products the faiss builds and the map touched ~6.5 GB of the three embedding files that way. faiss, the
@@ -145,7 +152,8 @@ def build_index(run_dir: str | Path, n_trees: int = N_TREES, with_map: bool = Tr
     manifest = {"format": INDEX_FORMAT, "fingerprint": run.fingerprint, "build_id": build_id, "dir": stage.name,
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "n_products": len(products),
                 "n_added": int(products["added"].sum()), "dim": run.dim, "exact_below": EXACT_BELOW,
-                "backend": kind, "indexes": forests, "map": with_map, "seconds": seconds}
+                "backend": kind, "indexes": forests, "map": with_map, "keyword_bytes": keyword_bytes,
+                "seconds": seconds}
     write_json(out / MANIFEST, manifest)  # the commit point
     remove_other_builds(out, keep=build_folder(out))  # re-read: a build committed meanwhile stays
     report("done", f"indexed {len(products):,} products in {seconds['total']:.0f} s")

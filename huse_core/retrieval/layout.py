@@ -17,6 +17,7 @@ PRODUCTS, IMAGE_EMB, TEXT_EMB = "products.parquet", "image_emb.npy", "text_emb.n
 PRODUCT_EMB = "product_emb.npy"  # whole products (the fusion layer), in builds of runs that have one
 DELTA = "delta"  # products added after the build: delta/added.sqlite and delta/images/<id>.png
 MAP = "map.parquet"  # the 2-D map of a build (huse_core.retrieval.map)
+KEYWORD = "keyword"  # the keyword side of a build (huse_core.retrieval.keyword_store): bm25s's files and keyword.json
 MANIFEST = "index.json"  # written last by build_index: the index folder is complete when it exists
 # Each build writes every file into its own index/build-<build_id>/ and index.json names that folder, so writing
 # index.json is the one atomic step that switches readers from one complete build to the next: `kill -9` at any
@@ -51,6 +52,11 @@ def forest_path(folder: str | Path, modality: str) -> Path:
 def faiss_path(folder: str | Path, modality: str) -> Path:
     """`<build folder>/<modality>.faiss`: the faiss index over one modality's rows (its sidecar adds .json)."""
     return Path(folder) / f"{modality}.faiss"
+
+
+def keyword_path(folder: str | Path) -> Path:
+    """`<build folder>/keyword/`: the build's stored keyword index (BM25, brand words, untitled rows)."""
+    return Path(folder) / KEYWORD
 
 
 def added_path(out_dir: str | Path) -> Path:

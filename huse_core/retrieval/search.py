@@ -5,6 +5,7 @@ Over 300 lines: one class whose methods all read the same snapshot (_State) of t
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ from .adding import add_products, resembling
 from .embed import products_frame
 from .hybrid import DEFAULT_MODE, KEYWORD_WEIGHTS, Router, check_mode, credit_untitled, hybrid_order, keyword_top
 from .index import load_index, top_matches
-from .keyword import KeywordIndex, brand_terms, label_terms, product_text, terms, useless_title
+from .keyword import KeywordIndex, label_terms, product_text, terms, useless_title
+from .keyword_store import KeywordParts, keyword_texts, load_parts, make_parts
 from .knn import exact_search
 from .layout import IndexMissingError, StaleIndexError, build_folder, index_dir, load_map, load_product_emb
 from .map import extend_map, full_map
@@ -30,6 +32,7 @@ __all__ = ["Hit", "IndexMissingError", "Searcher", "StaleIndexError"]
 TARGETS = ("image", "text")  # what a product's photo or title can be compared with
 KINDS = TARGETS + ("product",)  # search targets: also whole products (the fusion layer's vectors)
 REFRESH_EVERY_S = 1.0  # searches look for products other processes added at most this often
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -92,9 +95,10 @@ class Searcher:
         self._looked = time.monotonic()  # when the store was last read
         self.scale = search_scale(run)  # s of retrieval.rerank: a title query ranks by s * cosine + agreement
         self._index_codes: dict | None = None  # the index rows' class codes, made on the first title search
-        self._keyword_index: KeywordIndex | None = None  # BM25 over the index rows, made on the first word search
+        self._keyword_parts: KeywordParts | None = None  # the index rows' BM25 etc., read on the first word search
         self._keyword_lock = threading.Lock()
         self._index_untitled: tuple | None = None  # index rows with a useless title, their terms (first word search)
+        self.keyword_source: str | None = None  # "stored" (by the build) or "memory" once the keyword side is read
         self._label_terms = label_terms(self.heads)
         self._facet_terms: set[str] | None = None  # label and brand words: an attribute query's (hybrid.Router)
         self.fusion = "sum"  # the hybrid rule (retrieval.hybrid)
@@ -282,15 +286,28 @@ class Searcher:
                     keyword=None if kw is None else float(kw[r]))
                 for i, r in enumerate(rows)]
 
-    def _keyword(self, state: _State) -> KeywordIndex:
-        """The snapshot's keyword index: BM25 over the index rows (built once per Searcher: ~1 s per 44k
-        products on 2 cores) with the snapshot's added rows."""
-        if state.keyword is None:
+    def _keyword_side(self) -> KeywordParts:
+        """The index rows' keyword side (BM25, brand words, untitled rows): the one `index` stored with the build,
+        or for a build without one that matches its rows (an older version's), built here once per Searcher (~1 s
+        per 44k products on 2 cores), with a one-line warning saying how to make it fast."""
+        if self._keyword_parts is None:
             with self._keyword_lock:
-                if self._keyword_index is None:
-                    self._keyword_index = KeywordIndex(self._texts(state, range(state.n_index)))
-            state.keyword = self._keyword_index.with_added(self._texts(state, range(state.n_index,
-                                                                                    len(state.products))))
+                if self._keyword_parts is None:
+                    parts, why = load_parts(self._build_dir, self._index_products, self.heads)
+                    if parts is None:
+                        log.warning(f"the keyword index of {self.run.run_dir} {why}: building it in memory for this "
+                                    f"process; `python -m huse_core index --run {self.run.run_dir}` stores it and "
+                                    f"makes the first word search fast")
+                        parts = make_parts(self._index_products, self.heads)
+                    self.keyword_source = "memory" if why else "stored"
+                    self._keyword_parts = parts
+        return self._keyword_parts
+
+    def _keyword(self, state: _State) -> KeywordIndex:
+        """The snapshot's keyword index: BM25 over the index rows (_keyword_side) with the snapshot's added rows."""
+        if state.keyword is None:
+            state.keyword = self._keyword_side().index.with_added(self._texts(state, range(state.n_index,
+                                                                                           len(state.products))))
         return state.keyword
 
     def _texts(self, state: _State, rows) -> list[str]:
@@ -305,10 +322,9 @@ class Searcher:
 
     def router(self) -> Router:
         """What decides a typed query's kind and keyword weight: the shop's label words and brands (title words
-        that start several titles), read once per Searcher from the index's products."""
+        that start several titles, found by the index build: _keyword_side)."""
         if self._facet_terms is None:
-            titles = self._index_products["title"].to_numpy(dtype=object)
-            self._facet_terms = self._label_terms | brand_terms(titles, self._label_terms)
+            self._facet_terms = self._label_terms | self._keyword_side().brands
         return Router(self._facet_terms, self.keyword_weights)
 
     def query_kind(self, text: str) -> str:
@@ -323,8 +339,9 @@ class Searcher:
         kw = index.scores(text)
         if state.untitled is None:
             if self._index_untitled is None:
-                rows = np.flatnonzero([useless_title(t) for t in state.values["title"][:state.n_index]])
-                self._index_untitled = rows, [set(terms(t)) for t in self._texts(state, rows)]
+                rows = self._keyword_side().untitled
+                self._index_untitled = rows, [set(terms(t)) for t in keyword_texts(self._index_products, self.heads,
+                                                                                   rows)]
             added = state.n_index + np.flatnonzero([useless_title(t) for t in state.values["title"][state.n_index:]])
             state.untitled = (np.concatenate([self._index_untitled[0], added]).astype(int),
                               self._index_untitled[1] + [set(terms(t)) for t in self._texts(state, added)])
