@@ -71,6 +71,14 @@ def build_one(kind: str, name: str, emb, queries: np.ndarray, ids, stage: Path, 
     return {k: built.meta[k] for k in keys}  # the index itself (faiss: 512 MB at 1M rows) leaves memory here
 
 
+def _store_keyword(stage: Path, stored, heads, seconds: dict) -> int:
+    """Store the keyword index of the build's products (as a Searcher reads them) in `stage`; its size in bytes."""
+    t = time.time()
+    size = save_parts(stage, make_parts(stored, heads), stored, heads)
+    seconds["keyword"] = round(time.time() - t, 2)
+    return size
+
+
 def build_index(run_dir: str | Path, n_trees: int = N_TREES, with_map: bool = True, progress: bool = True,
                 callback: Progress | None = None, backend: str = "auto") -> dict:
     """Build a run's search index in a new `run_dir/index/build-<id>/`: catalogue + added products' embeddings, one
@@ -111,10 +119,8 @@ def build_index(run_dir: str | Path, n_trees: int = N_TREES, with_map: bool = Tr
                 else embed_catalog(run, None, stage, progress=progress, added=added))
     seconds["embed"] = round(time.time() - t, 2)
     stored, image_emb, text_emb = load_embeddings(stage)
-    t = time.time()
     report("keyword", "indexing the catalogue's words (BM25, typo vocabulary, brands)")
-    keyword_bytes = save_parts(stage, make_parts(stored, run.heads), stored, run.heads)  # read as a Searcher reads
-    seconds["keyword"] = round(time.time() - t, 2)
+    keyword_bytes = _store_keyword(stage, stored, run.heads, seconds)
     del stored
     kind = choose_backend(backend, len(products))
     # Rows read through a memory map stay in the process's RSS (file-backed) until the kernel needs them back: at
