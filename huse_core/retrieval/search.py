@@ -20,7 +20,7 @@ from .adding import add_products, resembling
 from .embed import products_frame
 from .hybrid import DEFAULT_MODE, KEYWORD_WEIGHTS, Router, check_mode, credit_untitled, hybrid_order, keyword_top
 from .index import load_index, top_matches
-from .keyword import KeywordIndex, label_terms, product_text, terms, useless_title
+from .keyword import KeywordIndex, label_terms, terms, useless_title
 from .keyword_store import KeywordParts, keyword_texts, load_parts, make_parts
 from .knn import exact_search
 from .layout import IndexMissingError, StaleIndexError, build_folder, index_dir, load_map, load_product_emb
@@ -306,14 +306,9 @@ class Searcher:
     def _keyword(self, state: _State) -> KeywordIndex:
         """The snapshot's keyword index: BM25 over the index rows (_keyword_side) with the snapshot's added rows."""
         if state.keyword is None:
-            state.keyword = self._keyword_side().index.with_added(self._texts(state, range(state.n_index,
-                                                                                           len(state.products))))
+            added = range(state.n_index, len(state.products))
+            state.keyword = self._keyword_side().index.with_added(keyword_texts(state.products, self.heads, added))
         return state.keyword
-
-    def _texts(self, state: _State, rows) -> list[str]:
-        """Keyword documents (title and label words) of these rows."""
-        v, names = state.values, [h["name"] for h in self.heads]
-        return [product_text(v["title"][r], {h: v[h][r] for h in names}) for r in rows]
 
     def keyword_scores(self, text: str) -> np.ndarray:
         """Every product's keyword score for these words (catalogue rows, then added ones: the order of
@@ -340,15 +335,18 @@ class Searcher:
         if state.untitled is None:
             if self._index_untitled is None:
                 rows = self._keyword_side().untitled
-                self._index_untitled = rows, [set(terms(t)) for t in keyword_texts(self._index_products, self.heads,
-                                                                                   rows)]
+                self._index_untitled = rows, self._doc_terms(self._index_products, rows)
             added = state.n_index + np.flatnonzero([useless_title(t) for t in state.values["title"][state.n_index:]])
             state.untitled = (np.concatenate([self._index_untitled[0], added]).astype(int),
-                              self._index_untitled[1] + [set(terms(t)) for t in self._texts(state, added)])
+                              self._index_untitled[1] + self._doc_terms(state.products, added))
         rows, docs = state.untitled
         if not len(rows):
             return kw
         return credit_untitled(kw, rows, index.label_share(text, self._label_terms, docs))
+
+    def _doc_terms(self, products: pd.DataFrame, rows) -> list[set[str]]:
+        """The terms of these rows' keyword documents (title and label words)."""
+        return [set(terms(t)) for t in keyword_texts(products, self.heads, rows)]
 
     def _label_codes(self, state: _State) -> dict[str, np.ndarray]:
         """Each row's class per head (retrieval.rerank): the index's rows once per Searcher, added rows per state."""
