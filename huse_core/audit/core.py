@@ -79,12 +79,20 @@ def title_probs(inputs: AuditInputs, tick=None) -> dict[str, np.ndarray]:
     return inputs.memo["title_probs"]
 
 
+def title_tfidf(inputs: AuditInputs):
+    """The titles' TF-IDF rows (crossfit.title_features), made once per inputs: the title sources and the
+    mismatch kind's predicted titles (words.py) read the same rows."""
+    if "title_tfidf" not in inputs.memo:
+        inputs.memo["title_tfidf"] = title_features(inputs.products["title"])
+    return inputs.memo["title_tfidf"]
+
+
 def _title_sources(inputs: AuditInputs, tick=None) -> list[list[np.ndarray]]:
     """[prototype heads, naive Bayes] on the titles' TF-IDF: per source, each head's out-of-fold probabilities
     (made once per inputs)."""
     if "title_sources" not in inputs.memo:
         _, labels, sizes = _single_heads(inputs)
-        words = title_features(inputs.products["title"])
+        words = title_tfidf(inputs)
         inputs.memo["title_sources"] = [out_of_fold(words, labels, sizes, tick=tick),
                                         out_of_fold(words, labels, sizes, head="bayes")]
     return inputs.memo["title_sources"]
@@ -98,7 +106,7 @@ def mismatch_probs(inputs: AuditInputs, bar=None) -> tuple[dict, dict, tuple | N
     share = STEPS["mismatch"] / FOLDS / 3
     tick = (lambda: bar.advance(share, "photo/title mismatches")) if bar else None  # noqa: E731
     p_image, p_title = photo_probs(inputs, tick), title_probs(inputs, tick)
-    pixels, words = pixel_colour_probs(inputs), photo_title_words(inputs)
+    pixels, words = pixel_colour_probs(inputs), photo_title_words(inputs, title_tfidf(inputs))
     if bar:
         bar.advance(STEPS["mismatch"] / 3, "photo/title mismatches")
     return p_image, p_title, pixels, words

@@ -20,15 +20,11 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-9)).astype(np.float32)
 
 
-def title_vectors(titles) -> np.ndarray | None:
-    """(N, <= DIMS) unit rows: each title's TF-IDF on the catalogue's leading axes (truncated SVD), or None when the
-    titles share too few words to have any."""
+def title_axes(words) -> np.ndarray | None:
+    """(N, <= DIMS) unit rows: each title's TF-IDF row `words` (crossfit.title_features) on the catalogue's leading
+    axes (truncated SVD), or None when there are too few words to have any."""
     from sklearn.decomposition import TruncatedSVD
 
-    try:
-        words = title_features(titles)
-    except ValueError:  # no word occurs twice
-        return None
     dims = min(DIMS, words.shape[1] - 1, words.shape[0] - 1)
     if dims < 2:
         return None
@@ -46,10 +42,15 @@ def predicted_titles(image_emb: np.ndarray, titles: np.ndarray) -> np.ndarray:
     return _unit(out)
 
 
-def photo_title_words(inputs) -> tuple[np.ndarray, np.ndarray] | None:
+def photo_title_words(inputs, words=None) -> tuple[np.ndarray, np.ndarray] | None:
     """(what title each photo predicts, each title's own vector), both (N, dims) unit rows; None when the titles
-    have too few shared words."""
-    titles = title_vectors(inputs.products["title"])
+    have too few shared words. `words`: the titles' TF-IDF rows when already made (core.title_tfidf)."""
+    if words is None:
+        try:
+            words = title_features(inputs.products["title"])
+        except ValueError:  # no word occurs twice
+            return None
+    titles = title_axes(words)
     if titles is None:
         return None
     return predicted_titles(np.asarray(inputs.image_emb, np.float32), titles), titles
