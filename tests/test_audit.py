@@ -1,5 +1,6 @@
-"""The catalogue audit: planted errors found per kind, out-of-sample label scores, decisions stored with the run,
-the corrected export, the add-time duplicate flag, and one-line errors for bad input."""
+"""The catalogue audit end to end on a trained shop with planted errors: each kind found, plain rows, decisions stored
+with the run, the corrected export, the CLI and the add-time duplicate flag, the Audit page, one-line errors for bad
+input. (Out-of-sample label scores: test_audit_labels.py; duplicate pieces: test_audit_duplicates.py.)"""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import pandas as pd
 import pytest
 
 from huse_core.audit import AuditError, audit, export_corrected, read_decisions, record
-from huse_core.audit.crossfit import fold_of, out_of_fold, pool
 
 N_SHOP, PER_KIND = 600, 4
 
@@ -80,87 +80,6 @@ def test_planted_duplicates_are_found(planted_run, findings):
     found |= {(b, a) for a, b in found}
     assert dups <= found, (dups, found)
     assert all(r["cluster"] and r["others"] for r in rows)
-
-
-def test_a_memorised_wrong_label_is_still_flagged():
-    """Features that carry a row's own (wrong) label would let an in-sample head fit it; out-of-fold heads don't
-    see that row's label, so its catalogue label still scores low."""
-    rng = np.random.default_rng(0)
-    n, classes = 400, 4
-    y_true = rng.integers(0, classes, n)
-    x = np.eye(classes)[y_true] * 3 + rng.normal(size=(n, classes))
-    x = np.hstack([x, rng.normal(size=(n, 40))])  # a unique fingerprint per row: enough to memorise a label
-    y = y_true.copy()
-    y[7] = (y_true[7] + 1) % classes
-    from sklearn.linear_model import LogisticRegression
-
-    in_sample = LogisticRegression(C=1e4, max_iter=5000).fit(x, y).predict_proba(x)
-    assert in_sample[7].argmax() == y[7]  # the wrong label is memorised in sample
-    oof = out_of_fold(x.astype(np.float32), [y], [classes])[0]
-    assert oof[7].argmax() == y_true[7] and oof[7, y[7]] < 0.5
-
-
-def test_pool_weights_come_from_the_other_folds_and_favour_the_informative_head():
-    """The pool's exponents for a fold's rows are fitted on the other folds only: changing one fold's labels leaves
-    that fold's pooled probabilities unchanged; a head that knows the labels outweighs one that guesses."""
-    rng = np.random.default_rng(0)
-    n, classes = 600, 5
-    y = rng.integers(0, classes, n)
-    good = np.full((n, classes), 0.05)
-    good[np.arange(n), y] = 0.8
-    noise = rng.dirichlet(np.ones(classes), n)
-    fold = fold_of(n)
-    pooled = pool([good, noise], y, fold)
-    assert (pooled.argmax(1) == y).mean() > 0.95
-    changed = y.copy()
-    changed[fold == 0] = rng.integers(0, classes, (fold == 0).sum())
-    again = pool([good, noise], changed, fold)
-    np.testing.assert_allclose(again[fold == 0], pooled[fold == 0], rtol=1e-5)
-    assert not np.allclose(again[fold != 0], pooled[fold != 0])
-
-
-def test_a_memorised_wrong_label_is_still_flagged_by_the_pooled_heads():
-    """Embeddings that memorised a wrong label (moved towards its class) and titles that name the true class:
-    the pooled out-of-fold probabilities still doubt the catalogue label."""
-    from scipy.sparse import csr_matrix
-
-    rng = np.random.default_rng(1)
-    n, classes = 500, 4
-    y_true = rng.integers(0, classes, n)
-    y = y_true.copy()
-    wrong = np.arange(0, 40, 4)
-    y[wrong] = (y_true[wrong] + 1) % classes
-    emb = np.eye(classes)[y] * 2 + rng.normal(size=(n, classes))  # the towers pulled each row to its label
-    words = csr_matrix(np.hstack([np.eye(classes)[y_true] * 2, rng.random((n, 20)) < 0.1]).astype(np.float32))
-    fold = fold_of(n)
-    sources = [out_of_fold(emb.astype(np.float32), [y], [classes])[0], out_of_fold(words, [y], [classes])[0],
-               out_of_fold(words, [y], [classes], head="bayes")[0]]
-    pooled = pool(sources, y, fold)
-    doubt = 1 - pooled[np.arange(n), y]
-    assert set(wrong) <= set(np.argsort(-doubt)[: 2 * len(wrong)])
-
-
-def test_pool_weights_fitted_on_held_out_rows_do_not_reward_memorising():
-    """A head that memorised the training rows' labels (wrong ones too) and guesses elsewhere earns weight when the
-    pool is fitted on every row; fitted on the held-out rows only, the head that reads the true class wins, and the
-    wrong training labels are doubted."""
-    rng = np.random.default_rng(2)
-    n, classes = 2000, 5
-    y_true = rng.integers(0, classes, n)
-    y = y_true.copy()
-    wrong = rng.choice(n, 100, replace=False)
-    y[wrong] = (y_true[wrong] + 1) % classes
-    held_out = rng.random(n) < 0.2
-    memorised = rng.dirichlet(np.ones(classes), n)
-    memorised[~held_out] = 0.02
-    memorised[np.flatnonzero(~held_out), y[~held_out]] = 0.92
-    reads = np.full((n, classes), 0.1)
-    reads[np.arange(n), y_true] = 0.6
-    fold = fold_of(n)
-    train_wrong = wrong[~held_out[wrong]]
-    everywhere = pool([memorised, reads], y, fold)[train_wrong, y[train_wrong]]
-    held = pool([memorised, reads], y, fold, fit_rows=held_out)[train_wrong, y[train_wrong]]
-    assert held.mean() < 0.5 < everywhere.mean()
 
 
 def test_rows_are_plain_and_top_limits_each_kind(planted_run):
@@ -288,20 +207,6 @@ def test_audit_page_accept_then_export(tiny_demo_csv, tiny_indexed_run, tmp_path
     out.unlink()
 
 
-def test_duplicate_clusters_do_not_chain_through_look_alikes():
-    """A row of look-alikes (0-1, 1-2, 2-3 all over the threshold) is two pairs, not one cluster of four."""
-    from huse_core.audit.duplicates import duplicate_findings
-
-    products = pd.DataFrame({"id": ["p0", "p1", "p2", "p3"]})
-    inputs = type("Inputs", (), {"products": products, "__len__": lambda self: 4})()
-    pairs = {"a": np.array([0, 1, 2]), "b": np.array([1, 2, 3]), "score": np.array([0.95, 0.85, 0.95]),
-             "exact": np.array(["", "", ""], dtype=object), "photo": np.ones(3), "pixels": np.ones(3),
-             "title": np.ones(3)}
-    rows = duplicate_findings(inputs, pairs, threshold=0.8)
-    assert sorted((r["current"], r["suggested"]) for r in rows) == [("p1", "duplicate of p0"),
-                                                                    ("p3", "duplicate of p2")]
-
-
 def test_cli_audit_csv_is_formula_safe(tmp_path, monkeypatch):
     """`audit --csv` writes as every CSV of the product: a title that starts a formula goes out as text."""
     import sys
@@ -318,43 +223,6 @@ def test_cli_audit_csv_is_formula_safe(tmp_path, monkeypatch):
     written = pd.read_csv(out, dtype=str)
     assert written.loc[0, "title"] == "'=HYPERLINK(\"http://x\",\"y\")"
     assert written.loc[0, "suggested"] == "Tshirts"
-
-
-def _garment(colour: tuple[int, int, int], size=(60, 80)):
-    """A synthetic product shot: a patterned garment in `colour` on white."""
-    from PIL import Image, ImageDraw
-
-    im = Image.new("RGB", size, "white")
-    d = ImageDraw.Draw(im)
-    w, h = size
-    d.polygon([(w * .2, h * .1), (w * .8, h * .1), (w * .95, h * .35), (w * .8, h * .4), (w * .78, h * .95),
-               (w * .22, h * .95), (w * .2, h * .4), (w * .05, h * .35)], fill=colour)
-    for y in range(int(h * .2), int(h * .9), 9):  # stripes: detail a crop has to line up
-        d.line([(w * .25, y), (w * .75, y + 4)], fill=tuple(c // 2 for c in colour), width=2)
-    d.ellipse([w * .42, h * .15, w * .58, h * .25], fill="white")
-    return im
-
-
-def test_a_cropped_copy_is_near_its_source_and_a_colour_variant_is_not():
-    """The aligned pixel difference: an off-centre crop, resized and re-encoded, lines up with its source; the same
-    garment in another colour (a colour variant shot alike) does not."""
-    import io
-
-    from PIL import Image
-
-    from huse_core.audit.pixels import aligned_difference, thumbnails
-    from huse_core.data.images import decode_image
-
-    src, variant = _garment((200, 40, 40)), _garment((40, 60, 190))
-    w, h = src.size
-    crop = src.crop((6, 3, w - 2, h - 7)).resize((70, 88))
-    buf = io.BytesIO()
-    crop.save(buf, "JPEG", quality=50)
-    crop = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-    photos = [src, crop, variant]
-    thumbs = thumbnails(np.stack([decode_image(p, 80) for p in photos]), np.array([p.size for p in photos]))
-    diff = aligned_difference(thumbs, np.array([0, 0]), np.array([1, 2]))[:, 0]
-    assert diff[0] < 0.1 and diff[1] > 3 * diff[0], diff
 
 
 def test_a_cropped_copy_is_flagged_and_a_same_title_colour_variant_is_not(planted_run):
